@@ -1,0 +1,1 @@
+"""Detection transfer of wssl-zoo backbones (``python -m detection.<tool>``)."""

@@ -1,0 +1,1 @@
+"""Transfer-evaluation suite of wssl-zoo (``python -m eval.<task>``)."""

@@ -1,0 +1,79 @@
+"""gather_distributed=True: a 2-rank (gloo, CPU) loss equals the 1-process loss on the
+concatenated batch, and DDP's gradient averaging then gives the 1-process gradient."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from wssl_zoo.losses import build_loss
+
+WORLD = 2
+CASES = {
+    "wmse": dict(w_size=128, w_iter=2),  # local N=64 < w_size: only the global batch works
+    "cwrgp": dict(w_size=16, groups=2, cov_weight=0.01),
+    "intl": dict(),
+    "intl_m": dict(momentum=True),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _method(name: str) -> str:
+    return "intl" if name.startswith("intl") else name
+
+
+def _worker(rank: int, port: int, x: torch.Tensor, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        n_local = x.shape[1] // WORLD
+        results = {}
+        for name, params in CASES.items():
+            local = x[:, rank * n_local : (rank + 1) * n_local].clone().requires_grad_(True)
+            # Different generators on purpose: rank 0's random draws must win everywhere.
+            torch.manual_seed(123 + 1000 * rank)
+            loss = build_loss(_method(name), gather_distributed=True, **params)(list(local.unbind(0)))
+            loss.backward()
+            results[name] = (loss.detach(), local.grad)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_rank_gather_equals_one_process_on_concatenated_batch(tmp_path):
+    x = torch.randn(3, 128, 64, dtype=torch.float64)
+    x = x + 0.5 * torch.randn(1, 128, 64, dtype=torch.float64)
+    mp.spawn(_worker, args=(_free_port(), x, str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    n_local = x.shape[1] // WORLD
+    for name, params in CASES.items():
+        full = x.clone().requires_grad_(True)
+        torch.manual_seed(123)
+        loss = build_loss(_method(name), **params)(list(full.unbind(0)))
+        loss.backward()
+        for r, res in enumerate(ranks):
+            rank_loss, rank_grad = res[name]
+            assert rank_loss.item() == pytest.approx(loss.item(), abs=1e-12), (name, r)
+            expected = full.grad[:, r * n_local : (r + 1) * n_local]
+            # DDP averages parameter gradients over ranks, so each rank carries WORLD x its share.
+            torch.testing.assert_close(rank_grad / WORLD, expected, rtol=0, atol=1e-13, msg=name)
+
+
+def test_gather_is_a_no_op_without_process_group():
+    x = torch.randn(2, 64, 32)
+    torch.manual_seed(0)
+    a = build_loss("wmse", w_size=64, gather_distributed=True)(list(x))
+    torch.manual_seed(0)
+    b = build_loss("wmse", w_size=64)(list(x))
+    assert a.item() == b.item()

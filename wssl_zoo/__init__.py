@@ -1,0 +1,26 @@
+"""wssl-zoo: the model zoo of whitening-based self-supervised learning.
+
+Public API::
+
+    import wssl_zoo
+    wssl_zoo.list_models()                 # registered names
+    wssl_zoo.get_entry("intl_r50")         # the registry entry (frozen dataclass)
+    wssl_zoo.create("cwrgp_resnet18_cifar10")   # architecture, random init, eval mode
+    wssl_zoo.load("path/to/model_dir")     # trained weights, eval mode
+"""
+
+__version__ = "0.1.0"
+
+_API = ("create", "get_entry", "list_models", "load")
+
+
+def __getattr__(name: str):
+    # Lazy: `import wssl_zoo.losses` should not pay for timm and the registry.
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'wssl_zoo' has no attribute {name!r}")
+
+
+__all__ = ["create", "get_entry", "list_models", "load", "__version__"]
