@@ -24,8 +24,10 @@ import torch.distributed as dist
 __all__ = [
     "compute_dtype",
     "no_autocast",
+    "symmetric_gram",
     "cholesky_whiten",
     "group_channel_whiten",
+    "iternorm_matrix",
     "iternorm_whiten",
     "gather_with_grad",
     "distributed_world",
@@ -46,6 +48,28 @@ def no_autocast(device: torch.device):
 
 def _as_compute(x: torch.Tensor) -> torch.Tensor:
     return x.to(compute_dtype(x.dtype))
+
+
+class _SymmetricGram(torch.autograd.Function):
+    """``x x^T / divisor`` whose backward is one matmul, ``(g + g^T) x / divisor``, instead of the
+    two that autograd would run for the two uses of ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, divisor: float):
+        ctx.save_for_backward(x)
+        ctx.divisor = divisor
+        return x @ x.mT / divisor
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return ((grad + grad.mT) / ctx.divisor) @ x, None
+
+
+def symmetric_gram(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``x x^T / divisor`` for x: (..., m, k) -> (..., m, m), with a single-matmul backward."""
+    return _SymmetricGram.apply(x, divisor)
 
 
 def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
@@ -69,7 +93,7 @@ def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
         x = _as_compute(x)
         n, d = x.shape[-2], x.shape[-1]
         xn = x - x.mean(dim=-2, keepdim=True)
-        cov = xn.mT @ xn / (n - 1)
+        cov = symmetric_gram(xn.mT, n - 1)
         eye = torch.eye(d, dtype=x.dtype, device=x.device)
         if eps:
             cov = (1 - eps) * cov + eps * eye
@@ -80,19 +104,23 @@ def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
                 f"{n} samples is not positive definite (the embeddings have collapsed or are "
                 "rank-deficient); use a larger w_size or eps > 0"
             )
-        inv_chol = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
-        return xn @ inv_chol.mT
+        # xn W^T with W = L^-1, as one triangular solve: (L^-1 xn^T)^T.
+        return torch.linalg.solve_triangular(chol, xn.mT, upper=False).mT
 
 
 def _inverse_sqrt_psd(sym: torch.Tensor) -> torch.Tensor:
     """``sym^(-1/2)`` of symmetric positive-definite matrices (..., m, m).
 
-    Uses the SVD, as the authors' code does: with near-singular Gram matrices (D / groups close
-    to w_size) an eigendecomposition gives a different float32 rounding, while the SVD
-    reproduces the authors' numbers (and costs about 15% more on the CPU).
+    The authors compute ``U diag(s^-1/2) U^T`` from an SVD; for a symmetric positive-definite
+    matrix the eigendecomposition gives the same matrix function (and, through it, the same
+    gradient for symmetric inputs) at half the cost on the CPU. The two differ only at the
+    rounding level, which matters only for near-singular Gram matrices (D / groups close to
+    w_size), where the authors' own result moves as much under a 1e-16 change of its input.
     """
-    u, s, _ = torch.linalg.svd(sym, full_matrices=False)
-    return (u * s.rsqrt().unsqueeze(-2)) @ u.mT
+    eigvals, eigvecs = torch.linalg.eigh(sym)
+    # |eigenvalue| is the singular value: a rounding-level negative eigenvalue of a near-singular
+    # Gram matrix then behaves exactly as in the authors' SVD instead of turning into NaN.
+    return (eigvecs * eigvals.abs().rsqrt().unsqueeze(-2)) @ eigvecs.mT
 
 
 def group_channel_whiten(
@@ -129,25 +157,53 @@ def group_channel_whiten(
             perm = channel_perm.to(x.device).unsqueeze(-2).expand(xn.shape)
             xn = torch.gather(xn, -1, perm)
         lead = xn.shape[:-2]
-        # (..., G, d, n): the authors' layout, kept so that the float rounding matches theirs.
-        xg = xn.reshape(*lead, n, groups, group_dim).permute(*range(len(lead)), -2, -1, -3)
-        gram = xg.mT @ xg / (group_dim - 1)  # (..., G, n, n)
+        xg = xn.reshape(*lead, n, groups, group_dim).transpose(-3, -2).contiguous()  # (..., G, n, d)
+        gram = symmetric_gram(xg, group_dim - 1)  # (..., G, n, n)
         if eps:
             gram = (1 - eps) * gram + eps * torch.eye(n, dtype=x.dtype, device=x.device)
-        out = xg @ _inverse_sqrt_psd(gram)  # (..., G, d, n)
-        out = out.permute(*range(len(lead)), -1, -3, -2).reshape(*lead, n, dim)
+        out = (_inverse_sqrt_psd(gram) @ xg).transpose(-3, -2).reshape(*lead, n, dim)
         if channel_perm is not None:
             out = torch.empty_like(out).scatter_(-1, perm, out)
         return out
 
 
+def iternorm_matrix(
+    x: torch.Tensor, iterations: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The IterNorm whitening matrix of INTL, without applying it.
+
+    For each matrix ``h`` of shape (N, D) in ``x``: ``xn = h - mean_over_channels(h)``,
+    ``S = xn xn^T / (D - 1)``, ``Sn = S / tr(S)``, ``P_0 = I``,
+    ``P_{k+1} = 1.5 P_k - 0.5 P_k^3 Sn`` and ``W = P_T / sqrt(tr S)`` (Newton's iteration towards
+    ``S^(-1/2)`` without any factorisation).
+
+    Returns:
+        ``(W, S, xn)``: (..., N, N), (..., N, N) and the centred (..., N, D) input, in float32
+        (float64 for float64 input). The transformed embeddings are ``W^T xn``.
+    """
+    with no_autocast(x.device):
+        x = _as_compute(x)
+        n, dim = x.shape[-2], x.shape[-1]
+        lead = x.shape[:-2]
+        xn = x - x.mean(dim=-1, keepdim=True)
+        flat = xn.reshape(-1, n, dim)
+        gram = symmetric_gram(flat, dim - 1)  # (B, N, N)
+        inv_trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1).reciprocal().view(-1, 1, 1)
+        gram_norm = gram * inv_trace
+        proj = torch.eye(n, dtype=x.dtype, device=x.device).expand_as(gram)
+        for _ in range(iterations):
+            proj = torch.baddbmm(
+                proj, torch.linalg.matrix_power(proj, 3), gram_norm, beta=1.5, alpha=-0.5
+            )
+        whiten = (proj * inv_trace.sqrt()).reshape(*lead, n, n)
+        return whiten, gram.reshape(*lead, n, n), xn
+
+
 def iternorm_whiten(x: torch.Tensor, iterations: int = 4) -> torch.Tensor:
     """IterNorm over samples, the spectral transformation of INTL.
 
-    For each matrix ``h`` of shape (N, D) in ``x``: ``xn = h - mean_over_channels(h)``,
-    ``S = xn xn^T / (D - 1)`` (N, N), ``Sn = S / tr(S)``, ``P_0 = I``,
-    ``P_{k+1} = 1.5 P_k - 0.5 P_k^3 Sn`` and the output is ``(P_T / sqrt(tr S)) xn``: Newton's
-    iteration towards ``S^(-1/2) xn`` without any factorisation.
+    For each matrix ``h`` of shape (N, D) in ``x`` the output is ``(P_T / sqrt(tr S)) xn`` with the
+    matrix of :func:`iternorm_matrix`; it approaches ``S^(-1/2) xn`` as the iterations grow.
 
     Args:
         x: (..., N, D) embeddings.
@@ -157,20 +213,8 @@ def iternorm_whiten(x: torch.Tensor, iterations: int = 4) -> torch.Tensor:
         (..., N, D) transformed embeddings in float32 (float64 for float64 input).
     """
     with no_autocast(x.device):
-        x = _as_compute(x)
-        n, dim = x.shape[-2], x.shape[-1]
-        lead = x.shape[:-2]
-        xn = (x - x.mean(dim=-1, keepdim=True)).reshape(-1, n, dim)
-        gram = xn @ xn.mT / (dim - 1)  # (B, N, N)
-        inv_trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1).reciprocal().view(-1, 1, 1)
-        gram_norm = gram * inv_trace
-        proj = torch.eye(n, dtype=x.dtype, device=x.device).expand_as(gram)
-        for _ in range(iterations):
-            proj = torch.baddbmm(
-                proj, torch.linalg.matrix_power(proj, 3), gram_norm, beta=1.5, alpha=-0.5
-            )
-        whiten = proj * inv_trace.sqrt()
-        return (xn.mT @ whiten).mT.reshape(*lead, n, dim)
+        whiten, _, xn = iternorm_matrix(x, iterations)
+        return whiten.mT @ xn
 
 
 def distributed_world() -> tuple[int, int]:

@@ -7,23 +7,27 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 from ..whitening import compute_dtype, distributed_world, gather_with_grad, no_autocast
 
 
-def stack_views(views: Sequence[torch.Tensor], loss_name: str) -> torch.Tensor:
+def stack_views(views: Sequence[torch.Tensor] | torch.Tensor, loss_name: str) -> torch.Tensor:
     """Check the projector outputs of V views and stack them as one (V, N, D) tensor.
 
+    ``views`` is a list of V tensors (N, D), or one (V, N, D) tensor (used as it is, no copy).
     Raises ValueError naming the offending view and value: fewer than 2 views, a view that
-    is not a 2-D tensor, views of different shapes, non-finite values.
+    is not a 2-D tensor, views of different shapes. (Non-finite values are diagnosed by
+    :func:`check_finite` when the loss comes out non-finite, which costs nothing otherwise.)
     """
     if isinstance(views, torch.Tensor):
-        if views.dim() != 3:
+        if views.dim() != 3 or views.shape[0] < 2:
             raise ValueError(
-                f"{loss_name}: expected a list of V tensors (N, D) or one (V, N, D) tensor, "
+                f"{loss_name}: expected a list of V >= 2 tensors (N, D) or one (V, N, D) tensor, "
                 f"got a tensor of shape {tuple(views.shape)}"
             )
-        views = list(views.unbind(0))
+        with no_autocast(views.device):
+            return views.to(compute_dtype(views.dtype))
     if not isinstance(views, (list, tuple)):
         raise ValueError(
             f"{loss_name}: expected a list of V view tensors of shape (N, D), got {type(views).__name__}"
@@ -41,14 +45,44 @@ def stack_views(views: Sequence[torch.Tensor], loss_name: str) -> torch.Tensor:
             )
     dtype = compute_dtype(views[0].dtype)
     with no_autocast(views[0].device):
-        h = torch.stack([v.to(dtype) for v in views])
-    if not bool(torch.isfinite(h).all()):
-        bad = [i for i, v in enumerate(views) if not bool(torch.isfinite(v).all())]
+        return torch.stack([v.to(dtype) for v in views])
+
+
+def check_finite(h: torch.Tensor, loss_name: str) -> None:
+    """Raise a ValueError naming the views of h (V, N, D) that hold NaN or Inf, if any."""
+    bad = [i for i, v in enumerate(h.detach().unbind(0)) if not bool(torch.isfinite(v).all())]
+    if bad:
         raise ValueError(
             f"{loss_name}: non-finite embeddings (NaN or Inf) in view(s) {bad}; the model has "
             "diverged (lower the learning rate, or check the inputs)"
         )
-    return h
+
+
+class ViewLoss(nn.Module):
+    """Base of the three losses: input checks, the DDP gather and the non-finite diagnosis.
+
+    Subclasses implement ``_loss(h)`` on the stacked (V, N, D) embeddings.
+    """
+
+    gather_distributed: bool = False
+
+    def _loss(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _prepare(self, views):
+        return views
+
+    def forward(self, views: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        name = type(self).__name__
+        h = maybe_gather(stack_views(self._prepare(views), name), self.gather_distributed)
+        try:
+            loss = self._loss(h)
+        except (ValueError, RuntimeError):
+            check_finite(h, name)  # NaN input makes factorisations fail: say why
+            raise
+        if not bool(torch.isfinite(loss.detach())):
+            check_finite(h, name)
+        return loss
 
 
 def maybe_gather(h: torch.Tensor, gather_distributed: bool) -> torch.Tensor:
@@ -83,10 +117,12 @@ def pairwise_view_loss(z: torch.Tensor, normalize: bool) -> torch.Tensor:
 
     z: (V, N, D) whitened embeddings in sample order.
     """
+    views = z.unbind(0)  # one backward node for all views (indexing z[i] would add V full-size zero fills)
     loss = z.new_zeros(())
-    for i in range(z.shape[0] - 1):
-        for j in range(i + 1, z.shape[0]):
-            loss = loss + (normalized_mse(z[i], z[j]) if normalize else F.mse_loss(z[i], z[j]))
+    for i in range(len(views) - 1):
+        for j in range(i + 1, len(views)):
+            a, b = views[i], views[j]
+            loss = loss + (normalized_mse(a, b) if normalize else F.mse_loss(a, b))
     return loss
 
 

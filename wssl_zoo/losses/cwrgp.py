@@ -11,20 +11,15 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
-from torch import nn
-
-from ..whitening import group_channel_whiten
+from ..whitening import group_channel_whiten, symmetric_gram
 from ._common import (
     check_eps,
     check_positive_int,
     check_sub_batches,
-    maybe_gather,
     pairwise_view_loss,
     sync_from_rank0,
-    stack_views,
+    ViewLoss,
 )
 
 
@@ -36,12 +31,12 @@ def channel_covariance_loss(h: torch.Tensor) -> torch.Tensor:
     """
     n, dim = h.shape[-2], h.shape[-1]
     y = h - h.mean(dim=-1, keepdim=True)
-    cov = y @ y.mT / (dim - 1)
+    cov = symmetric_gram(y, dim - 1)
     offdiag_sq = cov.pow(2).sum(dim=(-2, -1)) - cov.diagonal(dim1=-2, dim2=-1).pow(2).sum(-1)
     return (offdiag_sq / n).sum()
 
 
-class CWRGPLoss(nn.Module):
+class CWRGPLoss(ViewLoss):
     """MSE between positives after channel whitening with random group partition.
 
     Per whitening iteration: one ``torch.randperm(N)`` splits the batch into sub-batches of
@@ -109,8 +104,7 @@ class CWRGPLoss(nn.Module):
             )
         return num_sub
 
-    def forward(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
-        h = maybe_gather(stack_views(views, "CWRGPLoss"), self.gather_distributed)
+    def _loss(self, h: torch.Tensor) -> torch.Tensor:
         num_views, n, dim = h.shape
         num_sub = self._check_shapes(n, dim)
         loss = h.new_zeros(())
@@ -122,11 +116,10 @@ class CWRGPLoss(nn.Module):
                 draws = torch.stack([torch.randperm(dim) for _ in range(num_sub * num_views)])
                 draws = sync_from_rank0(draws, self.gather_distributed)
                 channel_perm = draws.view(num_sub, num_views, dim).transpose(0, 1).to(h.device)
-            sub = group_channel_whiten(
-                h[:, perm.view(num_sub, self.w_size)], self.groups, channel_perm, self.eps
-            )
-            z = sub.reshape(num_views, n, dim)[:, torch.argsort(perm)]
-            loss = loss + pairwise_view_loss(z, self.normalize)
+            sub = h.index_select(1, perm).view(num_views, num_sub, self.w_size, dim)
+            # The loss is a mean over samples, so it is computed in sub-batch order.
+            z = group_channel_whiten(sub, self.groups, channel_perm, self.eps)
+            loss = loss + pairwise_view_loss(z.reshape(num_views, n, dim), self.normalize)
         loss = loss / (self.w_iter * num_views * (num_views - 1) // 2)
         if self.cov_weight != 0:
             loss = loss + self.cov_weight * channel_covariance_loss(h)

@@ -12,19 +12,15 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import torch
-from torch import nn
-
-from ..whitening import iternorm_whiten
-from ._common import check_positive_int, maybe_gather, normalized_mse, stack_views
+from ..whitening import iternorm_matrix, no_autocast
+from ._common import ViewLoss, check_positive_int
 
 
 def trace_loss(t: torch.Tensor) -> torch.Tensor:
     """INTL's trace loss ``sum_n (var_c(t[n]) - 1)^2`` with the unbiased variance over channels.
 
-    t: (..., N, D) -> (...,).
+    t: (..., N, D) -> (...,). (:class:`INTLLoss` computes the same from N x N matrices.)
     """
     return (t.var(dim=-1) - 1).pow(2).sum(dim=-1)
 
@@ -34,7 +30,7 @@ def default_trace_weight(global_batch: int) -> float:
     return (math.log2(global_batch) - 3) * 0.01
 
 
-class INTLLoss(nn.Module):
+class INTLLoss(ViewLoss):
     """Normalised MSE between IterNorm-transformed crops plus a weighted trace loss.
 
     Every crop is transformed by :func:`~wssl_zoo.whitening.iternorm_whiten` over its batch
@@ -73,19 +69,44 @@ class INTLLoss(nn.Module):
             f"momentum={self.momentum}, gather_distributed={self.gather_distributed}"
         )
 
-    def forward(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self.momentum and isinstance(views, (list, tuple)) and views:
-            views = [views[0].detach(), *views[1:]]
-        h = maybe_gather(stack_views(views, "INTLLoss"), self.gather_distributed)
+    def _prepare(self, views):
+        if not self.momentum:
+            return views
+        if isinstance(views, torch.Tensor) and views.dim() == 3:
+            return torch.cat([views[:1].detach(), views[1:]])
+        if isinstance(views, (list, tuple)) and views and isinstance(views[0], torch.Tensor):
+            return [views[0].detach(), *views[1:]]
+        return views
+
+    def _loss(self, h: torch.Tensor) -> torch.Tensor:
         num_views, n, _ = h.shape
         if n < 2:
             raise ValueError(f"INTLLoss: the batch needs at least 2 samples, got N={n}")
         weight = default_trace_weight(n) if self.trace_weight is None else self.trace_weight
-        t = iternorm_whiten(h, self.iterations)
-        tl = trace_loss(t)
-        loss = h.new_zeros(())
-        for i in range(1, num_views):
-            term = normalized_mse(t[i], t[0])
-            reg = tl[i] if self.momentum else tl[i] + tl[0]
-            loss = loss + term + weight * reg
-        return loss / (num_views - 1)
+        with no_autocast(h.device):
+            cos, var = _paired_cosines_and_variances(h, self.iterations)
+        nmse = 2 - 2 * cos.mean(dim=-1)  # (V-1,): crop i >= 1 against crop 0
+        tl = (var - 1).pow(2).sum(dim=-1)  # (V,): trace loss of every crop
+        reg = tl[1:] if self.momentum else tl[1:] + tl[0]
+        return (nmse + weight * reg).sum() / (num_views - 1)
+
+
+def _paired_cosines_and_variances(h: torch.Tensor, iterations: int):
+    """The only statistics of the transformed crops ``t_v = W_v^T xn_v`` that INTL's loss needs,
+    computed from N x N matrices so that no (N, D) tensor other than the input is materialised
+    (the authors' code materialises every t_v and normalises it; here that work is N x N).
+
+    Rows of ``xn_v`` have zero channel mean, hence so do the rows of ``t_v``, so
+    ``var_c(t_v[n]) = (W_v^T S_v W_v)[n, n]`` and ``|t_v[n]|^2 = (D - 1) var_c(t_v[n])``; and
+    ``<t_i[n], t_0[n]> = (W_i^T xn_i xn_0^T W_0)[n, n]``.
+
+    h: (V, N, D) -> (cosines (V-1, N) of crops i >= 1 with crop 0, variances (V, N)).
+    """
+    dim = h.shape[-1]
+    whiten, gram, xn = iternorm_matrix(h, iterations)  # (V, N, N), (V, N, N), (V, N, D)
+    var = ((whiten.mT @ gram) * whiten.mT).sum(dim=-1)  # diag(W^T S W)
+    first, rest = xn.split([1, xn.shape[0] - 1])  # split: one backward copy, no zero fills
+    cross = rest @ first.mT  # (V-1, N, N)
+    dots = ((whiten[1:].mT @ cross) * whiten[0].mT).sum(dim=-1)  # diag(W_i^T C_i0 W_0)
+    norms = (var * (dim - 1)).clamp_min(1e-24).sqrt()  # F.normalize's eps=1e-12 on the norm
+    return dots / (norms[1:] * norms[0]), var

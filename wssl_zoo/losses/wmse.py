@@ -10,24 +10,19 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
-from torch import nn
-
 from ..whitening import cholesky_whiten
 from ._common import (
     check_eps,
     check_positive_int,
     check_sub_batches,
-    maybe_gather,
     pairwise_view_loss,
     sync_from_rank0,
-    stack_views,
+    ViewLoss,
 )
 
 
-class WMSELoss(nn.Module):
+class WMSELoss(ViewLoss):
     """MSE between positives after Cholesky whitening of each random sub-batch.
 
     Per whitening iteration the batch is split into random sub-batches of ``w_size`` samples
@@ -67,8 +62,7 @@ class WMSELoss(nn.Module):
             f"normalize={self.normalize}, gather_distributed={self.gather_distributed}"
         )
 
-    def forward(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
-        h = maybe_gather(stack_views(views, "WMSELoss"), self.gather_distributed)
+    def _loss(self, h: torch.Tensor) -> torch.Tensor:
         num_views, n, dim = h.shape
         num_sub = check_sub_batches(n, self.w_size, "WMSELoss", self.gather_distributed)
         if self.w_size <= dim:
@@ -79,7 +73,8 @@ class WMSELoss(nn.Module):
         loss = h.new_zeros(())
         for _ in range(self.w_iter):
             perm = sync_from_rank0(torch.randperm(n), self.gather_distributed).to(h.device)
-            sub = cholesky_whiten(h[:, perm.view(num_sub, self.w_size)], self.eps)
-            z = sub.reshape(num_views, n, dim)[:, torch.argsort(perm)]
+            sub = h.index_select(1, perm).view(num_views, num_sub, self.w_size, dim)
+            # The loss is a mean over samples, so it is computed in sub-batch order.
+            z = cholesky_whiten(sub, self.eps).reshape(num_views, n, dim)
             loss = loss + pairwise_view_loss(z, self.normalize)
         return loss / (self.w_iter * num_views * (num_views - 1) // 2)
