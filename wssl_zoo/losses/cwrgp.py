@@ -1,4 +1,4 @@
-"""CW-RGP loss: Weng, Ni, Yang, Huang, Li, Huang, "An Investigation into Whitening Loss for
+"""CW-RGP loss: Weng, Huang, Zhao, Anwer, Khan, Khan, "An Investigation into Whitening Loss for
 Self-supervised Learning", NeurIPS 2022 (arXiv 2210.03586): channel whitening with random
 group partition.
 

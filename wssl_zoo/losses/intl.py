@@ -1,4 +1,4 @@
-"""INTL loss: Weng, Ni, Yang, Huang, Li, Huang, "Modulate Your Spectrum in Self-Supervised
+"""INTL loss: Weng, Ni, Song, Luo, Anwer, Khan, Khan, Huang, "Modulate Your Spectrum in Self-Supervised
 Learning", ICLR 2024 (arXiv 2305.16789): IterNorm with trace loss.
 
 Example::

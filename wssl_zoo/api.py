@@ -1,0 +1,113 @@
+"""What ``import wssl_zoo`` exports: list_models, get_entry, create, load.
+
+Every function that returns a model returns a timm backbone (``num_classes=0``) in eval mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .registry import UnknownModelError, ZooEntry, get_entry, list_models
+
+__all__ = ["list_models", "get_entry", "create", "load", "WeightsNotPublishedError", "UnknownModelError"]
+
+
+class WeightsNotPublishedError(ValueError):
+    """The model is registered but wssl-zoo has not published its weights yet."""
+
+
+def create(name: str, stem: str | None = None) -> nn.Module:
+    """The architecture of registry entry ``name`` (or a timm architecture name) at random init.
+
+    ``stem`` overrides the entry's stem (or sets one for a bare timm name; default imagenet).
+    """
+    from .encoders import create_backbone
+
+    try:
+        entry = get_entry(name)
+        arch, default_stem = entry.arch, entry.stem
+    except UnknownModelError:
+        import timm
+
+        if not timm.is_model(name):
+            raise
+        arch, default_stem = name, "imagenet"
+    return create_backbone(arch, stem or default_stem).eval()
+
+
+def _not_published(entry: ZooEntry) -> WeightsNotPublishedError:
+    how = [f"  wssl-zoo pretrain --recipe {entry.recipe} --data ROOT --out runs/{entry.name}"]
+    if entry.official.get("url"):
+        how.append(f"  (the authors publish their own checkpoint at {entry.official['url']})")
+    return WeightsNotPublishedError(
+        f"the weights of {entry.name!r} are not published yet (zoo/models/{entry.name}.toml has no pinned "
+        f"revision and file hashes). Make them yourself:\n" + "\n".join(how)
+        + f"\nthen load them with wssl_zoo.load('runs/{entry.name}')."
+    )
+
+
+def _download_entry(entry: ZooEntry) -> Path:
+    """Download every file of a published entry at its pinned revision and verify its sha256."""
+    import os
+
+    from huggingface_hub import hf_hub_download
+
+    from .modelio import sha256_file
+
+    folder = None
+    for filename, expected in entry.hub.files.items():
+        local = Path(hf_hub_download(entry.hub.repo_id, filename, revision=entry.hub.revision))
+        actual = sha256_file(local)
+        if actual != expected:
+            blob = local.resolve()
+            for bad in (local, blob):
+                if bad.exists() or bad.is_symlink():
+                    os.unlink(bad)
+            raise ValueError(
+                f"{entry.hub.repo_id}@{entry.hub.revision} file {filename!r}: sha256 {actual} does not "
+                f"match the registry's {expected}; the download was deleted, nothing was loaded"
+            )
+        folder = local.parent
+    assert folder is not None
+    return folder
+
+
+def _download_hf(spec: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    repo = spec[len("hf-hub:"):]
+    repo, _, revision = repo.partition("@")
+    if repo.count("/") != 1:
+        raise ValueError(f"{spec!r}: expected hf-hub:org/name or hf-hub:org/name@revision")
+    path = None
+    for filename in ("config.json", "model.safetensors"):
+        path = Path(hf_hub_download(repo, filename, revision=revision or None))
+    return path.parent
+
+
+def load(name_or_path: str | Path) -> nn.Module:
+    """A trained backbone in eval mode.
+
+    ``name_or_path`` is a local model directory or ``.safetensors`` file with its
+    ``config.json``, a registry name or alias (its published weights, at the pinned revision,
+    sha256-checked), or ``hf-hub:org/name[@revision]``.
+    """
+    from .modelio import load_model_dir
+
+    spec = str(name_or_path)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return load_model_dir(path)
+    if spec.startswith("hf-hub:"):
+        return load_model_dir(_download_hf(spec))
+    try:
+        entry = get_entry(spec)
+    except UnknownModelError as exc:
+        if any(sep in spec for sep in ("/", "\\")) or spec.endswith(".safetensors"):
+            raise FileNotFoundError(f"{spec}: no such model directory or file") from None
+        raise exc
+    if not entry.hub.published:
+        raise _not_published(entry)
+    return load_model_dir(_download_entry(entry))

@@ -1,0 +1,136 @@
+"""The ``wssl-zoo`` command: ``list``, ``info``, ``pretrain``.
+
+Subcommands register as (name, help, add_arguments, run) in :data:`SUBCOMMANDS`; errors raised
+by wssl-zoo (ValueError, KeyError, FileNotFoundError) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from .registry import get_entry, list_models
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["wmse", "cwrgp", "intl"], help="only this method")
+
+
+def zoo_table(method: str | None = None) -> str:
+    """The zoo as a Markdown table (the README's table is this text)."""
+    rows = ["| model | aliases | method | arch (stem) | trained on | epochs | paper linear top-1 | weights |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in list_models(method):
+        e = get_entry(name)
+        ds = e.training.get("dataset", "")
+        paper = None
+        for r in e.paper_results:
+            if r.task == "linear_top1" and r.epochs in (None, e.training.get("epochs")):
+                paper = r
+                break
+        paper_txt = f"{paper.value:.2f} ({paper.label})" if paper else "not reported"
+        weights = f"[{e.hub.repo_id}](https://huggingface.co/{e.hub.repo_id})" if e.hub.published else "not published yet"
+        rows.append(f"| `{name}` | {', '.join(f'`{a}`' for a in e.aliases)} | {e.method} | {e.arch} ({e.stem}) | "
+                    f"{ds} | {e.training.get('epochs', '')} | {paper_txt} | {weights} |")
+    return "\n".join(rows) + "\n"
+
+
+def _list_run(args: argparse.Namespace) -> int:
+    print(zoo_table(args.method), end="")
+    return 0
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registry name or alias")
+
+
+def _info_run(args: argparse.Namespace) -> int:
+    e = get_entry(args.name)
+    print(f"{e.name}  ({', '.join(e.aliases)})")
+    print(f"  {e.description}")
+    print(f"  method: {e.method} — {e.variant}")
+    print(f"  backbone: timm {e.arch}, {e.stem} stem, {e.img_size} px, {e.feature_dim}-d features")
+    print(f"  projector: {dict(e.projector)} -> {e.embedding_dim}-d embedding")
+    print(f"  loss: {dict(e.loss)}")
+    print(f"  recipe: {e.recipe}  (wssl-zoo pretrain --recipe {e.recipe})")
+    print("  training: " + ", ".join(f"{k}={v}" for k, v in e.training.items()))
+    rev = e.hub.revision or "not published yet"
+    print(f"  hub: {e.hub.repo_id} @ {rev}")
+    for fname, digest in e.hub.files.items():
+        print(f"    {fname}: sha256 {digest or '(empty until published)'}")
+    if e.official.get("url") or e.official.get("note"):
+        print(f"  authors' checkpoint: {e.official.get('url') or 'none'}  {e.official.get('note', '')}")
+    if e.paper_results:
+        print("  paper results (labelled by provenance):")
+        for r in e.paper_results:
+            ep = f", {r.epochs} ep" if r.epochs else ""
+            note = f" — {r.note}" if r.note else ""
+            print(f"    {r.task} on {r.dataset}{ep}: {r.value}  [{r.label}; {r.source}]{note}")
+    else:
+        print("  paper results: none registered")
+    if e.notes:
+        print(f"  notes: {e.notes}")
+    return 0
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    from .pretrain.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _pretrain_run(args: argparse.Namespace) -> int:
+    from .pretrain.cli import run
+
+    return run(args)
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    from .demo import add_arguments
+
+    add_arguments(p)
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(args)
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("list", "the registered models as a table", _list_args, _list_run),
+    Subcommand("info", "one registry entry: recipe, files, paper results (no download)", _info_args, _info_run),
+    Subcommand("pretrain", "pretrain with a paper recipe (python -m wssl_zoo.pretrain)", _pretrain_args, _pretrain_run),
+    Subcommand("demo", "pretrain a small model offline and compare it with random init", _demo_args, _demo_run),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wssl-zoo", description="The whitening-SSL model zoo.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for cmd in SUBCOMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"wssl-zoo {args.command}: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,157 @@
+"""The model-directory format: what pretraining writes, converters write and the Hub serves.
+
+A model directory holds
+
+- ``model.safetensors``: the backbone's state dict with timm key names;
+- ``config.json``: timm's Hub config (``architecture``, ``num_features``, ``pretrained_cfg`` with
+  mean, std, input size and crop) plus a ``wssl_zoo`` section (stem, format version, provenance),
+  so ``timm.create_model("hf-hub:org/name", pretrained=True, num_classes=0)`` reads it;
+- optionally ``projector.safetensors``.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save
+
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    for key, value in clean.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"refusing to save {path}: tensor {key!r} holds NaN or Inf")
+    data = save(clean, metadata={"format": "pt"})
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def save_model_dir(out_dir, backbone: nn.Module, *, arch: str, stem: str, mean, std, img_size: int,
+                   crop_pct: float = 0.875, interpolation: str = "bicubic", projector: nn.Module | None = None,
+                   extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write ``backbone`` (and ``projector``) as a model directory; returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_tensors(backbone.state_dict(), out / "model.safetensors")
+    if projector is not None:
+        _save_tensors(projector.state_dict(), out / "projector.safetensors")
+    config = {
+        "architecture": arch,
+        "num_classes": 0,
+        "num_features": int(getattr(backbone, "num_features", 0)),
+        "global_pool": "avg",
+        "pretrained_cfg": {
+            "input_size": [3, int(img_size), int(img_size)],
+            "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std],
+            "crop_pct": float(crop_pct),
+            "interpolation": interpolation,
+            "num_classes": 0,
+        },
+        "wssl_zoo": {"format_version": FORMAT_VERSION, "stem": stem, **(extra_meta or {})},
+    }
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(out / "config.json", lambda fh: fh.write(text.encode()))
+    return out
+
+
+def read_config(model_dir) -> dict[str, Any]:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json; is {model_dir} a wssl-zoo model directory?")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config.get("architecture"), str):
+        raise ValueError(f"{path}: key 'architecture' is missing")
+    return config
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Strict load; a ValueError names ``source`` and every missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes}")
+        raise ValueError(f"{source} does not match the architecture: " + "; ".join(parts))
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{source}: tensor {key!r} holds NaN or Inf; refusing to load it")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_weights_file(path, arch: str, stem: str = "imagenet", map_location="cpu") -> nn.Module:
+    """A backbone of ``arch``/``stem`` with the weights of a bare ``.safetensors`` file, eval mode."""
+    from safetensors.torch import load_file
+
+    from .encoders import create_backbone
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several error types
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    model = create_backbone(arch, stem)
+    return load_state_into(model, state, str(path)).eval()
+
+
+def load_model_dir(path, map_location="cpu") -> nn.Module:
+    """The backbone stored in model directory ``path`` (or its ``model.safetensors``), eval mode."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such model directory")
+    config = read_config(path)
+    stem = config.get("wssl_zoo", {}).get("stem", "imagenet")
+    model = load_weights_file(path / "model.safetensors", config["architecture"], stem, map_location)
+    model.pretrained_cfg = dict(model.pretrained_cfg or {}, **config.get("pretrained_cfg", {}))
+    return model
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

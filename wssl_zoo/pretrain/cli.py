@@ -1,0 +1,168 @@
+"""``python -m wssl_zoo.pretrain`` / ``wssl-zoo pretrain``: run a paper recipe.
+
+Examples::
+
+    wssl-zoo pretrain --list-recipes
+    wssl-zoo pretrain --recipe intl_cifar10 --data ~/data/cifar --out runs/intl_c10
+    wssl-zoo pretrain --recipe cwrgp_cifar10 --data ~/data/cifar --out runs/c --epochs 2 --set loss.w_size=32
+    torchrun --nproc_per_node 8 -m wssl_zoo.pretrain --recipe intl_m_imagenet --data /imagenet --out runs/in1k
+    wssl-zoo pretrain --out runs/intl_c10 --resume          # continue a killed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .recipes import get_recipe, list_recipes, recipe_from_dict, resolve_recipe
+
+# flag -> recipe field, for the fields researchers override most
+FIELD_FLAGS = {
+    "--arch": ("arch", str, "timm architecture of the backbone (e.g. resnet18, resnet50, convnext_tiny)"),
+    "--stem": ("stem", str, "backbone stem: imagenet, cifar (3x3 stride-1 conv, no max-pool) or small (3x3 stride-1 conv, max-pool kept)"),
+    "--dataset": ("dataset", str, "dataset kind: cifar10, cifar100, stl10, tiny_imagenet, imagenet100, imagenet, imagefolder, fashion_mnist"),
+    "--img-size": ("img_size", int, "crop size of the views"),
+    "--epochs": ("epochs", int, "number of epochs"),
+    "--batch-size": ("batch_size", int, "global batch size (all processes together)"),
+    "--lr": ("lr", float, "learning rate as the authors state it (scaled by batch/256 where the recipe says so)"),
+    "--weight-decay": ("weight_decay", float, "weight decay"),
+    "--optimizer": ("optimizer", str, "adam, sgd or lars"),
+    "--num-views": ("num_views", int, "number of views per image"),
+    "--warmup-epochs": ("warmup_epochs", int, "epochs of linear warm-up"),
+    "--warmup-steps": ("warmup_steps", int, "steps of linear warm-up"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", help="recipe name (see --list-recipes); not needed with --resume")
+    parser.add_argument("--list-recipes", action="store_true", help="list the recipes with their source and exit")
+    parser.add_argument("--show", action="store_true", help="print the resolved recipe as JSON and exit")
+    parser.add_argument("--config", help="JSON or TOML file of recipe overrides ({\"epochs\": 10, \"loss.w_size\": 64})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any recipe field, e.g. --set loss.w_iter=2 --set projector.out_dim=128")
+    for flag, (_, typ, help_text) in FIELD_FLAGS.items():
+        parser.add_argument(flag, type=typ, help=help_text)
+    run = parser.add_argument_group("run options")
+    run.add_argument("--data", help="dataset root: ImageFolder root with train/<class>/ (val/ for the kNN monitor), "
+                                    "or torchvision's root for cifar10/cifar100/stl10")
+    run.add_argument("--out", help="output directory: checkpoints, logs, and finally the trained model")
+    run.add_argument("--resume", action="store_true", help="continue the run found in --out")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--workers", type=int, default=4, help="data-loading worker processes (default: 4)")
+    run.add_argument("--seed", type=int, default=0, help="seed of everything: init, data order, augmentation, sub-batches")
+    run.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                     help="mixed precision for the backbone and projector; whitening stays float32")
+    run.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs on GPUs)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--eval-every", type=int, help="epochs between kNN / effective-rank monitors (0: never; default: the recipe's)")
+    run.add_argument("--monitor-samples", type=int, default=2000, help="images per side of the held-out kNN monitor")
+    run.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps inside an epoch")
+    run.add_argument("--steps-per-epoch", type=int, help="cap the steps of every epoch (smoke tests, benchmarks)")
+    run.add_argument("--train-subset", type=int, help="pretrain on a class-balanced subset of about this many images")
+    run.add_argument("--gather", choices=["auto", "yes", "no"], default="auto",
+                     help="whitening statistics over all DDP ranks (auto: INTL yes, W-MSE/CW-RGP per process as the authors)")
+    run.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _read_config(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes a clear message
+        raise ValueError(f"--config {path}: cannot parse it: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a table of overrides")
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def print_recipes(out=sys.stdout) -> None:
+    print(f"{'recipe':<28} {'method':<6} {'dataset':<14} {'views':>5} {'batch':>5} {'epochs':>6} {'lr':>8}  source", file=out)
+    for r in list_recipes():
+        crops = f"{r.num_views}{'mc' if r.multi_crop else ''}"
+        print(f"{r.name:<28} {r.method:<6} {r.dataset:<14} {crops:>5} {r.batch_size:>5} {r.epochs:>6} "
+              f"{r.effective_lr:>8.4g}  {r.source.split(':', 2)[-1].strip()[:90]}", file=out)
+
+
+def resolve_from_args(args: argparse.Namespace):
+    overrides = {}
+    if args.config:
+        overrides.update(_read_config(args.config))
+    for flag, (field, _, _) in FIELD_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            overrides[field] = value
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    if args.resume and not args.recipe:
+        if not args.out:
+            raise ValueError("--resume needs --out")
+        cfg = Path(args.out) / "train_config.json"
+        if not cfg.is_file():
+            raise FileNotFoundError(f"--resume: {cfg} not found; pass --recipe too")
+        base = recipe_from_dict(json.loads(cfg.read_text())["recipe"])
+        return resolve_recipe(base, overrides)
+    if not args.recipe:
+        raise ValueError("--recipe is required (see --list-recipes)")
+    return resolve_recipe(get_recipe(args.recipe), overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .loop import RunOptions, pretrain
+
+    if args.list_recipes:
+        print_recipes()
+        return 0
+    recipe = resolve_from_args(args)
+    if args.show:
+        print(json.dumps(recipe.to_dict(), indent=2))
+        return 0
+    if not args.out:
+        raise ValueError("--out is required")
+    opts = RunOptions(
+        out=Path(args.out), data=args.data, device=args.device, workers=args.workers, seed=args.seed,
+        amp=args.amp, channels_last=args.channels_last, compile=args.compile, resume=args.resume,
+        eval_every=args.eval_every, monitor_samples=args.monitor_samples,
+        checkpoint_every=args.checkpoint_every, steps_per_epoch=args.steps_per_epoch,
+        train_subset=args.train_subset, gather=args.gather, tensorboard=args.tensorboard,
+        progress=not args.no_progress,
+    )
+    summary = pretrain(recipe, opts)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .loop import TrainingStopped
+
+    parser = argparse.ArgumentParser(
+        prog="python -m wssl_zoo.pretrain", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, KeyError, FileNotFoundError, TrainingStopped) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"wssl-zoo pretrain: error: {msg}", file=sys.stderr)
+        return 2
