@@ -99,6 +99,10 @@ def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
             cov = (1 - eps) * cov + eps * eye
         chol, info = torch.linalg.cholesky_ex(cov)
         if bool((info > 0).any()):
+            if x.dtype == torch.float32:
+                # A nearly singular covariance can fail in float32 only: the same math in
+                # float64 (where the authors' code would have crashed the run).
+                return cholesky_whiten(x.double(), eps).float()
             raise ValueError(
                 f"Cholesky whitening failed: a sub-batch covariance of size {d}x{d} estimated from "
                 f"{n} samples is not positive definite (the embeddings have collapsed or are "

@@ -198,6 +198,8 @@ def build_dataset(name: str, root: str | None, split: str = "train") -> Dataset:
     if name == "fashion_mnist":
         return fashion_mnist(root, split)
     if name in ("cifar10", "cifar100", "stl10"):
+        if root and (Path(root) / split).is_dir():  # the same data as JPEG files in ImageFolder layout
+            return ImageFolderDataset(root, split)
         return _RGB(_torchvision(name, root, split))
     raise ValueError(f"unknown dataset {name!r}; choose imagefolder, cifar10, cifar100, stl10 or fashion_mnist")
 

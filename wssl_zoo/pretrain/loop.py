@@ -357,7 +357,7 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=global_step, unit="step", dynamic_ncols=True,
-                   desc=recipe.name)
+                   desc=recipe.name, mininterval=2.0)
     run_start = time.perf_counter()
     for epoch in range(start_epoch, recipe.epochs):
         if recipe.cov_stop_epoch is not None:
