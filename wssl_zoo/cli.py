@@ -24,6 +24,20 @@ class Subcommand:
 
 def _list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["wmse", "cwrgp", "intl"], help="only this method")
+    p.add_argument("--update-readme", metavar="README", help="rewrite the zoo table between the "
+                   "<!-- zoo-table:start/end --> markers of this file instead of printing")
+
+
+README_START, README_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def readme_with_table(text: str) -> str:
+    """``text`` with the zoo table between the README markers replaced by the current one."""
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"the README has no {README_START} ... {README_END} markers")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{zoo_table()}{README_END}{tail}"
 
 
 def zoo_table(method: str | None = None) -> str:
@@ -46,6 +60,13 @@ def zoo_table(method: str | None = None) -> str:
 
 
 def _list_run(args: argparse.Namespace) -> int:
+    if args.update_readme:
+        from pathlib import Path
+
+        path = Path(args.update_readme)
+        path.write_text(readme_with_table(path.read_text()))
+        print(f"updated the zoo table in {path}")
+        return 0
     print(zoo_table(args.method), end="")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = pretrain(recipe, opts)
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -1,0 +1,189 @@
+"""The pretraining engine on tiny generated images: every method, resume after SIGKILL, DDP,
+bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wssl_zoo.pretrain.loop import RunOptions, TrainingStopped, pretrain
+from wssl_zoo.pretrain.recipes import resolve_recipe
+
+SMALL = {"arch": "resnet18", "stem": "imagenet", "img_size": 32, "dataset": "imagefolder",
+         "projector.hidden_dim": 64}
+CASES = {
+    "wmse": ("wmse_cifar10_2views", {"batch_size": 32, "loss.w_size": 16, "projector.out_dim": 8}),
+    "cwrgp": ("cwrgp_cifar10", {"batch_size": 16, "loss.w_size": 8, "loss.groups": 2, "projector.out_dim": 32}),
+    "intl": ("intl_cifar10", {"batch_size": 16, "projector.out_dim": 64}),
+    "intl_m": ("intl_m_imagenet", {"batch_size": 16, "projector.out_dim": 64, "img_size": 64}),
+}
+
+
+def make_imagefolder(root: Path, classes=3, per_class=20, val=6, size=40, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", val)):
+        for c in range(classes):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.zeros((size, size, 3))
+                base[..., c % 3] = 120 + 100 * rng.random()
+                img = (base + rng.normal(0, 30, base.shape)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("data"))
+
+
+def _recipe(case: str, **extra):
+    base, overrides = CASES[case]
+    return resolve_recipe(base, {**SMALL, **overrides, "epochs": 2, **extra})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_epoch_cpu_run_per_method(tmp_path, tiny_data, case):
+    out = tmp_path / "run"
+    summary = pretrain(_recipe(case), RunOptions(out=out, data=str(tiny_data), workers=0, eval_every=1,
+                                                 progress=False, monitor_samples=18))
+    assert summary["epoch"] == 2 and np.isfinite(summary["loss"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert 0 <= log[-1]["knn_top1"] <= 100 and log[-1]["effective_rank"] > 0
+    import wssl_zoo
+
+    model = wssl_zoo.load(out)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["recipe"]["method"] == case.split("_")[0] and (out / "projector.safetensors").is_file()
+
+
+def _cli(args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "wssl_zoo.pretrain", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, tiny_data):
+    args = ["--recipe", "cwrgp_cifar10", "--data", str(tiny_data), "--dataset", "imagefolder", "--arch", "resnet18",
+            "--stem", "imagenet", "--img-size", "32", "--epochs", "3", "--batch-size", "16", "--set", "loss.w_size=8",
+            "--set", "loss.groups=2", "--set", "projector.hidden_dim=32", "--set", "projector.out_dim=32",
+            "--workers", "0", "--eval-every", "0", "--no-progress", "--checkpoint-every", "1"]
+    full = _cli([*args, "--out", str(tmp_path / "full")])
+    assert full.wait(timeout=600) == 0, full.stdout.read()
+    killed = _cli([*args, "--out", str(tmp_path / "killed")])
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the run is inside its second epoch (3 steps per epoch)
+        if ckpt.is_file():
+            try:
+                state = torch.load(ckpt, weights_only=True)
+            except Exception:  # noqa: BLE001 - the file is replaced atomically; retry
+                state = None
+            if state and state["step"] >= 4:
+                break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before the kill"
+    resumed = _cli(["--out", str(tmp_path / "killed"), "--resume", "--data", str(tiny_data), "--workers", "0",
+                    "--eval-every", "0", "--no-progress", "--checkpoint-every", "1"])
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    a = (tmp_path / "full" / "model.safetensors").read_bytes()
+    b = (tmp_path / "killed" / "model.safetensors").read_bytes()
+    assert a == b
+    assert (tmp_path / "full" / "projector.safetensors").read_bytes() == (tmp_path / "killed" / "projector.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(tmp_path, tiny_data):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "wssl_zoo.pretrain", "--recipe", "intl_cifar10", "--data", str(tiny_data), "--dataset", "imagefolder",
+           "--arch", "resnet18", "--stem", "imagenet", "--img-size", "32", "--epochs", "1", "--batch-size", "16",
+           "--set", "projector.hidden_dim=32", "--set", "projector.out_dim=64", "--workers", "0", "--eval-every", "0",
+           "--no-progress", "--device", "cpu", "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cfg = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["local_batch"] == 8 and cfg["gather_distributed"] is True
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["global_step"] == 3
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_data, monkeypatch):
+    from wssl_zoo.losses import WMSELoss
+
+    calls = {"n": 0}
+    real = WMSELoss._loss
+
+    def flaky(self, h):
+        calls["n"] += 1
+        loss = real(self, h)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(WMSELoss, "_loss", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match=r"non-finite loss \(nan\) at epoch 2, step 2 \(global step 5\)"):
+        pretrain(_recipe("wmse", batch_size=16), RunOptions(out=out, data=str(tiny_data), workers=0, eval_every=0,
+                                                           progress=False))
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 3  # the end of the good first epoch
+    assert not (out / "model.safetensors").exists()
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="already holds a run .* pass --resume"):
+        pretrain(_recipe("wmse"), RunOptions(out=out, data=str(tiny_data), workers=0, progress=False))
+
+
+def test_corrupt_grayscale_and_cmyk_images_are_handled(tmp_path):
+    data = make_imagefolder(tmp_path / "d", classes=2, per_class=16, val=4)
+    Image.fromarray(np.full((40, 40), 128, np.uint8), mode="L").save(data / "train" / "c0" / "gray.jpg")
+    Image.new("CMYK", (40, 40), (10, 200, 30, 0)).save(data / "train" / "c1" / "cmyk.jpg")
+    (data / "train" / "c0" / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    good = (data / "train" / "c1" / "0.jpg").read_bytes()
+    (data / "train" / "c1" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        summary = pretrain(_recipe("wmse", epochs=1, batch_size=16),
+                           RunOptions(out=tmp_path / "run", data=str(data), workers=0, eval_every=0, progress=False))
+    assert np.isfinite(summary["loss"])
+
+
+def test_bad_input_gives_clear_errors(tmp_path, tiny_data):
+    empty = make_imagefolder(tmp_path / "e", classes=2, per_class=4, val=2)
+    (empty / "train" / "c_empty").mkdir()
+    cases = [
+        (dict(), tmp_path / "missing", r"dataset root .*missing does not exist"),
+        (dict(), empty, r"class folder .*c_empty holds no images"),
+        (dict(batch_size=24), tiny_data, r"batch_size=24 is not a multiple of loss.w_size=16"),
+        (dict(batch_size=128, **{"loss.w_size": 128}), tiny_data, r"60 images, fewer than one global batch of 128"),
+    ]
+    for extra, data, match in cases:
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            pretrain(_recipe("wmse", **extra), RunOptions(out=tmp_path / "o", data=str(data), workers=0, progress=False))
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "wssl_zoo.pretrain", "--recipe", "intl_cifar", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "did you mean intl_cifar10" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "wssl_zoo.pretrain", "--list-recipes"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "intl_m_imagenet" in proc.stdout and "cwrgp_cifar10_2views" in proc.stdout
