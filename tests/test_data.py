@@ -118,3 +118,18 @@ def test_seeded_views_are_deterministic_across_workers_and_epochs(tmp_path):
 def test_balanced_subset():
     idx = balanced_subset([0, 0, 0, 1, 1, 2, -1], 2, seed=0)
     assert len(idx) == 5 and 6 not in idx and idx == sorted(idx)
+
+
+def test_gpu_side_batch_augmentation_is_batched_and_deterministic():
+    from wssl_zoo.data.gpu_augment import BatchViewAugment
+
+    aug = BatchViewAugment(24, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    a = aug(images, torch.Generator().manual_seed(1))
+    b = aug(images, torch.Generator().manual_seed(1))
+    c = aug(images, torch.Generator().manual_seed(2))
+    assert a.shape == (8, 3, 24, 24) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= (0 - 0.5) / 0.25 - 1e-5 and a.max() <= (1 - 0.5) / 0.25 + 1e-5
+    flat = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)  # a constant image stays constant
+    out = BatchViewAugment(16, (0, 0, 0), (1, 1, 1), jitter_p=0.0, gray_p=0.0)(flat, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.full_like(out, 128 / 255))

@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--train-subset", type=int, help="pretrain on a class-balanced subset of about this many images")
     run.add_argument("--gather", choices=["auto", "yes", "no"], default="auto",
                      help="whitening statistics over all DDP ranks (auto: INTL yes, W-MSE/CW-RGP per process as the authors)")
+    run.add_argument("--gpu-augment", action="store_true",
+                     help="make the views on the training device in batches (W-MSE / CW-RGP, images <= 96 px)")
     run.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         amp=args.amp, channels_last=args.channels_last, compile=args.compile, resume=args.resume,
         eval_every=args.eval_every, monitor_samples=args.monitor_samples,
         checkpoint_every=args.checkpoint_every, steps_per_epoch=args.steps_per_epoch,
-        train_subset=args.train_subset, gather=args.gather, tensorboard=args.tensorboard,
+        train_subset=args.train_subset, gather=args.gather, gpu_augment=args.gpu_augment, tensorboard=args.tensorboard,
         progress=not args.no_progress,
     )
     summary = pretrain(recipe, opts)

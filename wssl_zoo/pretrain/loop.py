@@ -60,6 +60,7 @@ class RunOptions:
     steps_per_epoch: int | None = None  # cap the steps of every epoch (smoke runs, benchmarks)
     train_subset: int | None = None  # pretrain on a class-balanced subset of this many images
     gather: str = "auto"  # auto | yes | no: whitening statistics over all DDP ranks
+    gpu_augment: bool = False  # make the views on the training device (small-image recipes)
     tensorboard: bool = False
     progress: bool = True
 
@@ -273,7 +274,16 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         per_class = max(1, opts.train_subset // max(1, len(train_set.classes)))
         indices = balanced_subset(train_set.targets, per_class, opts.seed)
     sampler = EpochBatchSampler(indices, local_batch, opts.seed, rank, world, opts.steps_per_epoch)
-    views_ds = EpochIndexed(SeededViews(train_set, view_tf, opts.seed))
+    gpu_aug = None
+    if opts.gpu_augment:
+        from ..data.gpu_augment import BatchViewAugment, RawImages
+
+        if recipe.img_size > 96 or recipe.multi_crop or recipe.method == "intl":
+            raise ValueError("--gpu-augment implements the W-MSE / CW-RGP small-image views (<= 96 px)")
+        views_ds = RawImages(train_set, recipe.img_size)
+        gpu_aug = BatchViewAugment(recipe.img_size, mean, std)
+    else:
+        views_ds = EpochIndexed(SeededViews(train_set, view_tf, opts.seed))
     loader = DataLoader(
         views_ds, batch_sampler=sampler, num_workers=opts.workers, pin_memory=device.type == "cuda",
         persistent_workers=opts.workers > 0,
@@ -368,6 +378,10 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         step = sampler.start_step
         for views, _ in loader:
             torch.manual_seed(derive_seed(opts.seed, 1, epoch, step))
+            if gpu_aug is not None:
+                raw = views.to(device, non_blocking=True)
+                gen = torch.Generator(device=device).manual_seed(derive_seed(opts.seed, 3, epoch, step))
+                views = [gpu_aug(raw, gen) for _ in range(recipe.num_views)]
             views = [v.to(device, non_blocking=True) for v in views]
             if opts.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]

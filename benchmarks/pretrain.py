@@ -1,0 +1,148 @@
+"""Pretraining throughput (views/s) and the share of step time spent in the loss, per method.
+
+    python benchmarks/pretrain.py                     # ResNet-18 @ 32 px and ResNet-50 @ 224 px, CPU (+ CUDA)
+    python benchmarks/pretrain.py --device cuda --amp bf16 --channels-last
+
+A step is the training step of ``wssl-zoo pretrain`` without data loading (random images already
+on the device): the recipe's backbone, projector and loss (SSLModel forward), backward and the
+optimiser step. "loss share" is the forward+backward time of the loss alone on the same
+embeddings, divided by the step time. The baseline is a plain supervised step of the same
+backbone (linear classifier, cross-entropy) on the same number of images per step.
+On the CPU the ResNet-50 rows use a batch of 32 with sub-batch sizes scaled to fit (stated in the
+table); on a GPU the recipes' per-GPU batches are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from wssl_zoo.encoders import SSLModel, create_backbone
+from wssl_zoo.heads import Projector
+from wssl_zoo.losses import build_loss
+from wssl_zoo.pretrain.optim import build_optimizer
+from wssl_zoo.pretrain.recipes import get_recipe
+
+
+def configs(device: str):
+    gpu = device.startswith("cuda")
+    r50_batch = None if gpu else 32
+    cpu_r50_loss = {"wmse": {"w_size": 32}, "cwrgp": {"w_size": 32}, "intl": {}}
+    cpu_r50_proj = {"wmse": {"out_dim": 16}, "cwrgp": {}, "intl": {}}
+    rows = []
+    for method, recipe in (("wmse", "wmse_cifar10_2views"), ("cwrgp", "cwrgp_cifar10"), ("intl", "intl_cifar10")):
+        r = get_recipe(recipe)
+        rows.append(dict(name=f"{method} R18 32px", recipe=r, arch="resnet18", stem="cifar", img=32,
+                         batch=r.batch_size, views=r.num_views, loss=dict(r.loss), proj=dict(r.projector)))
+    for method, recipe in (("wmse", "wmse_imagenet"), ("cwrgp", "cwrgp_imagenet"), ("intl", "intl_imagenet")):
+        r = get_recipe(recipe)
+        loss, proj = dict(r.loss), dict(r.projector)
+        batch = r.batch_size // (4 if method == "cwrgp" else 1)  # CW-RGP: 512 over 4 GPUs
+        if r50_batch:
+            batch = r50_batch
+            loss.update(cpu_r50_loss[method])
+            proj.update(cpu_r50_proj[method])
+        rows.append(dict(name=f"{method} R50 224px", recipe=r, arch="resnet50", stem="imagenet", img=224,
+                         batch=batch, views=r.num_views, loss=loss, proj=proj))
+    return rows
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, device, repeats, warmup):
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench(cfg, device, amp, channels_last, repeats, warmup):
+    torch.manual_seed(0)
+    r = cfg["recipe"]
+    backbone = create_backbone(cfg["arch"], cfg["stem"])
+    p = cfg["proj"]
+    projector = Projector(backbone.num_features, p["hidden_dim"], p["out_dim"], p["num_layers"],
+                          hidden_bias=p.get("hidden_bias", True), last_bias=p.get("last_bias", True))
+    loss = build_loss(r.method, **cfg["loss"])
+    model = SSLModel(backbone, projector, loss).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = build_optimizer(r.optimizer, model, lr=1e-4, weight_decay=r.weight_decay)
+    views = [torch.randn(cfg["batch"], 3, cfg["img"], cfg["img"], device=device).contiguous(memory_format=fmt)
+             for _ in range(cfg["views"])]
+    use_amp = amp == "bf16"
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = model(views)
+        opt.zero_grad(set_to_none=True)
+        out.backward()
+        opt.step()
+
+    t_step = _median_time(step, device, repeats, warmup)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        emb = [e.float() for e in model.embed(views)]
+
+    def loss_only():
+        z = [e.detach().requires_grad_(True) for e in emb]
+        loss(z).backward()
+
+    t_loss = _median_time(loss_only, device, repeats, warmup)
+    # supervised baseline: same backbone, same images per step
+    base = create_backbone(cfg["arch"], cfg["stem"])
+    clf = nn.Sequential(base, nn.Linear(base.num_features, 1000)).to(device).to(memory_format=fmt)
+    opt2 = torch.optim.SGD(clf.parameters(), lr=1e-4, momentum=0.9)
+    images = torch.cat(views)
+    target = torch.randint(0, 1000, (len(images),), device=device)
+
+    def ce_step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = nn.functional.cross_entropy(clf(images), target)
+        opt2.zero_grad(set_to_none=True)
+        out.backward()
+        opt2.step()
+
+    t_ce = _median_time(ce_step, device, repeats, warmup)
+    n = cfg["batch"] * cfg["views"]
+    return dict(views_s=n / t_step, ce_views_s=n / t_ce, loss_share=t_loss / t_step, step_ms=t_step * 1e3)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", action="append", help="cpu / cuda (repeatable; default cpu, plus cuda if present)")
+    ap.add_argument("--amp", choices=["none", "bf16"], default="none")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--only", help="only rows whose name contains this text (e.g. R18)")
+    args = ap.parse_args(argv)
+    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, amp={args.amp}")
+    print(f"{'config':<16} {'device':<6} {'batch x views':>13} {'views/s':>9} {'CE views/s':>11} {'ratio':>6} {'loss share':>10}  loss params")
+    for device_name in devices:
+        device = torch.device(device_name)
+        for cfg in configs(device_name):
+            if args.only and args.only not in cfg["name"]:
+                continue
+            r = bench(cfg, device, args.amp, args.channels_last, args.repeats, args.warmup)
+            print(f"{cfg['name']:<16} {device_name:<6} {cfg['batch']:>7} x {cfg['views']:<3} {r['views_s']:>9.1f} "
+                  f"{r['ce_views_s']:>11.1f} {r['views_s'] / r['ce_views_s']:>6.2f} {100 * r['loss_share']:>9.1f}%  {cfg['loss']}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
