@@ -14,10 +14,10 @@ from test_pretrain import make_imagefolder
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, capsys):
-    data = make_imagefolder(tmp_path / "d", classes=3, per_class=24, val=8)
+    data = make_imagefolder(tmp_path / "d", classes=3, per_class=44, val=8)
     out = tmp_path / "demo"
     code = main(["--dataset", "imagefolder", "--data", str(data), "--out", str(out), "--epochs", "1",
-                 "--steps-per-epoch", "3", "--batch-size", "16", "--train-subset", "72", "--bank", "72",
+                 "--steps-per-epoch", "1", "--batch-size", "128", "--train-subset", "132", "--bank", "66",
                  "--queries", "24", "--workers", "0"])
     assert code == 0
     text = capsys.readouterr().out

@@ -24,20 +24,48 @@ class Subcommand:
 
 def _list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["wmse", "cwrgp", "intl"], help="only this method")
-    p.add_argument("--update-readme", metavar="README", help="rewrite the zoo table between the "
-                   "<!-- zoo-table:start/end --> markers of this file instead of printing")
+    p.add_argument("--update-readme", metavar="README", help="rewrite the generated sections (zoo table, measured "
+                   "pretraining results) between their markers in this file instead of printing")
 
 
 README_START, README_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+RESULTS_START, RESULTS_END = "<!-- pretrain-results:start -->", "<!-- pretrain-results:end -->"
+
+
+def results_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "zoo" / "results"
+
+
+def pretrain_results_table() -> str:
+    """The measured pretraining results of ``zoo/results/pretrain_*.json`` as a Markdown table."""
+    import json
+
+    rows = ["| recipe (settings) | backbone | epochs | pretrain time | hardware | kNN k=5 | kNN k=20 | linear | same net, random init: kNN k=5 / linear | record |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(results_dir().glob("pretrain_*.json")):
+        r = json.loads(path.read_text())
+        m, base = r["metrics"]["pretrained"], r["metrics"]["random_init"]
+        minutes = (r["pretrain"].get("wall_seconds") or 0) / 60
+        rows.append(f"| {r['recipe']} | {r['arch']} ({r['stem']} stem) | {r['pretrain']['epochs']} | {minutes:.1f} min | "
+                    f"{r['hardware']} | {m['knn5_top1']:.2f} | {m['knn20_top1']:.2f} | {m['linear_top1']:.2f} | "
+                    f"{base['knn5_top1']:.2f} / {base['linear_top1']:.2f} | `zoo/results/{path.name}` |")
+    return "\n".join(rows) + "\n"
+
+
+def _replace_between(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"the README has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}{end}{tail}"
 
 
 def readme_with_table(text: str) -> str:
-    """``text`` with the zoo table between the README markers replaced by the current one."""
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"the README has no {README_START} ... {README_END} markers")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    return f"{head}{README_START}\n{zoo_table()}{README_END}{tail}"
+    """``text`` with the generated README sections (zoo table, measured results) refreshed."""
+    text = _replace_between(text, README_START, README_END, zoo_table())
+    return _replace_between(text, RESULTS_START, RESULTS_END, pretrain_results_table())
 
 
 def zoo_table(method: str | None = None) -> str:
@@ -65,7 +93,7 @@ def _list_run(args: argparse.Namespace) -> int:
 
         path = Path(args.update_readme)
         path.write_text(readme_with_table(path.read_text()))
-        print(f"updated the zoo table in {path}")
+        print(f"updated the generated tables in {path}")
         return 0
     print(zoo_table(args.method), end="")
     return 0

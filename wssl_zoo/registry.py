@@ -100,7 +100,10 @@ def default_registry_dir() -> Path:
     env = os.environ.get("WSSL_ZOO_REGISTRY")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "zoo" / "models"
+    checkout = Path(__file__).resolve().parent.parent / "zoo" / "models"
+    if checkout.is_dir():  # a source checkout or an editable install
+        return checkout
+    return Path(__file__).resolve().parent / "_registry"  # the copy inside an installed wheel
 
 
 def _req(data: dict, key: str, typ, where: str):
