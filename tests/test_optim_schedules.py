@@ -72,7 +72,9 @@ def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
     def broken(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck.os, "fsync", broken)  # the crash comes after the bytes were written
+    import wssl_zoo.modelio as modelio
+
+    monkeypatch.setattr(modelio.os, "fsync", broken)  # the crash comes after the bytes were written
     with pytest.raises(OSError, match="disk full"):
         ck.atomic_save({"a": torch.zeros(2)}, path)
     monkeypatch.undo()

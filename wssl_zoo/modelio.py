@@ -26,13 +26,15 @@ from torch import nn
 FORMAT_VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one:
+    a temporary file in the same folder, fsync, rename, fsync of the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -40,6 +42,14 @@ def _atomic_write(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -49,8 +59,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     for key, value in clean.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ValueError(f"refusing to save {path}: tensor {key!r} holds NaN or Inf")
-    data = save(clean, metadata={"format": "pt"})
-    _atomic_write(path, lambda fh: fh.write(data))
+    atomic_write_bytes(path, save(clean, metadata={"format": "pt"}))
 
 
 def save_model_dir(out_dir, backbone: nn.Module, *, arch: str, stem: str, mean, std, img_size: int,
@@ -78,7 +87,7 @@ def save_model_dir(out_dir, backbone: nn.Module, *, arch: str, stem: str, mean, 
         "wssl_zoo": {"format_version": FORMAT_VERSION, "stem": stem, **(extra_meta or {})},
     }
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / "config.json", lambda fh: fh.write(text.encode()))
+    atomic_write_bytes(out / "config.json", text.encode())
     return out
 
 
