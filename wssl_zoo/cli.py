@@ -156,9 +156,28 @@ def _demo_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _card_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="print the card of this entry (default: all, with --all)")
+    p.add_argument("--all", action="store_true", help="rewrite MODEL_CARDS/<name>.md for every entry")
+
+
+def _card_run(args: argparse.Namespace) -> int:
+    from .cards import render_card, write_cards
+
+    if args.all:
+        for path in write_cards():
+            print(f"wrote {path}")
+        return 0
+    if not args.name:
+        raise ValueError("give a model name or --all")
+    print(render_card(get_entry(args.name)), end="")
+    return 0
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("list", "the registered models as a table", _list_args, _list_run),
     Subcommand("info", "one registry entry: recipe, files, paper results (no download)", _info_args, _info_run),
+    Subcommand("card", "render model cards (MODEL_CARDS/) from the registry and zoo/results", _card_args, _card_run),
     Subcommand("pretrain", "pretrain with a paper recipe (python -m wssl_zoo.pretrain)", _pretrain_args, _pretrain_run),
     Subcommand("demo", "pretrain a small model offline and compare it with random init", _demo_args, _demo_run),
 ]
