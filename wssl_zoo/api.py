@@ -22,6 +22,7 @@ def create(name: str, stem: str | None = None) -> nn.Module:
     """The architecture of registry entry ``name`` (or a timm architecture name) at random init.
 
     ``stem`` overrides the entry's stem (or sets one for a bare timm name; default imagenet).
+    Returns the backbone in eval mode; ``model(x)`` maps (B, 3, H, W) to (B, num_features).
     """
     from .encoders import create_backbone
 
@@ -38,13 +39,21 @@ def create(name: str, stem: str | None = None) -> nn.Module:
 
 
 def _not_published(entry: ZooEntry) -> WeightsNotPublishedError:
-    how = [f"  wssl-zoo pretrain --recipe {entry.recipe} --data ROOT --out runs/{entry.name}"]
+    """The error for a registered model whose weights wssl-zoo has not published: how to make them."""
+    from .cli import SUBCOMMANDS
+
+    out = f"runs/{entry.name}"
+    how = [f"  wssl-zoo pretrain --recipe {entry.recipe} --data ROOT --out {out}"]
     if entry.official.get("url"):
-        how.append(f"  (the authors publish their own checkpoint at {entry.official['url']})")
+        if any(cmd.name == "convert" for cmd in SUBCOMMANDS):
+            how.append(f"or convert the authors' checkpoint ({entry.official['url']}):")
+            how.append(f"  wssl-zoo convert --from official-{entry.method} CKPT --out {out}")
+        else:
+            how.append(f"(the authors publish their own checkpoint at {entry.official['url']})")
     return WeightsNotPublishedError(
-        f"the weights of {entry.name!r} are not published yet (zoo/models/{entry.name}.toml has no pinned "
-        f"revision and file hashes). Make them yourself:\n" + "\n".join(how)
-        + f"\nthen load them with wssl_zoo.load('runs/{entry.name}')."
+        f"the weights of {entry.name!r} are not published yet ({entry.path.name} in the registry has no "
+        f"pinned revision and file hashes). Make them yourself:\n" + "\n".join(how)
+        + f"\nthen load them with wssl_zoo.load({out!r})."
     )
 
 

@@ -105,20 +105,25 @@ def _info_args(p: argparse.ArgumentParser) -> None:
 
 def _info_run(args: argparse.Namespace) -> int:
     e = get_entry(args.name)
-    print(f"{e.name}  ({', '.join(e.aliases)})")
+    print(f"{e.name}  (aliases: {', '.join(e.aliases) or 'none'})")
     print(f"  {e.description}")
+    print(f"  registry file: {e.path}")
     print(f"  method: {e.method} — {e.variant}")
     print(f"  backbone: timm {e.arch}, {e.stem} stem, {e.img_size} px, {e.feature_dim}-d features")
+    print(f"  preprocessing: mean {list(e.mean)}, std {list(e.std)}")
     print(f"  projector: {dict(e.projector)} -> {e.embedding_dim}-d embedding")
     print(f"  loss: {dict(e.loss)}")
-    print(f"  recipe: {e.recipe}  (wssl-zoo pretrain --recipe {e.recipe})")
+    print(f"  recipe: {e.recipe}  (wssl-zoo pretrain --recipe {e.recipe} --show)")
     print("  training: " + ", ".join(f"{k}={v}" for k, v in e.training.items()))
+    print(f"  weights published: {'yes' if e.hub.published else 'no'}")
     rev = e.hub.revision or "not published yet"
     print(f"  hub: {e.hub.repo_id} @ {rev}")
     for fname, digest in e.hub.files.items():
-        print(f"    {fname}: sha256 {digest or '(empty until published)'}")
+        size = e.hub.sizes.get(fname)
+        size_txt = f", {size:,} bytes" if size is not None else ""
+        print(f"    {fname}: sha256 {digest or '(empty until published)'}{size_txt}")
     if e.official.get("url") or e.official.get("note"):
-        print(f"  authors' checkpoint: {e.official.get('url') or 'none'}  {e.official.get('note', '')}")
+        print(f"  authors' checkpoint: {e.official.get('url') or 'none'}  {e.official.get('note', '')}".rstrip())
     if e.paper_results:
         print("  paper results (labelled by provenance):")
         for r in e.paper_results:
@@ -129,6 +134,9 @@ def _info_run(args: argparse.Namespace) -> int:
         print("  paper results: none registered")
     if e.notes:
         print(f"  notes: {e.notes}")
+    print("  citation:")
+    for line in e.citation.strip().splitlines():
+        print(f"    {line}")
     return 0
 
 
@@ -183,6 +191,14 @@ SUBCOMMANDS: list[Subcommand] = [
 ]
 
 
+def register_subcommand(command: Subcommand) -> Subcommand:
+    """Add ``command`` to :data:`SUBCOMMANDS` (for modules that bring their own subcommand)."""
+    if any(c.name == command.name for c in SUBCOMMANDS):
+        raise ValueError(f"a wssl-zoo subcommand named {command.name!r} is already registered")
+    SUBCOMMANDS.append(command)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wssl-zoo", description="The whitening-SSL model zoo.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -195,10 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``wssl-zoo`` command line; returns the exit status (2 for a usage or input error)."""
     args = build_parser().parse_args(argv)
     try:
         return args._run(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        # Errors from wssl-zoo carry a message that names the file / key / value: no traceback.
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"wssl-zoo {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 FORMAT_VERSION = 1
+_STEMS = ("imagenet", "cifar", "small")  # the stems of wssl_zoo.encoders.create_backbone
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -63,14 +64,34 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save_model_dir(out_dir, backbone: nn.Module, *, arch: str, stem: str, mean, std, img_size: int,
-                   crop_pct: float = 0.875, interpolation: str = "bicubic", projector: nn.Module | None = None,
-                   extra_meta: dict[str, Any] | None = None) -> Path:
-    """Write ``backbone`` (and ``projector``) as a model directory; returns its path."""
+                   crop_pct: float | None = None, interpolation: str | None = None,
+                   projector: nn.Module | None = None, extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write ``backbone`` (and ``projector``) as a model directory; returns its path.
+
+    Args:
+        out_dir: the folder (created if needed); files already there are replaced one by one.
+        backbone: a timm backbone (``num_classes=0``); its ``state_dict()`` is saved with timm's key
+            names, so ``timm.create_model(arch, pretrained=True, num_classes=0,
+            pretrained_cfg_overlay=dict(file=...))`` loads it (for the imagenet stem).
+        arch, stem: how to rebuild it (``wssl_zoo.encoders.create_backbone(arch, stem)``).
+        mean, std, img_size: the evaluation preprocessing (3 values each; input (3, img_size, img_size)).
+        crop_pct, interpolation: timm's eval crop; default 0.875 / bicubic for the imagenet stem and
+            1.0 / bilinear for the small-image stems (images are used at their native size).
+        projector: the pretraining projector, saved to ``projector.safetensors`` when given.
+        extra_meta: JSON-serialisable provenance added to the ``wssl_zoo`` section of config.json.
+    """
+    if stem not in _STEMS:
+        raise ValueError(f"save_model_dir: unknown stem {stem!r}; choose one of {list(_STEMS)}")
+    if len(tuple(mean)) != 3 or len(tuple(std)) != 3:
+        raise ValueError(f"save_model_dir: mean and std need 3 values each, got {tuple(mean)} and {tuple(std)}")
+    if crop_pct is None:
+        crop_pct = 0.875 if stem == "imagenet" else 1.0
+    if interpolation is None:
+        interpolation = "bicubic" if stem == "imagenet" else "bilinear"
+    reserved = {"format_version", "stem"} & set(extra_meta or {})
+    if reserved:
+        raise ValueError(f"save_model_dir: extra_meta may not set {sorted(reserved)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _save_tensors(backbone.state_dict(), out / "model.safetensors")
-    if projector is not None:
-        _save_tensors(projector.state_dict(), out / "projector.safetensors")
     config = {
         "architecture": arch,
         "num_classes": 0,
@@ -86,7 +107,15 @@ def save_model_dir(out_dir, backbone: nn.Module, *, arch: str, stem: str, mean, 
         },
         "wssl_zoo": {"format_version": FORMAT_VERSION, "stem": stem, **(extra_meta or {})},
     }
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    try:
+        text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:  # checked before any file is written
+        raise ValueError(f"save_model_dir: extra_meta is not JSON-serialisable ({exc})") from None
+    out.mkdir(parents=True, exist_ok=True)
+    _save_tensors(backbone.state_dict(), out / "model.safetensors")
+    if projector is not None:
+        _save_tensors(projector.state_dict(), out / "projector.safetensors")
+    # config.json last: a directory with a config.json has its weights.
     atomic_write_bytes(out / "config.json", text.encode())
     return out
 
@@ -128,7 +157,11 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 
 
 def load_weights_file(path, arch: str, stem: str = "imagenet", map_location="cpu") -> nn.Module:
-    """A backbone of ``arch``/``stem`` with the weights of a bare ``.safetensors`` file, eval mode."""
+    """A backbone of ``arch``/``stem`` with the weights of a bare ``.safetensors`` file, eval mode.
+
+    Loading is strict: a ValueError names the file and lists missing, unexpected and mis-shaped
+    keys; a tensor holding NaN or Inf is refused by name.
+    """
     from safetensors.torch import load_file
 
     from .encoders import create_backbone
@@ -145,20 +178,40 @@ def load_weights_file(path, arch: str, stem: str = "imagenet", map_location="cpu
 
 
 def load_model_dir(path, map_location="cpu") -> nn.Module:
-    """The backbone stored in model directory ``path`` (or its ``model.safetensors``), eval mode."""
+    """The backbone stored in a model directory, eval mode.
+
+    ``path`` is the directory or a ``.safetensors`` file in it (its ``config.json`` says the
+    architecture and stem; for a file without one use :func:`load_weights_file`). The returned
+    model's ``pretrained_cfg`` holds the directory's preprocessing (mean, std, input size, crop).
+    """
     path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        path = path.parent
-    if not path.is_dir():
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: not a model directory or a .safetensors file")
+        folder, weights = path.parent, path
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json beside it to say the architecture; use "
+                                    "wssl_zoo.modelio.load_weights_file(path, arch, stem)")
+    elif path.is_dir():
+        folder, weights = path, path / "model.safetensors"
+    else:
         raise FileNotFoundError(f"{path}: no such model directory")
-    config = read_config(path)
-    stem = config.get("wssl_zoo", {}).get("stem", "imagenet")
-    model = load_weights_file(path / "model.safetensors", config["architecture"], stem, map_location)
+    config = read_config(folder)
+    section = config.get("wssl_zoo", {})
+    version = section.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{folder / 'config.json'}: wssl_zoo format_version {version!r} is newer than this "
+                         f"wssl-zoo reads ({FORMAT_VERSION}); upgrade wssl-zoo")
+    stem = section.get("stem", "imagenet")  # a plain timm Hub config has no wssl_zoo section
+    if stem not in _STEMS:
+        raise ValueError(f"{folder / 'config.json'}: wssl_zoo stem {stem!r} is not one of {list(_STEMS)}")
+    model = load_weights_file(weights, config["architecture"], stem, map_location)
     model.pretrained_cfg = dict(model.pretrained_cfg or {}, **config.get("pretrained_cfg", {}))
     return model
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks (checkpoints can be larger than memory)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):

@@ -4,12 +4,32 @@ Each entry says what a model is (method, architecture, stem, loss and projector,
 was trained with), where its weights live (Hub repo, pinned revision, sha256 of every file;
 empty until published), where the authors publish their own checkpoint, and the results the
 authors report, each labelled with its provenance. Measured results live in ``zoo/results``.
+
+The folder is ``zoo/models`` of the source checkout (the copy shipped in the wheel as
+``wssl_zoo/_registry`` otherwise); the environment variable ``WSSL_ZOO_REGISTRY`` points
+elsewhere. Every file is validated when the registry is read; errors name the file and the key.
+
+Schema of ``zoo/models/<name>.toml`` (all keys required unless marked optional)::
+
+    name, aliases, method (wmse|cwrgp|intl), variant, description, arch (timm name),
+    stem (imagenet|cifar|small), img_size, mean, std, feature_dim, embedding_dim,
+    recipe (the ``wssl-zoo pretrain --recipe`` name), citation (bibtex), notes (optional)
+    [loss]          keyword arguments of the method's loss class (wssl_zoo.losses.LOSSES)
+    [projector]     num_layers, hidden_dim, out_dim (= embedding_dim), hidden_bias
+    [training]      dataset, epochs, batch_size, views, optimizer, lr, weight_decay, schedule,
+                    source; optional lr_scaling, cov_stop_epoch, ema_momentum, crops, warmup, note
+    [hub]           repo_id ("org/name"), revision ("" or a 40-hex commit)
+    [hub.files]     filename = sha256 ("" until published); [hub.sizes] optional, filename = bytes
+    [official]      url ("" or https://...), note: where the authors publish their checkpoint
+    [[paper_results]]  task, dataset, value, label (provenance, never empty), source;
+                       optional epochs, note
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 import re
 import sys
@@ -26,9 +46,21 @@ else:  # pragma: no cover - Python 3.10
 
 METHODS = ("wmse", "cwrgp", "intl")
 STEMS = ("imagenet", "cifar", "small")
+REGISTRY_ENV = "WSSL_ZOO_REGISTRY"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+_TOP_KEYS = {"name", "aliases", "method", "variant", "description", "arch", "stem", "img_size", "mean", "std",
+             "feature_dim", "embedding_dim", "recipe", "loss", "projector", "training", "hub", "official",
+             "paper_results", "citation", "notes"}
+_PROJECTOR_KEYS = {"num_layers": int, "hidden_dim": int, "out_dim": int, "hidden_bias": bool}
+_TRAINING_REQUIRED = {"dataset": str, "epochs": int, "batch_size": int, "views": int, "optimizer": str,
+                      "lr": float, "weight_decay": float, "schedule": str, "source": str}
+_TRAINING_OPTIONAL = {"lr_scaling": str, "cov_stop_epoch": int, "ema_momentum": float, "crops": str,
+                      "warmup": str, "note": str}
+_RESULT_REQUIRED = {"task": str, "dataset": str, "value": float, "label": str, "source": str}
+_RESULT_OPTIONAL = {"epochs": int, "note": str}
 
 
 class RegistryError(ValueError):
@@ -44,28 +76,36 @@ class UnknownModelError(KeyError, ValueError):
 
 @dataclass(frozen=True)
 class PaperResult:
+    """One number the authors report, with where it was read and how much to trust it."""
+
     task: str  # linear_top1, knn5_top1, linear_top5, coco_det_ap, ...
     dataset: str
     value: float
     label: str  # provenance, e.g. "reported by the authors"
-    source: str
-    epochs: int | None = None
+    source: str  # repository URL @ commit + file and table
+    epochs: int | None = None  # pretraining epochs of the model the number belongs to
     note: str = ""
 
 
 @dataclass(frozen=True)
 class HubInfo:
+    """Where wssl-zoo publishes the weights: a Hub repo at a pinned commit, every file hashed."""
+
     repo_id: str
     revision: str = ""  # a 40-hex commit sha once published
-    files: Mapping[str, str] = field(default_factory=dict)  # filename -> sha256 ("" until published)
+    files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # filename -> sha256
+    sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # filename -> bytes, if known
 
     @property
     def published(self) -> bool:
+        """True once the revision and the sha256 of every file are pinned."""
         return bool(self.revision) and bool(self.files) and all(self.files.values())
 
 
 @dataclass(frozen=True)
 class ZooEntry:
+    """One registered model (the content of ``zoo/models/<name>.toml``)."""
+
     name: str
     aliases: tuple[str, ...]
     method: str
@@ -89,136 +129,233 @@ class ZooEntry:
     notes: str
     path: Path
 
-    def paper_result(self, task: str, dataset: str | None = None) -> PaperResult | None:
+    def paper_result(self, task: str, dataset: str | None = None, epochs: int | None = None) -> PaperResult | None:
+        """The first paper result of ``task`` (on ``dataset``, at ``epochs``, where given), or None."""
         for r in self.paper_results:
-            if r.task == task and (dataset is None or r.dataset == dataset):
+            if r.task == task and dataset in (None, r.dataset) and epochs in (None, r.epochs):
                 return r
         return None
 
 
 def default_registry_dir() -> Path:
-    env = os.environ.get("WSSL_ZOO_REGISTRY")
+    """``$WSSL_ZOO_REGISTRY``, else ``zoo/models`` of the checkout, else the copy in the wheel."""
+    env = os.environ.get(REGISTRY_ENV)
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     checkout = Path(__file__).resolve().parent.parent / "zoo" / "models"
     if checkout.is_dir():  # a source checkout or an editable install
         return checkout
     return Path(__file__).resolve().parent / "_registry"  # the copy inside an installed wheel
 
 
-def _req(data: dict, key: str, typ, where: str):
+_TYPE_NAMES = {str: "str (a string)", int: "int (an integer)", float: "float (a number)",
+               bool: "bool (true or false)", list: "list (an array)", dict: "dict (a table)"}
+
+
+def _check_type(value: Any, typ: type, where: str, key: str) -> Any:
+    """``value`` if it is a ``typ`` (an int passes as a float); a RegistryError otherwise."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ in (int, float) and isinstance(value, bool)):
+        raise RegistryError(f"{where}: key {key!r} must be {_TYPE_NAMES.get(typ, typ.__name__)}, got {value!r}")
+    return value
+
+
+def _req(data: dict, key: str, typ: type, where: str) -> Any:
     if key not in data:
         raise RegistryError(f"{where}: missing key {key!r}")
-    value = data[key]
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise RegistryError(f"{where}: key {key!r} must be {typ.__name__}, got {value!r}")
-    return value
+    return _check_type(data[key], typ, where, key)
+
+
+def _opt(data: dict, key: str, typ: type, where: str, default: Any) -> Any:
+    return _check_type(data[key], typ, where, key) if key in data else default
+
+
+def _no_unknown(data: dict, known, where: str) -> None:
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise RegistryError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+
+
+def _positive(data: dict, key: str, where: str) -> None:
+    if key in data and data[key] <= 0:
+        raise RegistryError(f"{where}: key {key!r} must be positive, got {data[key]!r}")
+
+
+def _typed_table(raw: dict, required: dict, optional: dict, where: str) -> dict:
+    types = {**required, **optional}
+    _no_unknown(raw, types, where)
+    for key in required:
+        if key not in raw:
+            raise RegistryError(f"{where}: missing key {key!r}")
+    # The file's order is kept: model cards list the values in it.
+    return {key: _check_type(value, types[key], where, key) for key, value in raw.items()}
+
+
+def _check_loss_kwargs(method: str, loss: dict, where: str) -> None:
+    """The [loss] keys must be parameters of the method's loss class (skipped if losses cannot import)."""
+    try:
+        from .losses import LOSSES
+    except ImportError:  # the losses are optional for reading the registry
+        return
+    cls = LOSSES[method]
+    params = inspect.signature(cls).parameters
+    accepted = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    bad = sorted(set(loss) - accepted)
+    if bad:
+        raise RegistryError(f"{where}: [loss] keys {bad} are not parameters of {cls.__name__} "
+                            f"(accepted: {sorted(accepted)})")
+
+
+def _parse_hub(raw: dict, where: str) -> HubInfo:
+    w = f"{where} [hub]"
+    _no_unknown(raw, {"repo_id", "revision", "files", "sizes"}, w)
+    repo_id = _req(raw, "repo_id", str, w)
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise RegistryError(f"{w}: key 'repo_id' {repo_id!r} must look like 'org/name'")
+    revision = _opt(raw, "revision", str, w, "")
+    if revision and not _COMMIT.match(revision):
+        raise RegistryError(f"{w}: revision {revision!r} must be empty or a 40-hex commit sha "
+                            "(pin a commit, not a branch or tag)")
+    files = _opt(raw, "files", dict, w, {})
+    for fname, digest in files.items():
+        if not isinstance(digest, str) or (digest and not _SHA256.match(digest)):
+            raise RegistryError(f"{where} [hub.files]: {fname!r} sha256 {digest!r} must be empty or 64 "
+                                "lower-case hex characters")
+    sizes = _opt(raw, "sizes", dict, w, {})
+    for fname, size in sizes.items():
+        if fname not in files:
+            raise RegistryError(f"{where} [hub.sizes]: {fname!r} is not listed in [hub.files]")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise RegistryError(f"{where} [hub.sizes]: {fname!r} size {size!r} must be a non-negative integer")
+    if revision and not all(files.values()):
+        unhashed = sorted(f for f, d in files.items() if not d)
+        raise RegistryError(f"{w}: a revision is pinned but [hub.files] {unhashed or '(none)'} have no sha256")
+    return HubInfo(repo_id=repo_id, revision=revision, files=MappingProxyType(dict(files)),
+                   sizes=MappingProxyType(dict(sizes)))
+
+
+def _parse_official(raw: dict, where: str) -> Mapping[str, str]:
+    w = f"{where} [official]"
+    out = _typed_table(raw, {}, {"url": str, "note": str}, w)
+    url = out.setdefault("url", "")
+    out.setdefault("note", "")
+    if url and not url.startswith("https://"):
+        raise RegistryError(f"{w}: key 'url' {url!r} must be empty or an https:// address")
+    if not url and not out["note"]:
+        raise RegistryError(f"{w}: with no 'url', key 'note' must say why (e.g. the authors publish no checkpoint)")
+    return MappingProxyType(out)
+
+
+def _parse_results(raw_list: list, where: str) -> tuple[PaperResult, ...]:
+    results = []
+    for i, raw in enumerate(raw_list):
+        w = f"{where} [[paper_results]] #{i + 1}"
+        if not isinstance(raw, dict):
+            raise RegistryError(f"{w}: must be a table, got {raw!r}")
+        fields = _typed_table(raw, _RESULT_REQUIRED, _RESULT_OPTIONAL, w)
+        for key in ("label", "source", "task", "dataset"):
+            if not fields[key].strip():
+                raise RegistryError(f"{w}: key {key!r} must not be empty")
+        if not math.isfinite(fields["value"]):
+            raise RegistryError(f"{w}: key 'value' must be finite, got {fields['value']!r}")
+        _positive(fields, "epochs", w)
+        results.append(PaperResult(**fields))
+    return tuple(results)
 
 
 def _parse_entry(path: Path) -> ZooEntry:
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise RegistryError(f"{where}: invalid TOML ({exc})") from None
-    known = {"name", "aliases", "method", "variant", "description", "arch", "stem", "img_size", "mean", "std",
-             "feature_dim", "embedding_dim", "recipe", "loss", "projector", "training", "hub", "official",
-             "paper_results", "citation", "notes"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RegistryError(f"{where}: unknown key(s) {unknown}")
+    _no_unknown(data, _TOP_KEYS, where)
+
     name = _req(data, "name", str, where)
     if name != path.stem:
         raise RegistryError(f"{where}: key 'name' is {name!r} but the file is named {path.name}")
     if not _NAME.match(name):
         raise RegistryError(f"{where}: key 'name' {name!r} must be lower-case letters, digits and _")
+    aliases = tuple(_req(data, "aliases", list, where))
+    for alias in aliases:
+        if not isinstance(alias, str) or not _NAME.match(alias):
+            raise RegistryError(f"{where}: key 'aliases': {alias!r} must be lower-case letters, digits and _")
     method = _req(data, "method", str, where)
     if method not in METHODS:
         raise RegistryError(f"{where}: key 'method' is {method!r}, not one of {METHODS}")
     stem = _req(data, "stem", str, where)
     if stem not in STEMS:
         raise RegistryError(f"{where}: key 'stem' is {stem!r}, not one of {STEMS}")
-    aliases = tuple(_req(data, "aliases", list, where))
-    for a in aliases:
-        if not isinstance(a, str) or not _NAME.match(a):
-            raise RegistryError(f"{where}: alias {a!r} must be lower-case letters, digits and _")
-    loss = _req(data, "loss", dict, where)
-    try:
-        from .losses import LOSSES
+    for key in ("img_size", "feature_dim", "embedding_dim"):
+        _req(data, key, int, where)
+        _positive(data, key, where)
+    mean = tuple(_check_type(v, float, where, "mean") for v in _req(data, "mean", list, where))
+    std = tuple(_check_type(v, float, where, "std") for v in _req(data, "std", list, where))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise RegistryError(f"{where}: keys 'mean' and 'std' need 3 values each (std > 0), got {mean} and {std}")
+    for key in ("variant", "description", "arch", "recipe", "citation"):
+        if not _req(data, key, str, where).strip():
+            raise RegistryError(f"{where}: key {key!r} must not be empty")
 
-        accepted = set(inspect.signature(LOSSES[method]).parameters)
-        bad = sorted(set(loss) - accepted)
-        if bad:
-            raise RegistryError(f"{where}: [loss] keys {bad} are not parameters of {LOSSES[method].__name__}")
-    except ImportError:  # pragma: no cover
-        pass
-    projector = _req(data, "projector", dict, where)
+    loss = _req(data, "loss", dict, where)
+    _check_loss_kwargs(method, loss, where)
+    projector = _typed_table(_req(data, "projector", dict, where), _PROJECTOR_KEYS, {}, f"{where} [projector]")
     for key in ("num_layers", "hidden_dim", "out_dim"):
-        _req(projector, key, int, f"{where} [projector]")
-    hub_raw = _req(data, "hub", dict, where)
-    repo_id = _req(hub_raw, "repo_id", str, f"{where} [hub]")
-    if repo_id.count("/") != 1:
-        raise RegistryError(f"{where}: [hub] repo_id {repo_id!r} must look like 'org/name'")
-    revision = hub_raw.get("revision", "")
-    if revision and not _COMMIT.match(revision):
-        raise RegistryError(f"{where}: [hub] revision {revision!r} must be empty or a 40-hex commit sha")
-    files = hub_raw.get("files", {})
-    for fname, digest in files.items():
-        if digest and not _SHA256.match(digest):
-            raise RegistryError(f"{where}: [hub.files] {fname!r} sha256 {digest!r} must be empty or 64 hex characters")
-    results = []
-    for i, raw in enumerate(data.get("paper_results", [])):
-        w = f"{where} [[paper_results]] #{i + 1}"
-        label = _req(raw, "label", str, w)
-        if not label.strip():
-            raise RegistryError(f"{w}: key 'label' must not be empty")
-        results.append(PaperResult(
-            task=_req(raw, "task", str, w), dataset=_req(raw, "dataset", str, w),
-            value=_req(raw, "value", float, w), label=label, source=_req(raw, "source", str, w),
-            epochs=raw.get("epochs"), note=raw.get("note", ""),
-        ))
-    mean = tuple(float(v) for v in _req(data, "mean", list, where))
-    std = tuple(float(v) for v in _req(data, "std", list, where))
-    if len(mean) != 3 or len(std) != 3:
-        raise RegistryError(f"{where}: keys 'mean' and 'std' need 3 values each")
+        _positive(projector, key, f"{where} [projector]")
+    if projector["out_dim"] != data["embedding_dim"]:
+        raise RegistryError(f"{where}: key 'embedding_dim' is {data['embedding_dim']} but [projector] out_dim is "
+                            f"{projector['out_dim']}; the embedding is the projector's output")
+    training = _typed_table(_req(data, "training", dict, where), _TRAINING_REQUIRED, _TRAINING_OPTIONAL,
+                            f"{where} [training]")
+    for key in ("epochs", "batch_size", "views", "lr", "cov_stop_epoch"):
+        _positive(training, key, f"{where} [training]")
+    if "ema_momentum" in training and not 0.0 < training["ema_momentum"] < 1.0:
+        raise RegistryError(f"{where} [training]: key 'ema_momentum' must be in (0, 1), got {training['ema_momentum']}")
+
     return ZooEntry(
-        name=name, aliases=aliases, method=method, variant=_req(data, "variant", str, where),
-        description=_req(data, "description", str, where), arch=_req(data, "arch", str, where), stem=stem,
-        img_size=_req(data, "img_size", int, where), mean=mean, std=std,
-        feature_dim=_req(data, "feature_dim", int, where), embedding_dim=_req(data, "embedding_dim", int, where),
-        recipe=_req(data, "recipe", str, where), loss=MappingProxyType(dict(loss)),
-        projector=MappingProxyType(dict(projector)), training=MappingProxyType(dict(_req(data, "training", dict, where))),
-        hub=HubInfo(repo_id=repo_id, revision=revision, files=MappingProxyType(dict(files))),
-        official=MappingProxyType(dict(data.get("official", {}))), paper_results=tuple(results),
-        citation=_req(data, "citation", str, where), notes=data.get("notes", ""), path=path,
+        name=name, aliases=aliases, method=method, variant=data["variant"], description=data["description"],
+        arch=data["arch"], stem=stem, img_size=data["img_size"], mean=mean, std=std,
+        feature_dim=data["feature_dim"], embedding_dim=data["embedding_dim"], recipe=data["recipe"],
+        loss=MappingProxyType(dict(loss)), projector=MappingProxyType(projector),
+        training=MappingProxyType(training), hub=_parse_hub(_req(data, "hub", dict, where), where),
+        official=_parse_official(_req(data, "official", dict, where), where),
+        paper_results=_parse_results(_opt(data, "paper_results", list, where, []), where),
+        citation=data["citation"], notes=_opt(data, "notes", str, where, ""), path=path,
     )
 
 
 @lru_cache(maxsize=8)
-def _load(directory: str) -> tuple[dict[str, ZooEntry], dict[str, str]]:
+def _load(directory: str) -> tuple[Mapping[str, ZooEntry], Mapping[str, str]]:
+    """(name -> entry, alias -> name) of one folder; cached per folder path."""
     folder = Path(directory)
     if not folder.is_dir():
-        raise RegistryError(f"registry folder {folder} does not exist (set WSSL_ZOO_REGISTRY)")
+        raise RegistryError(f"registry folder {folder} does not exist (set {REGISTRY_ENV} to point elsewhere)")
     entries: dict[str, ZooEntry] = {}
-    owner: dict[str, Path] = {}  # name or alias -> file
+    owner: dict[str, Path] = {}  # name or alias -> the file that registers it
     aliases: dict[str, str] = {}
     for path in sorted(folder.glob("*.toml")):
         entry = _parse_entry(path)
         for key in (entry.name, *entry.aliases):
             if key in owner:
+                if owner[key] == path:
+                    raise RegistryError(f"{path}: name or alias {key!r} is listed twice")
                 raise RegistryError(f"name or alias {key!r} is used by both {owner[key]} and {path}")
             owner[key] = path
         entries[entry.name] = entry
         aliases.update({a: entry.name for a in entry.aliases})
     if not entries:
         raise RegistryError(f"registry folder {folder} holds no *.toml entries")
-    return entries, aliases
+    return MappingProxyType(entries), MappingProxyType(aliases)
+
+
+def clear_cache() -> None:
+    """Forget the cached registry folders (after editing a TOML file in a running process)."""
+    _load.cache_clear()
 
 
 def load_registry(directory: str | Path | None = None) -> dict[str, ZooEntry]:
-    """All entries of the registry folder (default: ``zoo/models``), validated."""
+    """All entries of the registry folder (default: :func:`default_registry_dir`), validated."""
     return dict(_load(str(directory or default_registry_dir()))[0])
 
 
@@ -230,13 +367,15 @@ def list_models(method: str | None = None, directory: str | Path | None = None) 
     return sorted(n for n, e in entries.items() if method is None or e.method == method)
 
 
-def get_entry(name: str, directory: str | Path | None = None) -> ZooEntry:
-    """The entry registered as ``name`` (or one of its aliases)."""
+def get_entry(name_or_alias: str, directory: str | Path | None = None) -> ZooEntry:
+    """The entry registered as ``name_or_alias``; :class:`UnknownModelError` lists close names."""
     entries, aliases = _load(str(directory or default_registry_dir()))
-    if name in entries:
-        return entries[name]
-    if name in aliases:
-        return entries[aliases[name]]
-    close = difflib.get_close_matches(name, list(entries) + list(aliases), n=5, cutoff=0.4)
+    if not isinstance(name_or_alias, str):
+        raise UnknownModelError(f"a model name must be a string, got {name_or_alias!r}")
+    if name_or_alias in entries:
+        return entries[name_or_alias]
+    if name_or_alias in aliases:
+        return entries[aliases[name_or_alias]]
+    close = difflib.get_close_matches(name_or_alias, list(entries) + list(aliases), n=5, cutoff=0.4)
     hint = f"; closest: {', '.join(close)}" if close else ""
-    raise UnknownModelError(f"unknown model {name!r}{hint} (wssl_zoo.list_models() lists all)")
+    raise UnknownModelError(f"unknown model {name_or_alias!r}{hint} (wssl_zoo.list_models() lists all)")

@@ -1,0 +1,397 @@
+"""The public API (create / load), the model-directory format and the first CLI commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import wssl_zoo
+from wssl_zoo import modelio
+from wssl_zoo.api import WeightsNotPublishedError
+from wssl_zoo.cli import SUBCOMMANDS, Subcommand, build_parser, main, register_subcommand
+from wssl_zoo.modelio import load_model_dir, load_weights_file, save_model_dir, sha256_file
+from wssl_zoo.registry import UnknownModelError, clear_cache, default_registry_dir
+
+REPO = Path(__file__).resolve().parent.parent
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _randomise_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics, so that a lost buffer changes the eval-mode output."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    return model
+
+
+def _saved_resnet18(folder: Path, stem: str = "imagenet", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = _randomise_bn(wssl_zoo.create("resnet18", stem=stem))
+    save_model_dir(folder, model, arch="resnet18", stem=stem, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                   img_size=224 if stem == "imagenet" else 32)
+    return model
+
+
+@pytest.mark.parametrize("stem,size", [("imagenet", 64), ("cifar", 32)])
+def test_create_save_load_gives_identical_outputs(tmp_path, stem, size):
+    model = _saved_resnet18(tmp_path / "m", stem)
+    assert not model.training
+    loaded = wssl_zoo.load(tmp_path / "m")
+    assert not loaded.training and type(loaded) is type(model)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+        assert expected.shape == (2, 512)
+        assert torch.equal(loaded(x), expected)
+        assert torch.equal(wssl_zoo.load(str(tmp_path / "m" / "model.safetensors"))(x), expected)
+    assert loaded.pretrained_cfg["mean"] == [0.5, 0.4, 0.3]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_config_json_is_timms_format(tmp_path):
+    _saved_resnet18(tmp_path / "in", "imagenet")
+    cfg = json.loads((tmp_path / "in" / "config.json").read_text())
+    assert {k: cfg[k] for k in ("architecture", "num_classes", "num_features", "global_pool")} == {
+        "architecture": "resnet18", "num_classes": 0, "num_features": 512, "global_pool": "avg"}
+    assert cfg["pretrained_cfg"] == {"input_size": [3, 224, 224], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
+                                     "crop_pct": 0.875, "interpolation": "bicubic", "num_classes": 0}
+    assert cfg["wssl_zoo"] == {"format_version": 1, "stem": "imagenet"}
+    _saved_resnet18(tmp_path / "c10", "cifar")
+    cfg = json.loads((tmp_path / "c10" / "config.json").read_text())
+    assert cfg["pretrained_cfg"]["crop_pct"] == 1.0 and cfg["pretrained_cfg"]["interpolation"] == "bilinear"
+    assert cfg["pretrained_cfg"]["input_size"] == [3, 32, 32] and cfg["wssl_zoo"]["stem"] == "cifar"
+
+
+def test_safetensors_file_holds_timm_keys_and_pt_metadata(tmp_path):
+    from safetensors import safe_open
+
+    model = _saved_resnet18(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert set(f.keys()) == set(model.state_dict())
+    assert "conv1.weight" in model.state_dict() and "layer4.1.bn2.running_var" in model.state_dict()
+
+
+def test_projector_and_extra_meta(tmp_path):
+    from safetensors.torch import load_file
+
+    model = wssl_zoo.create("resnet18")
+    projector = torch.nn.Sequential(torch.nn.Linear(512, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 8))
+    save_model_dir(tmp_path, model, arch="resnet18", stem="imagenet", mean=(0.5,) * 3, std=(0.5,) * 3, img_size=32,
+                   projector=projector, extra_meta={"method": "intl", "epochs": 2})
+    assert set(load_file(str(tmp_path / "projector.safetensors"))) == set(projector.state_dict())
+    assert json.loads((tmp_path / "config.json").read_text())["wssl_zoo"] == {
+        "format_version": 1, "stem": "imagenet", "method": "intl", "epochs": 2}
+    with pytest.raises(ValueError, match=r"extra_meta may not set \['stem'\]"):
+        save_model_dir(tmp_path / "x", model, arch="resnet18", stem="imagenet", mean=(0.5,) * 3, std=(0.5,) * 3,
+                       img_size=32, extra_meta={"stem": "cifar"})
+    with pytest.raises(ValueError, match="extra_meta is not JSON-serialisable"):
+        save_model_dir(tmp_path / "y", model, arch="resnet18", stem="imagenet", mean=(0.5,) * 3, std=(0.5,) * 3,
+                       img_size=32, extra_meta={"when": object()})
+    assert not (tmp_path / "y").exists()  # checked before anything was written
+
+
+def test_timm_loads_our_directory_directly(tmp_path):
+    import timm
+
+    model = _saved_resnet18(tmp_path, "imagenet", seed=3)
+    plain = timm.create_model("resnet18", pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"))).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))
+
+
+def test_strict_loading_lists_missing_unexpected_and_mis_shaped_keys(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _saved_resnet18(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(str(weights))
+    state["head.fc.weight"] = torch.zeros(10, 512)
+    del state["layer1.0.conv1.weight"], state["bn1.running_mean"]
+    state["fc.bias"] = torch.zeros(3)
+    save_file(state, str(weights))
+    with pytest.raises(ValueError) as info:
+        load_model_dir(tmp_path)
+    msg = str(info.value)
+    assert msg.startswith(f"{weights} does not match the architecture")
+    assert "missing keys ['bn1.running_mean', 'layer1.0.conv1.weight']" in msg
+    assert "unexpected keys ['fc.bias', 'head.fc.weight']" in msg
+
+
+def test_stem_mismatch_is_a_shape_error(tmp_path):
+    _saved_resnet18(tmp_path, "cifar")  # 3x3 conv1 weights...
+    with pytest.raises(ValueError, match=r"shape mismatches \['conv1.weight: file \(64, 3, 3, 3\) vs model \(64, 3, 7, 7\)'\]"):
+        load_weights_file(tmp_path / "model.safetensors", "resnet18", "imagenet")  # ...into the 7x7 stem
+    assert isinstance(load_weights_file(tmp_path / "model.safetensors", "resnet18", "cifar"), torch.nn.Module)
+
+
+def test_non_finite_weights_are_refused_by_name(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _saved_resnet18(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["layer2.0.bn1.running_var"][5] = float("nan")
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"tensor 'layer2.0.bn1.running_var' holds NaN or Inf; refusing to load"):
+        wssl_zoo.load(tmp_path)
+    bad = wssl_zoo.create("resnet18")
+    with torch.no_grad():
+        bad.fc = torch.nn.Identity()
+        bad.layer3[0].conv2.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"refusing to save .*model.safetensors: tensor 'layer3.0.conv2.weight' holds NaN or Inf"):
+        save_model_dir(tmp_path / "bad", bad, arch="resnet18", stem="imagenet", mean=(0.5,) * 3, std=(0.5,) * 3, img_size=32)
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_atomic_writes_leave_no_temporary_files(tmp_path, monkeypatch):
+    _saved_resnet18(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    before = (tmp_path / "model.safetensors").read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(modelio.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        _saved_resnet18(tmp_path, seed=9)
+    assert (tmp_path / "model.safetensors").read_bytes() == before  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_loading_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        wssl_zoo.load(str(tmp_path / "nothing" / "here"))
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="not a model directory or a .safetensors file"):
+        wssl_zoo.load(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model_dir(tmp_path)
+    model = wssl_zoo.create("resnet18")
+    bare = tmp_path / "bare"
+    save_model_dir(bare, model, arch="resnet18", stem="imagenet", mean=(0.5,) * 3, std=(0.5,) * 3, img_size=32)
+    (bare / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no config.json beside it .*load_weights_file\(path, arch, stem\)"):
+        wssl_zoo.load(bare / "model.safetensors")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_weights_file(bare / "model.safetensors", "resnet18")(x), model(x))
+    (bare / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_weights_file(bare / "model.safetensors", "resnet18")
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    _saved_resnet18(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["wssl_zoo"]["format_version"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="format_version 2 is newer than this wssl-zoo reads"):
+        load_model_dir(tmp_path)
+
+
+def test_sha256_file_streams(tmp_path):
+    import hashlib
+
+    data = os.urandom(3000)
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f", chunk=1024) == hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------ create / load by name
+
+
+def test_create_by_registry_name_alias_and_timm_name():
+    m = wssl_zoo.create("cwrgp_r18_c10")
+    assert not m.training and m.conv1.kernel_size == (3, 3) and m.num_features == 512
+    assert wssl_zoo.create("cwrgp_r18_c10", stem="imagenet").conv1.kernel_size == (7, 7)
+    assert wssl_zoo.create("resnet18").conv1.kernel_size == (7, 7)
+    with pytest.raises(UnknownModelError, match="closest: intl_r50"):
+        wssl_zoo.create("intl_r5")
+
+
+@pytest.mark.parametrize("name", ["wmse_resnet50", "cwrgp_r50", "intl_r50", "wmse_r18_c10", "cwrgp_resnet18_cifar10", "intl_r18_c10"])
+def test_registered_but_unpublished_weights_say_how_to_make_them(name):
+    entry = wssl_zoo.get_entry(name)
+    with pytest.raises(WeightsNotPublishedError) as info:
+        wssl_zoo.load(name)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert f"the weights of '{entry.name}' are not published yet" in msg
+    assert f"wssl-zoo pretrain --recipe {entry.recipe} --data ROOT --out runs/{entry.name}" in msg
+    assert f"wssl_zoo.load('runs/{entry.name}')" in msg
+    if entry.official["url"]:
+        assert entry.official["url"] in msg
+
+
+def test_unpublished_error_mentions_convert_once_it_exists(monkeypatch):
+    convert = Subcommand("convert", "convert a checkpoint", lambda p: None, lambda a: 0)
+    monkeypatch.setattr("wssl_zoo.cli.SUBCOMMANDS", [*SUBCOMMANDS, convert])
+    with pytest.raises(WeightsNotPublishedError, match=r"wssl-zoo convert --from official-cwrgp CKPT --out runs/cwrgp_resnet50"):
+        wssl_zoo.load("cwrgp_r50")
+
+
+def test_unknown_name_lists_close_names():
+    with pytest.raises(UnknownModelError, match=r"unknown model 'intl_resnet5'; closest: intl_resnet50"):
+        wssl_zoo.load("intl_resnet5")
+    with pytest.raises(FileNotFoundError, match="no such model directory or file"):
+        wssl_zoo.load("runs/intl_resnet5")
+
+
+# ------------------------------------------------------------------ published weights (Hub mocked)
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.hf_hub_download: a cache of blobs with snapshot symlinks."""
+
+    def __init__(self, root: Path, repo_id: str, revision: str, source_dir: Path):
+        self.root, self.repo_id, self.revision, self.calls = root, repo_id, revision, []
+        snapshot = root / "snapshots" / revision
+        snapshot.mkdir(parents=True)
+        (root / "blobs").mkdir()
+        for path in source_dir.iterdir():
+            blob = root / "blobs" / sha256_file(path)
+            shutil.copyfile(path, blob)
+            (snapshot / path.name).symlink_to(blob)
+
+    def __call__(self, repo_id, filename, revision=None, **kwargs):
+        self.calls.append((repo_id, filename, revision))
+        assert repo_id == self.repo_id and revision == self.revision, (repo_id, revision)
+        path = self.root / "snapshots" / revision / filename
+        if not path.exists():
+            raise FileNotFoundError(f"{filename} is not in {repo_id}@{revision}")
+        return str(path)
+
+
+@pytest.fixture
+def published(tmp_path, monkeypatch):
+    """A registry copy whose cwrgp_resnet18_cifar10 is published (sha256 pinned), and a fake Hub."""
+    torch.manual_seed(5)
+    model = _randomise_bn(wssl_zoo.create("cwrgp_resnet18_cifar10"))
+    made = tmp_path / "made"
+    save_model_dir(made, model, arch="resnet18", stem="cifar", mean=(0.4914, 0.4822, 0.4465),
+                   std=(0.247, 0.243, 0.261), img_size=32)
+    registry = tmp_path / "registry"
+    shutil.copytree(default_registry_dir(), registry)
+    path = registry / "cwrgp_resnet18_cifar10.toml"
+    text = path.read_text().replace('revision = ""', f'revision = "{COMMIT}"')
+    for name in ("model.safetensors", "config.json"):
+        text = text.replace(f'"{name}" = ""', f'"{name}" = "{sha256_file(made / name)}"')
+    text = text.replace("[official]", f'[hub.sizes]\n"model.safetensors" = {(made / "model.safetensors").stat().st_size}\n\n[official]')
+    path.write_text(text)
+    monkeypatch.setenv("WSSL_ZOO_REGISTRY", str(registry))
+    clear_cache()
+    hub = FakeHub(tmp_path / "hub", "wssl-zoo/cwrgp_resnet18_cifar10", COMMIT, made)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", hub)
+    return model, hub, path
+
+
+def test_load_published_name_downloads_pinned_files_and_verifies_them(published):
+    model, hub, _ = published
+    loaded = wssl_zoo.load("cwrgp_r18_c10")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert sorted(hub.calls) == [("wssl-zoo/cwrgp_resnet18_cifar10", f, COMMIT) for f in ("config.json", "model.safetensors")]
+
+
+def test_hash_mismatch_deletes_the_download_and_names_both_hashes(published):
+    _, hub, path = published
+    snapshot_file = hub.root / "snapshots" / COMMIT / "model.safetensors"
+    blob = snapshot_file.resolve()
+    good = sha256_file(blob)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")  # a corrupted cache entry
+    bad = sha256_file(blob)
+    with pytest.raises(ValueError) as info:
+        wssl_zoo.load("cwrgp_resnet18_cifar10")
+    msg = str(info.value)
+    assert "'model.safetensors'" in msg and good in msg and bad in msg and "deleted" in msg
+    assert not blob.exists() and not snapshot_file.is_symlink()
+
+
+def test_hf_hub_spec_loads_a_snapshot(published, monkeypatch):
+    model, hub, _ = published
+    hub.repo_id = "someone/c10-model"
+    loaded = wssl_zoo.load(f"hf-hub:someone/c10-model@{COMMIT}")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert {c[1] for c in hub.calls} == {"config.json", "model.safetensors"}
+    with pytest.raises(ValueError, match="expected hf-hub:org/name"):
+        wssl_zoo.load("hf-hub:not-a-repo")
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| model | aliases | method | arch (stem) | trained on | epochs | paper linear top-1 | weights |")
+    rows = {line.split("|")[1].strip(" `"): line for line in out[2:]}
+    assert set(rows) == set(wssl_zoo.list_models())
+    assert "| intl | resnet50 (imagenet) | imagenet | 800 | 76.60 (reported by the authors) | not published yet |" in rows["intl_resnet50"]
+    assert "| 71.00 (reported by the authors) |" in rows["cwrgp_resnet50"] and "`cwrgp_r50`" in rows["cwrgp_resnet50"]
+    assert "| not reported |" in rows["wmse_resnet50"]
+    assert main(["list", "--method", "wmse"]) == 0
+    assert "intl" not in capsys.readouterr().out
+
+
+def test_cli_info_shows_every_field_without_downloading(capsys, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("info must not download")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", no_download)
+    assert main(["info", "cwrgp_r50"]) == 0
+    out = capsys.readouterr().out
+    e = wssl_zoo.get_entry("cwrgp_r50")
+    for text in (e.name, e.variant, e.description, e.recipe, "cov_stop_epoch=100", "'cov_weight': 0.01",
+                 "weights published: no", "model.safetensors: sha256 (empty until published)",
+                 e.official["url"], "linear_top1 on imagenet, 100 ep: 69.7  [reported by the authors;",
+                 "@inproceedings{weng2022investigation", str(e.path)):
+        assert text in out, text
+    assert main(["info", "wmse_r50"]) == 0
+    assert "paper results: none registered" in capsys.readouterr().out
+
+
+def test_cli_info_of_a_published_entry_shows_hashes_and_sizes(published, capsys):
+    assert main(["info", "cwrgp_r18_c10"]) == 0
+    out = capsys.readouterr().out
+    assert "weights published: yes" in out and f"@ {COMMIT}" in out
+    assert "model.safetensors: sha256 " in out and " bytes" in out
+
+
+def test_cli_errors_are_one_line_with_status_2(capsys):
+    assert main(["info", "nope_model"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.startswith("wssl-zoo info: error: unknown model 'nope_model'")
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+
+
+def test_subcommands_register_by_name():
+    names = [c.name for c in SUBCOMMANDS]
+    assert {"list", "info"} <= set(names) and len(names) == len(set(names))
+    with pytest.raises(ValueError, match="'list' is already registered"):
+        register_subcommand(Subcommand("list", "again", lambda p: None, lambda a: 0))
+    assert build_parser().parse_args(["info", "x"]).name == "x"
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "wssl_zoo", "info", "intl_r18_c10"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "intl_resnet18_cifar10" in result.stdout and "92.6" in result.stdout
