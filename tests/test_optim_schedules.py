@@ -51,7 +51,10 @@ def test_warmup_cosine_is_intls_formula():
 def test_cwrgp_epoch_cosine_and_wmse_step():
     s = WarmupCosineEpoch(0.1, epochs=10, steps_per_epoch=5, warmup_steps=7)
     assert s.lr_at(0) == pytest.approx(0.1 / 7) and s.lr_at(6) == pytest.approx(0.1)
-    assert s.lr_at(7) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 1 / 10)))
+    # CW-RGP sets the cosine at each epoch start and the warm-up overwrites it step by step, so the
+    # rest of the epoch in which warm-up ends keeps the last warm-up value
+    assert s.lr_at(7) == pytest.approx(0.1) and s.lr_at(9) == pytest.approx(0.1)
+    assert s.lr_at(10) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 2 / 10)))
     w = WMSEStep(1e-3, epochs=100, steps_per_epoch=10, warmup_steps=500)
     assert w.lr_at(0) == pytest.approx(1e-3 / 500) and w.lr_at(499) == pytest.approx(1e-3)
     assert w.lr_at(50 * 10) == pytest.approx(2e-4)  # milestone epoch 100 - 50
