@@ -13,12 +13,13 @@ Every file is written atomically (temporary file in the same folder, fsync, rena
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 import torch
 from torch import nn
@@ -27,30 +28,49 @@ FORMAT_VERSION = 1
 _STEMS = ("imagenet", "cifar", "small")  # the stems of wssl_zoo.encoders.create_backbone
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one:
-    a temporary file in the same folder, fsync, rename, fsync of the folder."""
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; its rename is durable without this
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (e.g. some network mounts) refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Open a binary file that appears at ``path`` only when the ``with`` block completes.
+
+    Writes go to ``.NAME.XXXX.tmp`` in the same folder (created if missing; same filesystem, so
+    the rename is atomic). On success: flush, fsync, ``os.replace`` onto ``path``, fsync of the
+    folder. On any exception (including KeyboardInterrupt): the temporary file is removed, the
+    old ``path`` is untouched, and the exception propagates.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems cannot fsync a directory
-        pass
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path) as fh:
+        fh.write(data)
+
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -27,7 +27,6 @@ import pickle
 import random
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,56 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modelio import fsync_dir, atomic_open, atomic_write_bytes
+
 FORMAT = "wssl-zoo-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 # ---------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open a folder; its rename is durable without this
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems (e.g. some network mounts) refuse fsync on a folder
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open a binary file that appears at ``path`` only when the ``with`` block completes.
-
-    Writes go to ``.NAME.XXXX.tmp`` in the same folder (created if missing; same filesystem, so
-    the rename is atomic). On success: flush, fsync, ``os.replace`` onto ``path``, fsync of the
-    folder. On any exception (including KeyboardInterrupt): the temporary file is removed, the
-    old ``path`` is untouched, and the exception propagates.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
-    with atomic_open(path) as fh:
-        fh.write(data)
+# The mechanism (temporary file, fsync, rename, folder fsync) lives in wssl_zoo.modelio, which
+# writes the model files with it too.
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
@@ -225,7 +184,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: TrainState, keep_last: in
             if older.is_file():
                 os.replace(older, _rotated(folder, index))
         _link_or_copy(last, _rotated(folder, 1))
-        _fsync_dir(folder)
+        fsync_dir(folder)
     payload = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "epoch": int(state.epoch), "step": int(state.step),
@@ -236,7 +195,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: TrainState, keep_last: in
     at_epoch_end = int(state.extra.get("step_in_epoch", 0) or 0) == 0
     if numbered_every and at_epoch_end and state.epoch > 0 and state.epoch % numbered_every == 0:
         _link_or_copy(last, folder / f"epoch_{state.epoch:04d}.pt")
-        _fsync_dir(folder)
+        fsync_dir(folder)
     return last
 
 
