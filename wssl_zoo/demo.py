@@ -47,25 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _heldout(dataset: str, root):
-    from .data.datasets import build_dataset
-    from .pretrain.loop import _heldout_split
+    from .data.datasets import build_dataset, heldout_split
 
     name = "imagefolder" if dataset not in ("fashion_mnist", "cifar10", "cifar100", "stl10") else dataset
-    held = _heldout_split(name, root)
+    held = heldout_split(name, root)
     if held is None:
         raise ValueError(f"{root}: the demo needs a val/ or test/ split next to train/")
     return build_dataset(name, root, "train"), held
 
 
-def evaluate(backbone, dataset: str, root, img_size: int, bank: int, queries: int, seed: int, device, workers: int):
-    """kNN (k=5 and k=20, cosine) and linear-probe top-1 on held-out images."""
+def evaluate(backbone, dataset: str, root, img_size: int, bank: int, queries: int, seed: int, device, workers: int,
+             method: str | None = None):
+    """kNN (k=5 and k=20, cosine) and linear-probe top-1 on held-out images, normalised as ``method``'s
+    pretraining views were."""
+    from .data.datasets import TransformedDataset as _Transformed
     from .data.datasets import balanced_subset
     from .data.transforms import eval_transform
-    from .pretrain.loop import _Transformed
     from .pretrain.monitor import effective_rank, extract_features, knn_accuracy, linear_probe_accuracy
 
     train, test = _heldout(dataset, root)
-    tf = eval_transform(dataset, img_size)
+    tf = eval_transform(dataset, img_size, method)
     ncls = len(train.classes)
     bank_set = _Transformed(Subset(train, balanced_subset(train.targets, max(1, bank // ncls), seed)), tf)
     query_set = _Transformed(Subset(test, balanced_subset(test.targets, max(1, queries // ncls), seed)), tf)
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     rows = {}
     for label, model in (("random init", random_init), (f"{args.method} pretrained", trained)):
         rows[label] = evaluate(model, args.dataset, args.data, args.img_size, args.bank, args.queries,
-                               args.seed, device, args.workers)
+                               args.seed, device, args.workers, method=args.method)
     total = time.perf_counter() - start
     print()
     print(f"| backbone ({args.arch}) | kNN k=5 top-1 | kNN k=20 top-1 | linear probe top-1 | effective rank |")

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = load(model_dir).to(device)
     torch.manual_seed(derive_seed(train_cfg["options"]["seed"], 2))
     random_init = create_backbone(cfg["architecture"], cfg["wssl_zoo"]["stem"]).eval().to(device)
-    metrics = {name: evaluate(m, args.dataset, args.data, img, args.bank, args.queries, args.seed, device, args.workers)
+    metrics = {name: evaluate(m, args.dataset, args.data, img, args.bank, args.queries, args.seed, device, args.workers,
+                              method=train_cfg["recipe"]["method"])
                for name, m in (("pretrained", trained), ("random_init", random_init))}
     record = dict(
         kind="pretrain_eval", model=str(model_dir), recipe=train_cfg["recipe"]["name"],

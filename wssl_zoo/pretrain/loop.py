@@ -147,18 +147,6 @@ def _dataset_name(recipe: Recipe) -> str:
     return "imagefolder" if recipe.dataset in IMAGEFOLDER_DATASETS else recipe.dataset
 
 
-def _heldout_split(name: str, root: str | None):
-    """The labelled split the kNN monitor queries, or None."""
-    from ..data.datasets import build_dataset
-
-    if name in ("cifar10", "cifar100", "stl10", "fashion_mnist"):
-        return build_dataset(name, root, "test")
-    for split in ("val", "test"):
-        if root and (Path(root) / split).is_dir():
-            return build_dataset("imagefolder", root, split)
-    return None
-
-
 # ---------------------------------------------------------------------------- model
 
 
@@ -266,7 +254,7 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     if name != "fashion_mnist" and not opts.data:
         raise ValueError(f"recipe {recipe.name!r} trains on {recipe.dataset}: pass --data ROOT")
     train_set = build_dataset(name, opts.data, "train+unlabeled" if name == "stl10" else "train")
-    mean, std = dataset_stats(recipe.dataset if name != "imagefolder" else "imagenet")
+    mean, std = dataset_stats(recipe.dataset if name != "imagefolder" else "imagenet", recipe.method)
     view_tf = build_view_transform(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views,
                                    multi_crop=recipe.multi_crop)
     indices = list(range(len(train_set)))
@@ -276,12 +264,12 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     sampler = EpochBatchSampler(indices, local_batch, opts.seed, rank, world, opts.steps_per_epoch)
     gpu_aug = None
     if opts.gpu_augment:
-        from ..data.gpu_augment import BatchViewAugment, RawImages
+        from ..data.gpu_augment import RawImages, batch_view_augments
 
-        if recipe.img_size > 96 or recipe.multi_crop or recipe.method == "intl":
-            raise ValueError("--gpu-augment implements the W-MSE / CW-RGP small-image views (<= 96 px)")
+        if recipe.multi_crop:
+            raise ValueError("--gpu-augment makes same-size views; it does not implement multi-crop")
+        gpu_aug = batch_view_augments(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views)
         views_ds = RawImages(train_set, recipe.img_size)
-        gpu_aug = BatchViewAugment(recipe.img_size, mean, std)
     else:
         views_ds = EpochIndexed(SeededViews(train_set, view_tf, opts.seed))
     loader = DataLoader(
@@ -381,7 +369,7 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
             if gpu_aug is not None:
                 raw = views.to(device, non_blocking=True)
                 gen = torch.Generator(device=device).manual_seed(derive_seed(opts.seed, 3, epoch, step))
-                views = [gpu_aug(raw, gen) for _ in range(recipe.num_views)]
+                views = [aug(raw, gen) for aug in gpu_aug]
             views = [v.to(device, non_blocking=True) for v in views]
             if opts.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
@@ -456,12 +444,12 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
 
 def _monitor_sets(train_set, name, opts: RunOptions, recipe: Recipe, balanced_subset):
     """(bank, queries): labelled eval-transform datasets for the held-out kNN monitor."""
-    from ..data.datasets import build_dataset
+    from ..data.datasets import TransformedDataset, build_dataset, heldout_split
     from ..data.transforms import eval_transform
 
-    tf = eval_transform(recipe.dataset, recipe.img_size)
+    tf = eval_transform(recipe.dataset, recipe.img_size, recipe.method)
     bank_base = build_dataset(name, opts.data, "train")
-    heldout = _heldout_split(name, opts.data)
+    heldout = heldout_split(name, opts.data)
     if heldout is None:
         warnings.warn("no val/ or test/ split: the kNN monitor is skipped (add ROOT/val/<class>/...)")
         return None
@@ -469,19 +457,8 @@ def _monitor_sets(train_set, name, opts: RunOptions, recipe: Recipe, balanced_su
     per_class = max(1, opts.monitor_samples // ncls)
     bank_idx = balanced_subset(bank_base.targets, per_class, opts.seed)
     query_idx = balanced_subset(heldout.targets, per_class, opts.seed)
-    return _Transformed(Subset(bank_base, bank_idx), tf), _Transformed(Subset(heldout, query_idx), tf)
-
-
-class _Transformed(Dataset):
-    def __init__(self, base: Dataset, transform):
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        image, target = self.base[i]
-        return self.transform(image), target
+    return (TransformedDataset(Subset(bank_base, bank_idx), tf),
+            TransformedDataset(Subset(heldout, query_idx), tf))
 
 
 def _hardware(device: torch.device) -> str:
