@@ -40,60 +40,17 @@ def create(name: str, stem: str | None = None) -> nn.Module:
 
 def _not_published(entry: ZooEntry) -> WeightsNotPublishedError:
     """The error for a registered model whose weights wssl-zoo has not published: how to make them."""
-    from .cli import SUBCOMMANDS
-
     out = f"runs/{entry.name}"
     how = [f"  wssl-zoo pretrain --recipe {entry.recipe} --data ROOT --out {out}"]
     if entry.official.get("url"):
-        if any(cmd.name == "convert" for cmd in SUBCOMMANDS):
-            how.append(f"or convert the authors' checkpoint ({entry.official['url']}):")
-            how.append(f"  wssl-zoo convert --from official-{entry.method} CKPT --out {out}")
-        else:
-            how.append(f"(the authors publish their own checkpoint at {entry.official['url']})")
+        how.append(f"or convert the authors' checkpoint ({entry.official['url']}):")
+        how.append(f"  wssl-zoo convert --from official-{entry.method} CKPT --entry {entry.name} --out {out}")
     return WeightsNotPublishedError(
         f"the weights of {entry.name!r} are not published yet ({entry.path.name} in the registry has no "
         f"pinned revision and file hashes). Make them yourself:\n" + "\n".join(how)
-        + f"\nthen load them with wssl_zoo.load({out!r})."
+        + f"\nthen load them with wssl_zoo.load({out!r}), or publish and pin them with "
+        f"`wssl-zoo publish {out} --repo ORG/NAME`."
     )
-
-
-def _download_entry(entry: ZooEntry) -> Path:
-    """Download every file of a published entry at its pinned revision and verify its sha256."""
-    import os
-
-    from huggingface_hub import hf_hub_download
-
-    from .modelio import sha256_file
-
-    folder = None
-    for filename, expected in entry.hub.files.items():
-        local = Path(hf_hub_download(entry.hub.repo_id, filename, revision=entry.hub.revision))
-        actual = sha256_file(local)
-        if actual != expected:
-            blob = local.resolve()
-            for bad in (local, blob):
-                if bad.exists() or bad.is_symlink():
-                    os.unlink(bad)
-            raise ValueError(
-                f"{entry.hub.repo_id}@{entry.hub.revision} file {filename!r}: sha256 {actual} does not "
-                f"match the registry's {expected}; the download was deleted, nothing was loaded"
-            )
-        folder = local.parent
-    assert folder is not None
-    return folder
-
-
-def _download_hf(spec: str) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    repo = spec[len("hf-hub:"):]
-    repo, _, revision = repo.partition("@")
-    if repo.count("/") != 1:
-        raise ValueError(f"{spec!r}: expected hf-hub:org/name or hf-hub:org/name@revision")
-    path = None
-    for filename in ("config.json", "model.safetensors"):
-        path = Path(hf_hub_download(repo, filename, revision=revision or None))
-    return path.parent
 
 
 def load(name_or_path: str | Path) -> nn.Module:
@@ -110,7 +67,9 @@ def load(name_or_path: str | Path) -> nn.Module:
     if path.exists():
         return load_model_dir(path)
     if spec.startswith("hf-hub:"):
-        return load_model_dir(_download_hf(spec))
+        from .hub import download_repo
+
+        return load_model_dir(download_repo(spec))
     try:
         entry = get_entry(spec)
     except UnknownModelError as exc:
@@ -119,4 +78,6 @@ def load(name_or_path: str | Path) -> nn.Module:
         raise exc
     if not entry.hub.published:
         raise _not_published(entry)
-    return load_model_dir(_download_entry(entry))
+    from .hub import download_entry
+
+    return load_model_dir(download_entry(entry))

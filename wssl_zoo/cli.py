@@ -1,4 +1,5 @@
-"""The ``wssl-zoo`` command: ``list``, ``info``, ``pretrain``.
+"""The ``wssl-zoo`` command: ``list``, ``info``, ``card``, ``download``, ``publish``, ``convert``,
+``pretrain``, ``demo``.
 
 Subcommands register as (name, help, add_arguments, run) in :data:`SUBCOMMANDS`; errors raised
 by wssl-zoo (ValueError, KeyError, FileNotFoundError) print one line and exit with status 2.
@@ -132,6 +133,17 @@ def _info_run(args: argparse.Namespace) -> int:
             print(f"    {r.task} on {r.dataset}{ep}: {r.value}  [{r.label}; {r.source}]{note}")
     else:
         print("  paper results: none registered")
+    from .cards import measured_results, metric_rows
+
+    measured = measured_results(e)
+    if measured:
+        print("  measured results of these weights (zoo/results):")
+        for record in measured:
+            for row in metric_rows(record):
+                proto = f", {row['protocol']}" if row["protocol"] else ""
+                print(f"    {row['metric']} on {row['dataset']}{proto}: {row['value']:.2f}  [zoo/results/{record['file']}]")
+    else:
+        print("  measured results: none recorded for these weights")
     if e.notes:
         print(f"  notes: {e.notes}")
     print("  citation:")
@@ -182,10 +194,105 @@ def _card_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="registry names or aliases (pinned revision, sha256-checked) or hf-hub:org/name[@rev]")
+
+
+def _download_run(args: argparse.Namespace) -> int:
+    from .hub import download_entry, download_repo
+
+    for name in args.names:
+        if name.startswith("hf-hub:"):
+            folder = download_repo(name)
+            print(f"{name}: {folder}")
+            continue
+        e = get_entry(name)
+        folder = download_entry(e)
+        print(f"{e.name}: {e.hub.repo_id}@{e.hub.revision} -> {folder}")
+        for fname, digest in e.hub.files.items():
+            print(f"  {fname}: sha256 {digest} verified")
+    return 0
+
+
+def _publish_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Upload a model to the Hugging Face Hub in one commit: model.safetensors (timm keys), a timm "
+                     "config.json, the projector, the training config and logs, the model card as README.md and "
+                     "SHA256SUMS. Then the weights are downloaded back and checked, and the registry entry is "
+                     "pinned to the new commit with the file hashes, and its MODEL_CARDS/ card rewritten. The token "
+                     "comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT selects the Hub.")
+    p.add_argument("source", help="a pretraining output directory, a `wssl-zoo convert` directory, or a published "
+                   "registry name (mirrored to --repo)")
+    p.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub model repo (created if needed)")
+    p.add_argument("--entry", metavar="NAME", help="the registry entry to pin (default: the one recorded in the "
+                   "directory by `convert --entry`, else the entry named like the repo; none if nothing matches)")
+    p.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
+    p.add_argument("--staging", metavar="DIR", help="where to write that folder (default with --dry-run: "
+                   "runs/publish/ORG--NAME; otherwise a temporary folder)")
+    p.add_argument("--message", help="the commit message (default: 'wssl-zoo publish SOURCE')")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--cards-dir", metavar="DIR", help="where the refreshed card goes (default: MODEL_CARDS/)")
+
+
+def _publish_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .hub import publish
+
+    publish(args.source, args.repo, dry_run=args.dry_run, staging=Path(args.staging) if args.staging else None,
+            entry_name=args.entry, message=args.message, private=args.private,
+            cards_dir=Path(args.cards_dir) if args.cards_dir else None)
+    return 0
+
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    from .convert import LAYOUTS
+
+    p.description = ("Turn a checkpoint saved by the authors' code into a wssl-zoo model directory "
+                     "(model.safetensors with timm keys, config.json, projector.safetensors, convert.json). Read "
+                     "with torch.load(weights_only=True); every tensor must map (missing and unexpected keys are "
+                     "named); the result must give the same features as the torchvision ResNet the authors "
+                     "trained, or nothing is written.")
+    p.add_argument("--from", dest="layout", required=True, choices=sorted(LAYOUTS),
+                   help="whose code saved the checkpoint")
+    p.add_argument("ckpt", metavar="CKPT", help="the checkpoint file (.pth / .pth.tar)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the model directory to write")
+    p.add_argument("--entry", metavar="NAME", help="the registry entry these weights are (sets arch, stem, "
+                   "normalisation and input size, checked against the tensors; `publish` then pins it)")
+    p.add_argument("--arch", help="timm ResNet name (default: inferred from the tensors)")
+    p.add_argument("--stem", choices=["imagenet", "cifar", "small"], help="default: imagenet for a 7x7 conv1; "
+                   "required for a 3x3 conv1 (cifar: no max-pool; small: STL-10/Tiny-ImageNet, max-pool kept)")
+    p.add_argument("--dataset", help="pretraining dataset, for the normalisation and input size (default: the "
+                   "entry's, or imagenet for a 7x7 conv1)")
+    p.add_argument("--img-size", type=int, help="input size recorded in config.json (default: the dataset's)")
+    p.add_argument("--branch", choices=["online", "momentum"], default="online",
+                   help="INTL_M: which encoder to take (default: %(default)s, as the authors' evaluate.py)")
+
+
+def _convert_run(args: argparse.Namespace) -> int:
+    from .convert import convert_checkpoint
+
+    prov = convert_checkpoint(args.layout, args.ckpt, args.out, entry=args.entry, arch=args.arch, stem=args.stem,
+                              dataset=args.dataset, img_size=args.img_size, branch=args.branch)
+    print(f"converted {args.ckpt} ({prov['layout']}, {prov['arch']}, {prov['stem']} stem, "
+          f"{prov['backbone_tensors']} backbone tensors from prefix {prov['prefixes']['backbone']!r}"
+          + (f", projector {prov['projector']}" if prov["projector"] else ", no projector")
+          + (f", dropped {len(prov['dropped_keys'])} tensors of the other branch" if prov["dropped_keys"] else "")
+          + f") -> {args.out}")
+    print(f"features equal the authors' torchvision {prov['arch']}: max |diff| {prov['feature_check']['max_abs_diff']:.2g}")
+    print(f"next: wssl-zoo publish {args.out} --repo ORG/NAME" + (f"  (registry entry {prov['entry']})" if prov["entry"] else ""))
+    return 0
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("list", "the registered models as a table", _list_args, _list_run),
     Subcommand("info", "one registry entry: recipe, files, paper results (no download)", _info_args, _info_run),
     Subcommand("card", "render model cards (MODEL_CARDS/) from the registry and zoo/results", _card_args, _card_run),
+    Subcommand("download", "prefetch published weights into the Hugging Face cache (sha256-checked)",
+               _download_args, _download_run),
+    Subcommand("publish", "upload a model directory to the Hub and pin it in the registry", _publish_args,
+               _publish_run),
+    Subcommand("convert", "convert the authors' checkpoint into a model directory", _convert_args, _convert_run),
     Subcommand("pretrain", "pretrain with a paper recipe (python -m wssl_zoo.pretrain)", _pretrain_args, _pretrain_run),
     Subcommand("demo", "pretrain a small model offline and compare it with random init", _demo_args, _demo_run),
 ]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import time
@@ -223,7 +222,7 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     resolved recipe and options), ``log.jsonl``, ``summary.json`` and ``checkpoints/last.pt``.
     """
     from ..data.datasets import balanced_subset, build_dataset, dataset_stats
-    from ..data.transforms import SeededViews, build_view_transform, derive_seed, eval_transform
+    from ..data.transforms import SeededViews, build_view_transform, derive_seed
     from . import checkpoint as ckpt_lib
     from .monitor import effective_rank, extract_features, knn_accuracy
     from .optim import build_optimizer

@@ -1,0 +1,360 @@
+"""Publishing and downloading through the real huggingface_hub client against a local Hub server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+import wssl_zoo
+from hub_server import HubServer
+from wssl_zoo.cli import main
+from wssl_zoo.hub import HashMismatchError, HubError, publish, update_registry_hub
+from wssl_zoo.modelio import save_model_dir, sha256_file
+from wssl_zoo.registry import clear_cache, default_registry_dir, get_entry
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY = "cwrgp_resnet18_cifar10"
+REPO_ID = "wssl-zoo/cwrgp_resnet18_cifar10"
+
+
+def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+            elif name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def make_run_dir(folder: Path, stem: str = "cifar", seed: int = 0, img_size: int = 32) -> torch.nn.Module:
+    """A directory shaped like a pretraining output (weights, config, projector, logs)."""
+    from wssl_zoo.heads import Projector
+
+    model = _randomised(wssl_zoo.create("resnet18", stem=stem), seed)
+    projector = _randomised(Projector(512, 64, 32, 2), seed + 1)
+    save_model_dir(folder, model, arch="resnet18", stem=stem, mean=(0.4914, 0.4822, 0.4465),
+                   std=(0.2023, 0.1994, 0.2010), img_size=img_size, projector=projector)
+    (folder / "train_config.json").write_text(json.dumps({"recipe": {"name": "cwrgp_cifar10_2views", "method": "cwrgp",
+                                                                     "dataset": "cifar10", "epochs": 1}}))
+    (folder / "summary.json").write_text(json.dumps({"wall_seconds": 1.0}))
+    (folder / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    return model
+
+
+def features(model: torch.nn.Module, size: int = 32) -> torch.Tensor:
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A running local Hub; the client's endpoint, cache and token point at it and at tmp_path."""
+    from huggingface_hub import constants
+
+    with HubServer() as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_TOKEN", server.token)
+        yield server
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A writable copy of the registry (publish pins entries in it) and a cards folder."""
+    folder = tmp_path / "registry"
+    shutil.copytree(default_registry_dir(), folder)
+    monkeypatch.setenv("WSSL_ZOO_REGISTRY", str(folder))
+    clear_cache()
+    yield folder
+    clear_cache()
+
+
+@pytest.fixture
+def published(tmp_path, hub, registry):
+    """The cwrgp_resnet18_cifar10 entry published from a run directory; returns (model, result)."""
+    run = tmp_path / "run"
+    model = make_run_dir(run)
+    result = publish(str(run), REPO_ID, cards_dir=tmp_path / "cards", progress=lambda *a: None)
+    clear_cache()
+    return model, result
+
+
+# ---------------------------------------------------------------------------- publish
+
+
+def test_publish_uploads_pins_the_entry_and_load_returns_the_same_weights(published, registry, tmp_path, hub):
+    model, result = published
+    assert result.entry == ENTRY and len(result.revision) == 40
+    pinned = tomllib.loads((registry / f"{ENTRY}.toml").read_text())["hub"]
+    assert pinned["revision"] == result.revision
+    assert set(pinned["files"]) == {"model.safetensors", "config.json", "projector.safetensors"}
+    assert pinned["files"]["model.safetensors"] == sha256_file(tmp_path / "run" / "model.safetensors")
+    assert pinned["sizes"]["model.safetensors"] == (tmp_path / "run" / "model.safetensors").stat().st_size
+    # everything else in the TOML is untouched
+    before = tomllib.loads((default_registry_dir() / f"{ENTRY}.toml").read_text())
+    after = tomllib.loads((registry / f"{ENTRY}.toml").read_text())
+    assert {k: v for k, v in before.items() if k != "hub"} == {k: v for k, v in after.items() if k != "hub"}
+    repo = hub.repos[REPO_ID].commits[result.revision].files
+    assert {"model.safetensors", "config.json", "projector.safetensors", "train_config.json", "summary.json",
+            "log.jsonl", "README.md", "SHA256SUMS"} <= set(repo)
+    card = (tmp_path / "cards" / f"{ENTRY}.md").read_text()
+    assert result.revision in card and "not published yet" not in card
+    loaded = wssl_zoo.load(ENTRY)
+    assert torch.equal(features(loaded), features(model))
+    assert wssl_zoo.get_entry("cwrgp_r18_c10").hub.published
+
+
+def test_the_hub_readme_carries_metadata_and_sums_cover_every_file(published, hub):
+    _, result = published
+    files = hub.repos[REPO_ID].commits[result.revision].files
+    readme = files["README.md"].decode()
+    front = readme.split("---\n")[1]
+    for line in ("library_name: timm", "license: apache-2.0", "- self-supervised-learning", "- cwrgp", "- cifar10"):
+        assert line in front.splitlines(), line
+    import hashlib
+
+    sums = dict(reversed(line.split("  ")) for line in files["SHA256SUMS"].decode().splitlines())
+    assert set(sums) == set(files) - {"SHA256SUMS", ".gitattributes"}
+    for name, digest in sums.items():
+        assert hashlib.sha256(files[name]).hexdigest() == digest, name
+
+
+def test_model_index_lists_measured_results_of_these_weights(tmp_path, registry):
+    from wssl_zoo.cards import render_card
+
+    run = tmp_path / "run"
+    make_run_dir(run)
+    digest = sha256_file(run / "model.safetensors")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "linear_x.json").write_text(json.dumps({
+        "task": "linear", "weights_sha256": digest, "dataset": {"name": "cifar10"},
+        "protocol": {"name": "fast", "version": 1}, "metrics": {"top1": 41.5, "top5": 88.25}}))
+    (results / "other.json").write_text(json.dumps({"task": "linear", "weights_sha256": "0" * 64,
+                                                    "metrics": {"top1": 99.0}}))
+    import dataclasses
+
+    from wssl_zoo.registry import HubInfo
+
+    entry = dataclasses.replace(get_entry(ENTRY), hub=HubInfo(REPO_ID, "", {"model.safetensors": digest}))
+    card = render_card(entry, for_hub=True, results_dir=results)
+    front = card.split("---\n")[1]
+    assert "model-index:" in front and "value: 41.5" in front and "value: 88.25" in front and "99.0" not in front
+    assert "| 41.50 | measured, protocol fast v1: `zoo/results/linear_x.json` |" in card
+
+
+def test_dry_run_stages_without_uploading_or_pinning(tmp_path, hub, registry, capsys):
+    run = tmp_path / "run"
+    make_run_dir(run)
+    staging = tmp_path / "staged"
+    before = (registry / f"{ENTRY}.toml").read_text()
+    assert main(["publish", str(run), "--repo", REPO_ID, "--dry-run", "--staging", str(staging)]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing uploaded" in out and ENTRY in out
+    assert {p.name for p in staging.iterdir()} == {"model.safetensors", "config.json", "projector.safetensors",
+                                                    "train_config.json", "summary.json", "log.jsonl", "README.md",
+                                                    "SHA256SUMS"}
+    assert not [r for r in hub.requests if r[0] == "POST"]
+    assert (registry / f"{ENTRY}.toml").read_text() == before
+
+
+def test_publish_without_a_token_or_with_a_wrong_entry_is_a_clear_error(tmp_path, hub, registry, monkeypatch, capsys):
+    run = tmp_path / "run"
+    make_run_dir(run)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "empty-home" / "token"))
+    assert main(["publish", str(run), "--repo", REPO_ID]) == 2
+    assert "no Hugging Face token" in capsys.readouterr().err
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    assert main(["publish", str(run), "--repo", "org/x", "--entry", "intl_resnet50", "--dry-run",
+                 "--staging", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "resnet18 (cifar stem)" in err and "'intl_resnet50' is a resnet50 (imagenet stem)" in err
+    assert main(["publish", str(tmp_path / "nope"), "--repo", REPO_ID]) == 2
+    assert "no such model directory" in capsys.readouterr().err
+
+
+def test_plain_timm_hf_hub_gives_the_same_features(tmp_path, hub, registry):
+    import timm
+
+    run = tmp_path / "run"
+    model = make_run_dir(run, stem="imagenet", img_size=64)
+    result = publish(str(run), "someone/r18-imagenet-stem", progress=lambda *a: None)
+    assert result.entry is None and result.registry_file is None
+    spec = f"hf-hub:someone/r18-imagenet-stem@{result.revision}"
+    ours = wssl_zoo.load(spec)
+    theirs = timm.create_model(spec, pretrained=True, num_classes=0)
+    assert torch.equal(features(theirs, 64), features(ours, 64))
+    assert torch.equal(features(ours, 64), features(model, 64))
+    assert theirs.pretrained_cfg["mean"] == (0.4914, 0.4822, 0.4465) or list(theirs.pretrained_cfg["mean"]) == [0.4914, 0.4822, 0.4465]
+
+
+# ---------------------------------------------------------------------------- download
+
+
+def test_pinned_revision_keeps_its_weights_after_a_later_commit(published, hub, tmp_path):
+    model, result = published
+    other = make_run_dir(tmp_path / "other", seed=7)
+    new_weights = (tmp_path / "other" / "model.safetensors").read_bytes()
+    sums = hub.repos[REPO_ID].commits[result.revision].files["SHA256SUMS"].decode()
+    sums = sums.replace(sha256_file(tmp_path / "run" / "model.safetensors"), sha256_file(tmp_path / "other" / "model.safetensors"))
+    hub.commit_files(REPO_ID, {"model.safetensors": new_weights, "SHA256SUMS": sums.encode()}, "retrain")
+    assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))  # the registry pins the old commit
+    assert torch.equal(features(wssl_zoo.load(f"hf-hub:{REPO_ID}")), features(other))  # main moved on
+    assert torch.equal(features(wssl_zoo.load(f"hf-hub:{REPO_ID}@{result.revision}")), features(model))
+
+
+def test_a_tampered_file_is_refused_and_not_left_in_the_cache(published, hub, tmp_path):
+    _, result = published
+    cache = Path(tmp_path / "hf-cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    good = hub.repos[REPO_ID].commits[result.revision].files["model.safetensors"]
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    hub.tamper(REPO_ID, result.revision, "model.safetensors", bytes(bad))
+    import hashlib
+
+    with pytest.raises(HashMismatchError) as info:
+        wssl_zoo.load(ENTRY)
+    msg = str(info.value)
+    assert "'model.safetensors'" in msg and hashlib.sha256(good).hexdigest() in msg
+    assert hashlib.sha256(bytes(bad)).hexdigest() in msg and "deleted" in msg
+    blobs = cache / f"models--{REPO_ID.replace('/', '--')}" / "blobs"
+    assert not [p for p in blobs.iterdir() if hashlib.sha256(p.read_bytes()).hexdigest() == hashlib.sha256(bytes(bad)).hexdigest()]
+    snapshot = blobs.parent / "snapshots" / result.revision / "model.safetensors"
+    assert not snapshot.exists() and not snapshot.is_symlink()
+    # the hf-hub: route checks SHA256SUMS the same way
+    with pytest.raises(HashMismatchError):
+        wssl_zoo.load(f"hf-hub:{REPO_ID}@{result.revision}")
+    hub.tampered.clear()  # the mirror is repaired: a fresh, correct download
+    wssl_zoo.load(ENTRY)
+
+
+def test_offline_from_the_cache_and_a_clear_error_for_what_is_not_cached(published, hub, monkeypatch):
+    model, result = published
+    wssl_zoo.load(ENTRY)  # fills the cache
+    wssl_zoo.load(f"hf-hub:{REPO_ID}@{result.revision}")
+    hub.stop()
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))
+    assert torch.equal(features(wssl_zoo.load(f"hf-hub:{REPO_ID}@{result.revision}")), features(model))
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set and the file is not in the cache"):
+        wssl_zoo.load("hf-hub:someone/never-downloaded")
+
+
+def test_environment_variables_are_honoured_in_a_fresh_process(published, hub, registry, tmp_path):
+    """HF_ENDPOINT and HF_HOME select the Hub and the cache; HF_HUB_OFFLINE=1 then loads from it."""
+    model, _ = published
+    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "home"), WSSL_ZOO_REGISTRY=str(registry),
+               PYTHONPATH=str(REPO))
+    env.pop("HF_HUB_CACHE", None)
+    code = ("import sys, torch, wssl_zoo; m = wssl_zoo.load(sys.argv[1]); "
+            "x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)); "
+            "torch.save(m.eval()(x).detach(), sys.argv[2])")
+    out1, out2 = tmp_path / "f1.pt", tmp_path / "f2.pt"
+    run = subprocess.run([sys.executable, "-c", code, ENTRY, str(out1)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert list((tmp_path / "home" / "hub").glob("models--wssl-zoo--cwrgp_resnet18_cifar10/snapshots/*/model.safetensors"))
+    hub.stop()
+    run = subprocess.run([sys.executable, "-c", code, ENTRY, str(out2)], env=dict(env, HF_HUB_OFFLINE="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert torch.equal(torch.load(out1), features(model)) and torch.equal(torch.load(out2), features(model))
+
+
+def test_a_dropped_connection_resumes_or_fails_clearly_never_loading_a_partial_file(published, hub, tmp_path):
+    model, result = published
+    cache = Path(tmp_path / "hf-cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    hub.truncate_next["model.safetensors"] = 1  # one drop: the client resumes with a Range request
+    assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))
+    shutil.rmtree(cache)
+    hub.truncate_next["model.safetensors"] = 1000  # the connection keeps dropping
+    with pytest.raises(HubError, match=r"model.safetensors'.*download failed.*run the command again to resume"):
+        wssl_zoo.load(ENTRY)
+    snapshot = cache / "models--wssl-zoo--cwrgp_resnet18_cifar10" / "snapshots" / result.revision / "model.safetensors"
+    assert not snapshot.exists()
+    hub.truncate_next.clear()
+    assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))
+
+
+def test_missing_repo_revision_and_file_are_named(hub):
+    with pytest.raises(HubError, match="the repository someone/nothing does not exist"):
+        wssl_zoo.load("hf-hub:someone/nothing")
+    hub.create_repo("someone/empty")
+    with pytest.raises(HubError, match="'config.json': no such file"):
+        wssl_zoo.load("hf-hub:someone/empty")
+    with pytest.raises(HubError, match=f"the revision {'f' * 40!r} does not exist"):
+        wssl_zoo.load(f"hf-hub:someone/empty@{'f' * 40}")
+
+
+def test_registry_hash_mismatch_is_refused(published, registry):
+    _, result = published
+    path = registry / f"{ENTRY}.toml"
+    digest = result.files["model.safetensors"]
+    path.write_text(path.read_text().replace(digest, "ab" * 32))
+    clear_cache()
+    with pytest.raises(HashMismatchError, match=f"does not match the expected {'ab' * 32}"):
+        wssl_zoo.load(ENTRY)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def test_cli_download_and_info(published, hub, capsys):
+    _, result = published
+    assert main(["download", "cwrgp_r18_c10"]) == 0
+    out = capsys.readouterr().out
+    assert f"{REPO_ID}@{result.revision}" in out and "model.safetensors: sha256" in out and "verified" in out
+    hub.requests.clear()
+    assert main(["info", ENTRY]) == 0
+    out = capsys.readouterr().out
+    assert "weights published: yes" in out and f"@ {result.revision}" in out
+    size = result.sizes["model.safetensors"]
+    assert f"model.safetensors: sha256 {result.files['model.safetensors']}, {size:,} bytes" in out
+    assert hub.requests == []  # info never touches the network
+
+
+def test_cli_download_errors_are_one_line(hub, registry, capsys):
+    assert main(["download", "intl_resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert "not published yet" in err and "Traceback" not in err
+    assert main(["download", "hf-hub:someone/nothing"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_update_registry_hub_validates_before_writing(registry):
+    path = registry / f"{ENTRY}.toml"
+    before = path.read_text()
+    with pytest.raises(ValueError, match="not a 40-hex commit"):
+        update_registry_hub(path, REPO_ID, "main", {"model.safetensors": "a" * 64}, {"model.safetensors": 1})
+    with pytest.raises(ValueError, match="sha256"):
+        update_registry_hub(path, REPO_ID, "a" * 40, {"model.safetensors": "not-a-hash"}, {"model.safetensors": 1})
+    assert path.read_text() == before
+
+
+def test_publish_a_registry_name_mirrors_its_verified_files(published, hub, tmp_path, registry):
+    model, result = published
+    mirror = publish(ENTRY, "backup/cwrgp_r18", entry_name=None, staging=None, progress=lambda *a: None,
+                     cards_dir=tmp_path / "cards")
+    # the entry matched by source name is re-pinned to the mirror
+    assert mirror.entry == ENTRY and mirror.files["model.safetensors"] == result.files["model.safetensors"]
+    clear_cache()
+    assert get_entry(ENTRY).hub.repo_id == "backup/cwrgp_r18"
+    assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))

@@ -1,0 +1,320 @@
+"""The authors' checkpoints -> wssl-zoo model directories.
+
+``wssl-zoo convert --from official-intl|official-cwrgp|official-wmse CKPT --out DIR`` reads a
+checkpoint saved by the official code with ``torch.load(weights_only=True)`` and writes the same
+directory as pretraining (``model.safetensors`` with timm key names, timm ``config.json``,
+``projector.safetensors``, and ``convert.json`` with the provenance), so ``wssl_zoo.load(DIR)``
+and ``wssl-zoo publish DIR`` work on it.
+
+Layouts handled (the checkpoint may be a bare state dict or wrapped in ``state_dict``):
+
+- INTL (``main.py``/``cifar/main.py`` save the DDP-wrapped method): ``module.backbone.*``,
+  ``module.projection.*``; INTL_M adds ``module.momentum_backbone.*`` and
+  ``module.momentum_projection.*`` (the online branch is taken by default, as the authors'
+  ``evaluate.py`` does; ``branch="momentum"`` takes the EMA branch).
+- CW-RGP ImageNet (``ImageNet/train.py``, DDP around the method): ``module.model.*`` and
+  ``module.head.*``; without DDP the encoder is ``nn.DataParallel``: ``model.module.*``.
+- W-MSE and CW-RGP small-data code (``train.py``: the method's state dict, the encoder in
+  ``nn.DataParallel``): ``model.module.*`` and ``head.*``.
+- A bare torchvision ResNet state dict (``conv1.weight`` ... ``layer4.*``).
+
+Every tensor must be accounted for: backbone tensors map one-to-one onto the timm ResNet (strict:
+missing and unexpected keys are named), projector tensors onto :class:`~wssl_zoo.heads.Projector`,
+the other branch of INTL_M is dropped by name. Then the converted timm model's features on a
+fixed input are compared with those of the torchvision ResNet the authors trained, loaded with
+the original tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["LAYOUTS", "ConversionError", "convert_checkpoint", "read_checkpoint", "split_state"]
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot be converted; the message names the file and the keys."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Key prefixes of one codebase, tried in order (the first that matches any key wins)."""
+
+    method: str
+    backbone: tuple[str, ...]
+    projector: tuple[str, ...]
+    momentum_backbone: tuple[str, ...] = ()
+    momentum_projector: tuple[str, ...] = ()
+    hidden_bias: bool = True  # INTL's hidden projector layers have no bias
+
+
+LAYOUTS = {
+    "official-intl": Layout("intl", ("module.backbone.", "backbone."), ("module.projection.", "projection."),
+                            ("module.momentum_backbone.", "momentum_backbone."),
+                            ("module.momentum_projection.", "momentum_projection."), hidden_bias=False),
+    "official-cwrgp": Layout("cwrgp", ("module.model.module.", "module.model.", "model.module.", "model."),
+                             ("module.head.", "head.")),
+    "official-wmse": Layout("wmse", ("model.module.", "module.model.module.", "module.model.", "model."),
+                            ("head.", "module.head.")),
+}
+_TORCHVISION_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The flat tensor state dict of a checkpoint, read without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, zip errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"{path}: not readable as a weights-only torch checkpoint ({first}). "
+                              "Only tensors, numbers and containers are accepted; arbitrary pickled "
+                              "objects are refused for safety") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj:
+        raise ConversionError(f"{path}: expected a state dict (or one under 'state_dict'), got {type(obj).__name__}")
+    bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if bad:
+        raise ConversionError(f"{path}: entries that are not tensors: {bad[:10]}")
+    return dict(obj)
+
+
+def _take(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """The first prefix that any key has, and the tensors under it (prefix removed)."""
+    for prefix in prefixes:
+        found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if found:
+            return prefix, found
+    return None, {}
+
+
+def split_state(state: dict[str, torch.Tensor], layout: Layout, branch: str = "online") -> dict[str, Any]:
+    """Split a checkpoint into backbone, projector and dropped parts; every key lands somewhere.
+
+    Returns ``dict(backbone=..., projector=..., prefixes=..., dropped=[...])``. Unrecognised keys
+    raise :class:`ConversionError` naming them.
+    """
+    if branch not in ("online", "momentum"):
+        raise ValueError(f"branch must be 'online' or 'momentum', got {branch!r}")
+    remaining = dict(state)
+    parts: dict[str, Any] = {"prefixes": {}, "dropped": []}
+
+    def pull(name: str, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        prefix, found = _take(remaining, prefixes)
+        if prefix is not None:
+            parts["prefixes"][name] = prefix
+            for key in list(remaining):
+                if key.startswith(prefix):
+                    del remaining[key]
+        return found
+
+    # Momentum branches first, so that no shorter prefix of another part can claim their keys.
+    mom_backbone = pull("momentum_backbone", layout.momentum_backbone) if layout.momentum_backbone else {}
+    mom_projector = pull("momentum_projector", layout.momentum_projector) if layout.momentum_projector else {}
+    backbone = pull("backbone", layout.backbone)
+    projector = pull("projector", layout.projector)
+    if not backbone and all(_TORCHVISION_KEY.match(k) or k.startswith("fc.") for k in remaining):
+        backbone, remaining = dict(remaining), {}  # a bare torchvision ResNet state dict
+        parts["prefixes"]["backbone"] = ""
+    if not backbone:
+        others = [name for name, other in LAYOUTS.items() if other is not layout
+                  and any(k.startswith(other.backbone) for k in state)]
+        hint = f"; these keys look like --from {' or '.join(others)}" if others else ""
+        raise ConversionError(f"no backbone tensors: expected keys starting with one of {list(layout.backbone)}"
+                              f" (first keys: {sorted(state)[:3]}){hint}")
+    if branch == "momentum":
+        if not mom_backbone:
+            raise ConversionError("branch='momentum' but the checkpoint has no momentum encoder "
+                                  f"(looked for {list(layout.momentum_backbone) or 'none in this layout'})")
+        parts["dropped"] += [parts["prefixes"]["backbone"] + k for k in backbone]
+        parts["dropped"] += [parts["prefixes"].get("projector", "") + k for k in projector]
+        backbone, projector = mom_backbone, mom_projector
+    else:
+        parts["dropped"] += [parts["prefixes"]["momentum_backbone"] + k for k in mom_backbone]
+        parts["dropped"] += [parts["prefixes"]["momentum_projector"] + k for k in mom_projector]
+    # Whitening modules built with track_running_stats=True would leave statistics of the loss.
+    for key in list(remaining):
+        if re.match(r"^(module\.)?(whitening|IterNorm)\.", key):
+            parts["dropped"].append(key)
+            del remaining[key]
+    if remaining:
+        raise ConversionError(f"keys that are neither backbone nor projector in a {layout.method} checkpoint: "
+                              f"{sorted(remaining)[:20]}" + (f" (+{len(remaining) - 20} more)" if len(remaining) > 20 else ""))
+    parts["backbone"], parts["projector"] = backbone, projector
+    return parts
+
+
+_RESNETS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
+_BOTTLENECK = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
+
+
+def infer_arch(backbone: dict[str, torch.Tensor]) -> str:
+    """The torchvision/timm ResNet name that has these tensors."""
+    depth = []
+    for layer in range(1, 5):
+        blocks = {int(k.split(".")[1]) for k in backbone if k.startswith(f"layer{layer}.")}
+        depth.append(len(blocks))
+    bottleneck = any(k.endswith("conv3.weight") for k in backbone)
+    arch = (_BOTTLENECK if bottleneck else _RESNETS).get(tuple(depth))
+    if arch is None:
+        raise ConversionError(f"cannot tell the ResNet from blocks per stage {tuple(depth)} "
+                              f"({'bottleneck' if bottleneck else 'basic'} blocks); pass --arch")
+    if bottleneck and backbone["layer1.0.conv1.weight"].shape[0] == 128:
+        arch = arch.replace("resnet", "wide_resnet") + "_2"
+    return arch
+
+
+def infer_stem(backbone: dict[str, torch.Tensor], stem: str | None) -> str:
+    k = backbone["conv1.weight"].shape[-1] if "conv1.weight" in backbone else None
+    if k == 7:
+        if stem not in (None, "imagenet"):
+            raise ConversionError(f"conv1 is 7x7 (the ImageNet stem) but --stem {stem} was given")
+        return "imagenet"
+    if k == 3:
+        if stem not in ("cifar", "small"):
+            raise ConversionError("conv1 is 3x3: pass --stem cifar (CIFAR: no max-pool) or --stem small "
+                                  "(STL-10 / Tiny-ImageNet: max-pool kept); the checkpoint does not say which")
+        return stem
+    raise ConversionError(f"conv1.weight has shape {tuple(backbone['conv1.weight'].shape) if k else 'missing'}; "
+                          "not a ResNet stem this converter knows")
+
+
+def torchvision_reference(arch: str, stem: str) -> nn.Module:
+    """The torchvision ResNet the authors' code builds for ``stem`` (classifier replaced by Identity)."""
+    import torchvision
+
+    if not hasattr(torchvision.models, arch):
+        raise ConversionError(f"torchvision has no {arch}")
+    model = getattr(torchvision.models, arch)(weights=None)
+    if stem in ("cifar", "small"):
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    if stem == "cifar":
+        model.maxpool = nn.Identity()
+    model.fc = nn.Identity()
+    return model
+
+
+def _projector_from(state: dict[str, torch.Tensor], in_dim: int, hidden_bias_default: bool):
+    """A :class:`~wssl_zoo.heads.Projector` with the shapes and flags these tensors imply, loaded."""
+    from .heads import Projector
+    from .modelio import load_state_into
+
+    linear = sorted({int(k.split(".")[0]) for k in state if k.endswith("weight") and state[k].dim() == 2})
+    if not linear:
+        raise ConversionError(f"projector tensors without any Linear weight: {sorted(state)[:10]}")
+    num_layers = len(linear)
+    batch_norm = num_layers > 1 and f"{linear[0] + 1}.running_mean" in state
+    hidden_dim = state[f"{linear[0]}.weight"].shape[0] if num_layers > 1 else 1
+    out_dim = state[f"{linear[-1]}.weight"].shape[0]
+    hidden_bias = f"{linear[0]}.bias" in state if num_layers > 1 else hidden_bias_default
+    last_bias = f"{linear[-1]}.bias" in state
+    head = Projector(in_dim, hidden_dim, out_dim, num_layers, hidden_bias=hidden_bias, last_bias=last_bias,
+                     batch_norm=batch_norm)
+    load_state_into(head, state, "the checkpoint's projector")
+    return head, dict(num_layers=num_layers, hidden_dim=hidden_dim, out_dim=out_dim, hidden_bias=hidden_bias,
+                      last_bias=last_bias, batch_norm=batch_norm)
+
+
+def check_features(timm_model: nn.Module, reference: nn.Module, img_size: int, seed: int = 0) -> float:
+    """Max |difference| of the pooled features of the two models on a fixed input (eval mode)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, img_size, img_size, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        a = timm_model.double().eval()(x)
+        b = reference.double().eval()(x)
+    timm_model.float(), reference.float()
+    if a.shape != b.shape:
+        raise ConversionError(f"feature shapes differ: timm {tuple(a.shape)} vs torchvision {tuple(b.shape)}")
+    return float((a - b).abs().max())
+
+
+def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, entry: str | None = None,
+                       arch: str | None = None, stem: str | None = None, dataset: str | None = None,
+                       img_size: int | None = None, branch: str = "online", tolerance: float = 1e-9) -> dict:
+    """Convert ``ckpt`` (saved by the official code of ``layout_name``) into the model directory ``out``.
+
+    Architecture, stem and preprocessing come from the registry ``entry`` when given (and are
+    checked against the tensors), otherwise from the tensors plus ``dataset``. Returns the
+    provenance written to ``out/convert.json``.
+    """
+    from .data.datasets import dataset_stats
+    from .encoders import create_backbone
+    from .modelio import load_state_into, save_model_dir, sha256_file
+    from .registry import get_entry
+
+    if layout_name not in LAYOUTS:
+        raise ValueError(f"--from {layout_name!r}: choose one of {', '.join(LAYOUTS)}")
+    layout = LAYOUTS[layout_name]
+    ckpt = Path(ckpt)
+    state = read_checkpoint(ckpt)
+    try:
+        parts = split_state(state, layout, branch)
+    except ConversionError as exc:
+        raise ConversionError(f"{ckpt}: {exc}") from None
+    backbone_state = parts["backbone"]
+    e = get_entry(entry) if entry else None
+    if e is not None and e.method != layout.method:
+        raise ConversionError(f"--entry {e.name} is a {e.method} model but --from {layout_name} reads {layout.method} checkpoints")
+    found_arch = infer_arch(backbone_state) if "layer1.0.conv1.weight" in backbone_state else None
+    arch = arch or (e.arch if e else None) or found_arch
+    if found_arch and arch != found_arch:
+        raise ConversionError(f"{ckpt}: the tensors are a {found_arch}, not the requested {arch}")
+    stem = infer_stem(backbone_state, stem or (e.stem if e else None))
+    if e is not None and stem != e.stem:
+        raise ConversionError(f"{ckpt}: the checkpoint has the {stem} stem but entry {e.name} has {e.stem}")
+    dataset = dataset or (e.training.get("dataset") if e else None) or ("imagenet" if stem == "imagenet" else None)
+    if dataset is None:
+        raise ConversionError("a small-image stem: pass --dataset (cifar10, cifar100, stl10, tiny_imagenet) "
+                              "to set the normalisation and input size")
+    mean, std = (e.mean, e.std) if e else dataset_stats(dataset, layout.method)
+    img_size = img_size or (e.img_size if e else {"cifar10": 32, "cifar100": 32, "stl10": 64,
+                                                   "tiny_imagenet": 64}.get(dataset, 224))
+
+    backbone_state = {k: v for k, v in backbone_state.items()}
+    timm_model = create_backbone(arch, stem)
+    try:
+        load_state_into(timm_model, backbone_state, f"{ckpt} (backbone, prefix {parts['prefixes']['backbone']!r})")
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
+    reference = torchvision_reference(arch, stem)
+    reference.load_state_dict(backbone_state, strict=True)
+    diff = check_features(timm_model, reference, img_size)
+    if diff > tolerance:
+        raise ConversionError(f"{ckpt}: the converted timm {arch} differs from the authors' torchvision {arch} by "
+                              f"{diff:.3g} on a fixed input (tolerance {tolerance}); not written")
+
+    projector = proj_cfg = None
+    if parts["projector"]:
+        projector, proj_cfg = _projector_from(parts["projector"], timm_model.num_features, layout.hidden_bias)
+    provenance = dict(
+        layout=layout_name, method=layout.method, source_file=ckpt.name, source_sha256=sha256_file(ckpt),
+        entry=e.name if e else None, arch=arch, stem=stem, dataset=dataset, branch=branch,
+        prefixes=parts["prefixes"], dropped_keys=sorted(parts["dropped"]), backbone_tensors=len(backbone_state),
+        projector=proj_cfg, feature_check=dict(max_abs_diff=diff, tolerance=tolerance, input=f"2x3x{img_size}x{img_size} "
+                                               "float64 normal(seed 0)", reference=f"torchvision.models.{arch}"),
+    )
+    extra = dict(method=layout.method, dataset=dataset, converted_from=layout_name,
+                 source_sha256=provenance["source_sha256"])
+    if e is not None:
+        extra["registry_name"] = e.name
+    from .modelio import atomic_write_bytes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "convert.json", (json.dumps(provenance, indent=2, sort_keys=True) + "\n").encode())
+    # config.json is written last: a directory with one is complete.
+    save_model_dir(out, timm_model, arch=arch, stem=stem, mean=mean, std=std, img_size=img_size,
+                   projector=projector, extra_meta=extra)
+    return provenance

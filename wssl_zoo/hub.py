@@ -1,0 +1,400 @@
+"""Transport to and from the Hugging Face Hub: verified downloads and publishing.
+
+Downloads go through ``huggingface_hub.hf_hub_download``, so the standard cache
+(``HF_HOME``/``HF_HUB_CACHE``), ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE=1`` behave as everywhere else.
+A registry entry is fetched at its pinned commit and every file is checked against the sha256
+in ``zoo/models/<name>.toml`` before anything is loaded; a file that does not match is deleted
+from the cache (blob and snapshot link) so it cannot be reused, and :class:`HashMismatchError`
+names it with both hashes. ``hf-hub:org/name[@rev]`` repos in our format carry a ``SHA256SUMS``
+file that is checked the same way.
+
+Publishing stages a folder (weights, timm ``config.json``, projector, training config and logs,
+the model card as ``README.md``, ``SHA256SUMS``), commits it in one commit, downloads the
+weights back at the new commit to check them, then pins that commit and the hashes in the
+registry entry and refreshes ``MODEL_CARDS/<name>.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .registry import HubInfo, UnknownModelError, ZooEntry, get_entry
+
+__all__ = [
+    "HubError", "HashMismatchError", "download_entry", "download_repo", "resolve_local", "stage",
+    "publish", "PublishResult", "update_registry_hub", "SUMS_FILE", "PINNED_FILES",
+]
+
+SUMS_FILE = "SHA256SUMS"
+# Files whose hashes a registry entry pins (the rest of a published repo is documentation).
+PINNED_FILES = ("model.safetensors", "config.json", "projector.safetensors")
+# What a model directory may contribute to a published repo, beyond the pinned files.
+EXTRA_FILES = ("train_config.json", "summary.json", "log.jsonl", "convert.json")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class HubError(RuntimeError):
+    """A download or upload failed; the message names the repo, revision and file."""
+
+
+class HashMismatchError(ValueError):
+    """A downloaded file does not have the sha256 it should; it was deleted from the cache."""
+
+
+# ---------------------------------------------------------------------------- download
+
+
+def _sha256(path: Path) -> str:
+    from .modelio import sha256_file
+
+    return sha256_file(path)
+
+
+def _discard(local: Path) -> None:
+    """Remove a cached file: the snapshot link and the blob it points to."""
+    targets = [local]
+    try:
+        targets.append(local.resolve(strict=True))
+    except OSError:
+        pass
+    for path in targets:
+        if path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _fetch(repo_id: str, filename: str, revision: str | None, *, force: bool = False) -> Path:
+    """One file through the HF cache; every client error becomes a one-line :class:`HubError`."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_id}@{revision or 'main'} file {filename!r}"
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force))
+    except RepositoryNotFoundError:
+        raise HubError(f"{where}: the repository {repo_id} does not exist on {constants.ENDPOINT} "
+                       "(or it is private and no token was given)") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{where}: the revision {revision!r} does not exist in {repo_id}") from None
+    except LocalEntryNotFoundError:
+        offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+        reason = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} cannot be reached"
+        raise HubError(f"{where}: {reason} and the file is not in the cache {constants.HF_HUB_CACHE}; "
+                       f"download it once while online (wssl-zoo download ...)") from None
+    except EntryNotFoundError:
+        raise HubError(f"{where}: no such file at that revision") from None
+    except OSError as exc:  # connection dropped, disk full, ...
+        raise HubError(f"{where}: download failed ({type(exc).__name__}: {exc}); nothing was loaded, "
+                       "run the command again to resume") from None
+    except Exception as exc:  # noqa: BLE001 - the client raises httpx and HfHubHTTPError types
+        raise HubError(f"{where}: download failed ({type(exc).__name__}: {exc}); nothing was loaded, "
+                       "run the command again to resume") from None
+
+
+def _verified(repo_id: str, revision: str, filename: str, expected: str) -> Path:
+    local = _fetch(repo_id, filename, revision)
+    actual = _sha256(local)
+    if actual != expected:
+        _discard(local)
+        raise HashMismatchError(
+            f"{repo_id}@{revision} file {filename!r}: sha256 {actual} does not match the expected {expected}; "
+            "the download was deleted from the cache and nothing was loaded"
+        )
+    return local
+
+
+def download_entry(entry: ZooEntry | str) -> Path:
+    """Download every file of a published registry entry at its pinned revision, sha256-checked.
+
+    Returns the snapshot folder (in the HF cache) holding the files. Raises
+    :class:`~wssl_zoo.api.WeightsNotPublishedError` for an entry without a pinned revision,
+    :class:`HashMismatchError` and :class:`HubError` as described in the module docstring.
+    """
+    if isinstance(entry, str):
+        entry = get_entry(entry)
+    if not entry.hub.published:
+        from .api import _not_published
+
+        raise _not_published(entry)
+    folder = None
+    for filename, expected in entry.hub.files.items():
+        folder = _verified(entry.hub.repo_id, entry.hub.revision, filename, expected).parent
+    assert folder is not None
+    return folder
+
+
+def _parse_sums(text: str, where: str) -> dict[str, str]:
+    sums = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest) or not name:
+            raise ValueError(f"{where} line {number}: expected '<sha256>  <file>', got {line!r}")
+        sums[name] = digest
+    return sums
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``hf-hub:org/name[@rev]`` -> (``org/name``, rev or None)."""
+    body = spec[len("hf-hub:"):] if spec.startswith("hf-hub:") else spec
+    repo_id, _, revision = body.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"{spec!r}: expected hf-hub:org/name or hf-hub:org/name@revision")
+    return repo_id, revision or None
+
+
+def download_repo(spec: str) -> Path:
+    """Download a model repo in our format (``hf-hub:org/name[@rev]``); returns its snapshot folder.
+
+    The repo's ``SHA256SUMS`` (written by ``wssl-zoo publish``) is checked for every file it lists
+    that is downloaded. A repo without it (a plain timm repo) is loaded unverified.
+    """
+    repo_id, revision = parse_spec(spec)
+    config = _fetch(repo_id, "config.json", revision)
+    commit = config.parent.name  # snapshot folders are named by commit: pin everything else to it
+    try:
+        sums_path = _fetch(repo_id, SUMS_FILE, commit)
+    except HubError as exc:
+        if "no such file" not in str(exc):
+            raise
+        sums = {}
+    else:
+        sums = _parse_sums(sums_path.read_text(), f"{repo_id}@{commit} {SUMS_FILE}")
+    wanted = ["config.json", "model.safetensors"] + [f for f in ("projector.safetensors",) if f in sums]
+    for filename in wanted:
+        if filename in sums:
+            _verified(repo_id, commit, filename, sums[filename])
+        else:
+            _fetch(repo_id, filename, commit)
+    return config.parent
+
+
+def resolve_local(spec: str) -> Path:
+    """A local folder with the files of ``spec``: a local model directory, ``hf-hub:...`` or a
+    registry name/alias (downloaded and verified)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if spec.startswith("hf-hub:"):
+        return download_repo(spec)
+    return download_entry(get_entry(spec))
+
+
+# ---------------------------------------------------------------------------- publish
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What ``publish`` did: the staged folder, and after an upload the commit and the entry."""
+
+    staging: Path
+    repo_id: str
+    files: dict[str, str]  # every staged file -> sha256
+    sizes: dict[str, int]
+    entry: str | None  # the registry entry it belongs to, if any
+    revision: str | None = None  # the commit, None for a dry run
+    registry_file: Path | None = None
+    card_file: Path | None = None
+
+
+def _find_entry(source_dir: Path | None, repo_id: str, entry_name: str | None) -> ZooEntry | None:
+    """The registry entry a publication belongs to: ``--entry``, the directory's own record of it,
+    or the entry whose name is the repo's name."""
+    import json
+
+    if entry_name:
+        return get_entry(entry_name)
+    if source_dir is not None:
+        for meta in ("config.json", "convert.json"):
+            path = source_dir / meta
+            if path.is_file():
+                data = json.loads(path.read_text())
+                name = data.get("wssl_zoo", {}).get("registry_name") if meta == "config.json" else data.get("entry")
+                if name:
+                    return get_entry(name)
+    try:
+        return get_entry(repo_id.split("/")[1])
+    except UnknownModelError:
+        return None
+
+
+def _check_matches_entry(config: dict, entry: ZooEntry, source: str) -> None:
+    stem = config.get("wssl_zoo", {}).get("stem", "imagenet")
+    if config.get("architecture") != entry.arch or stem != entry.stem:
+        raise ValueError(f"{source} holds a {config.get('architecture')} ({stem} stem) but the registry entry "
+                         f"{entry.name!r} is a {entry.arch} ({entry.stem} stem); pass the right --entry")
+
+
+def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None,
+          cards_results_dir: Path | None = None) -> tuple[dict[str, str], dict[str, int], ZooEntry | None]:
+    """Write the files of a publication of ``source`` to ``folder`` (emptied first).
+
+    ``source`` is a model directory (pretraining output or converted checkpoint) or a published
+    registry name. Returns ``(sha256 per file, size per file, registry entry or None)``.
+    """
+    from .cards import render_card, render_generic_card
+    from .modelio import load_model_dir, read_config
+
+    parse_spec(repo_id)  # validates org/name
+    src = Path(source).expanduser()
+    if src.exists():
+        if not src.is_dir():
+            raise ValueError(f"{source}: publish takes a model directory (with model.safetensors and config.json)")
+        src_dir = src
+        entry = _find_entry(src_dir, repo_id, entry_name)
+    else:
+        try:
+            entry = get_entry(source)
+        except UnknownModelError as exc:
+            raise FileNotFoundError(f"{source}: no such model directory, and {exc}") from None
+        src_dir = download_entry(entry)  # verified mirror of a published entry
+        if entry_name and get_entry(entry_name).name != entry.name:
+            raise ValueError(f"--entry {entry_name} differs from the source entry {entry.name}")
+    load_model_dir(src_dir)  # strict: right keys and shapes, finite weights
+    config = read_config(src_dir)
+    if entry is not None:
+        _check_matches_entry(config, entry, str(source))
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for name in PINNED_FILES + EXTRA_FILES:
+        if (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, folder / name)
+    hashes = {p.name: _sha256(p) for p in sorted(folder.iterdir())}
+    if entry is not None:
+        pinned = {k: v for k, v in hashes.items() if k in PINNED_FILES}
+        draft = dataclasses.replace(entry, hub=HubInfo(repo_id=repo_id, revision="", files=pinned))
+        card = render_card(draft, for_hub=True, results_dir=cards_results_dir)
+    else:
+        card = render_generic_card(folder, repo_id)
+    (folder / "README.md").write_text(card)
+    hashes["README.md"] = _sha256(folder / "README.md")
+    (folder / SUMS_FILE).write_text("".join(f"{d}  {n}\n" for n, d in sorted(hashes.items())))
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    return hashes, sizes, entry
+
+
+def update_registry_hub(path: Path, repo_id: str, revision: str, files: dict[str, str],
+                        sizes: dict[str, int]) -> None:
+    """Rewrite the ``[hub]`` tables of a registry TOML file in place (atomically), keeping the rest.
+
+    The new text is parsed and validated as a registry entry before it replaces the file.
+    """
+    from .modelio import atomic_write_bytes
+    from .registry import RegistryError, _parse_entry
+
+    if not _COMMIT.match(revision):
+        raise ValueError(f"revision {revision!r} is not a 40-hex commit sha")
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == "[hub]"), None)
+    if start is None:
+        raise RegistryError(f"{path}: no [hub] table to update")
+    end = start + 1
+    while end < len(lines):
+        stripped = lines[end].strip()
+        if stripped.startswith("[") and not stripped.startswith(("[hub.", "[hub]")):
+            break
+        end += 1
+    block = [
+        "[hub]\n", f'repo_id = "{repo_id}"\n', f'revision = "{revision}"\n', "\n", "[hub.files]\n",
+        *[f'"{name}" = "{digest}"\n' for name, digest in files.items()], "\n", "[hub.sizes]\n",
+        *[f'"{name}" = {sizes[name]}\n' for name in files], "\n",
+    ]
+    new_text = "".join(lines[:start] + block + lines[end:])
+    with tempfile.TemporaryDirectory() as tmp:  # validate before replacing
+        probe = Path(tmp) / path.name
+        probe.write_text(new_text, encoding="utf-8")
+        _parse_entry(probe)
+    atomic_write_bytes(path, new_text.encode("utf-8"))
+
+
+def publish(source: str, repo_id: str, *, dry_run: bool = False, staging: Path | None = None,
+            entry_name: str | None = None, message: str | None = None, cards_dir: Path | None = None,
+            private: bool = False, progress=print) -> PublishResult:
+    """Stage ``source`` and, unless ``dry_run``, upload it to ``repo_id`` in one commit.
+
+    After an upload the pinned files are downloaded back at the new commit and compared with the
+    staged hashes; only then is the registry entry (when there is one) updated with the commit,
+    hashes and sizes, and its model card rewritten in ``cards_dir`` (default ``MODEL_CARDS/``).
+    The token comes from huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``).
+    """
+    from .cards import CARDS_DIR, write_card
+    from .registry import clear_cache
+
+    parse_spec(repo_id)
+    own_tmp = None
+    if staging is None:
+        if dry_run:
+            staging = Path("runs") / "publish" / repo_id.replace("/", "--")
+        else:
+            own_tmp = tempfile.TemporaryDirectory(prefix="wssl-zoo-publish-")
+            staging = Path(own_tmp.name) / "repo"
+    try:
+        if not dry_run:
+            _require_token()
+        hashes, sizes, entry = stage(source, repo_id, staging, entry_name)
+        pinned = {k: v for k, v in hashes.items() if k in PINNED_FILES}
+        progress(f"staged {len(hashes)} files for {repo_id} in {staging}:")
+        for name in sorted(hashes):
+            progress(f"  {name:24s} {sizes[name]:>14,d} bytes  sha256 {hashes[name]}")
+        if dry_run:
+            target = f"registry entry {entry.name} ({entry.path})" if entry else "no registry entry"
+            progress(f"dry run: nothing uploaded; an upload would pin the commit and the hashes of "
+                     f"{', '.join(sorted(pinned))} in {target}")
+            return PublishResult(staging, repo_id, hashes, sizes, entry.name if entry else None)
+        revision = _upload(staging, repo_id, message or f"wssl-zoo publish {source}", private)
+        progress(f"committed {repo_id}@{revision}")
+        for name, digest in pinned.items():  # read back what the Hub now serves
+            _verified(repo_id, revision, name, digest)
+        progress(f"verified {', '.join(sorted(pinned))} at {revision}")
+        registry_file = card_file = None
+        if entry is not None:
+            update_registry_hub(entry.path, repo_id, revision, pinned, {k: sizes[k] for k in pinned})
+            clear_cache()
+            registry_file = entry.path
+            card_file = write_card(get_entry(entry.name), cards_dir or CARDS_DIR)
+            progress(f"pinned {entry.name} to {revision} in {registry_file}; rewrote {card_file}")
+        else:
+            progress("no registry entry matches (pass --entry NAME to pin one); load it with "
+                     f"wssl_zoo.load('hf-hub:{repo_id}@{revision}')")
+        return PublishResult(staging, repo_id, hashes, sizes, entry.name if entry else None, revision,
+                             registry_file, card_file)
+    finally:
+        if own_tmp is not None:
+            own_tmp.cleanup()
+
+
+def _require_token() -> str:
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token), "
+                       "or use --dry-run to only stage the files")
+    return token
+
+
+def _upload(folder: Path, repo_id: str, message: str, private: bool) -> str:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True, private=private)
+        ops = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(folder.iterdir())]
+        info = api.create_commit(repo_id, operations=ops, commit_message=message)
+    except Exception as exc:  # noqa: BLE001 - HfHubHTTPError, httpx errors
+        raise HubError(f"upload to {repo_id} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                       "nothing was pinned in the registry") from None
+    return info.oid
