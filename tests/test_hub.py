@@ -358,3 +358,25 @@ def test_publish_a_registry_name_mirrors_its_verified_files(published, hub, tmp_
     clear_cache()
     assert get_entry(ENTRY).hub.repo_id == "backup/cwrgp_r18"
     assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))
+
+
+def test_the_readme_two_commands_turn_an_authors_checkpoint_into_a_pinned_entry(tmp_path, hub, registry):
+    """`wssl-zoo convert` then `wssl-zoo publish`, on a checkpoint in INTL_M's layout (ResNet-50)."""
+    import timm
+    from test_convert import authors_resnet, head, intl_ckpt
+
+    online, ema = authors_resnet("resnet50", "imagenet", 0), authors_resnet("resnet50", "imagenet", 1)
+    ckpt = tmp_path / "intl_800ep.pth.tar"
+    torch.save(intl_ckpt(online, head(2048, 64, 32, False, 2), (ema, head(2048, 64, 32, False, 3))), ckpt)
+    out = tmp_path / "intl_resnet50"
+    assert main(["convert", "--from", "official-intl", str(ckpt), "--entry", "intl_resnet50", "--out", str(out)]) == 0
+    assert main(["publish", str(out), "--repo", "wssl-zoo/intl_resnet50", "--cards-dir", str(tmp_path / "cards")]) == 0
+    clear_cache()
+    entry = get_entry("intl_r50")
+    assert entry.hub.published and set(entry.hub.files) == {"model.safetensors", "config.json", "projector.safetensors"}
+    ours = wssl_zoo.load("intl_r50")
+    theirs = timm.create_model(f"hf-hub:wssl-zoo/intl_resnet50@{entry.hub.revision}", pretrained=True, num_classes=0)
+    expected = features(online, 64)
+    assert torch.allclose(features(ours, 64), expected, atol=1e-4)
+    assert torch.equal(features(theirs, 64), features(ours, 64))
+    assert "convert.json" in hub.repos["wssl-zoo/intl_resnet50"].commits[entry.hub.revision].files

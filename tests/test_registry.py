@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import wssl_zoo
+from wssl_zoo.cli import readme_with_table, zoo_table
 from wssl_zoo.registry import (
     METHODS,
     STEMS,
@@ -300,3 +301,25 @@ def test_registry_is_cached_until_cleared(registry_copy):
     assert get_entry("intl_r50", directory=registry_copy).training["epochs"] == 800  # cached
     clear_cache()
     assert get_entry("intl_r50", directory=registry_copy).training["epochs"] == 801
+
+
+# ---------------------------------------------------------------------------- generated documents
+
+
+def test_readme_zoo_table_is_up_to_date():
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert readme_with_table(text) == text, "run `wssl-zoo list --update-readme README.md`"
+    assert zoo_table().count("\n") == len(load_registry()) + 2
+
+
+def test_model_cards_are_up_to_date_and_labelled():
+    from wssl_zoo.cards import CARDS_DIR, render_card
+
+    for name in wssl_zoo.list_models():
+        path = CARDS_DIR / f"{name}.md"
+        assert path.is_file(), f"missing {path}: run `wssl-zoo card --all`"
+        text = render_card(get_entry(name))
+        assert path.read_text() == text, f"{path} is stale: run `wssl-zoo card --all`"
+        assert text.startswith("---\nlibrary_name: timm") and "## Citation" in text
+    card = render_card(get_entry("intl_r50"))
+    assert "| 76.6 | paper: reported by the authors" in card and "not published yet" in card
