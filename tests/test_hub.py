@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from hub_server import HubServer
 from wssl_zoo.cli import main
 from wssl_zoo.hub import HashMismatchError, HubError, publish, update_registry_hub
 from wssl_zoo.modelio import save_model_dir, sha256_file
-from wssl_zoo.registry import clear_cache, default_registry_dir, get_entry
+from wssl_zoo.registry import clear_cache, default_registry_dir, get_entry, tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = "cwrgp_resnet18_cifar10"

@@ -6,7 +6,9 @@ Public API::
     wssl_zoo.list_models()                 # registered names
     wssl_zoo.get_entry("intl_r50")         # the registry entry (frozen dataclass)
     wssl_zoo.create("cwrgp_resnet18_cifar10")   # architecture, random init, eval mode
-    wssl_zoo.load("path/to/model_dir")     # trained weights, eval mode
+    wssl_zoo.load("intl_r50")              # published weights: pinned Hub commit, sha256-checked
+    wssl_zoo.load("hf-hub:org/name@rev")   # any Hub repo in the wssl-zoo / timm format
+    wssl_zoo.load("path/to/model_dir")     # a local pretraining or `wssl-zoo convert` output
 """
 
 __version__ = "0.1.0"
