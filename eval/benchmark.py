@@ -1,0 +1,153 @@
+"""``python -m eval.benchmark``: the shared benchmark, every model under the same protocols on the
+same hardware, printed as one table. Resumable: a task whose record already exists is skipped.
+
+    python -m eval.benchmark --models intl_r50,cwrgp_r50,random:resnet50 --tasks linear,knn,semi1,semi10,coco \\
+        --data-root /data --results-dir zoo/results
+
+Where the data is found under ``--data-root``: ``imagenet/`` (linear, knn, semi), with SimCLR's
+``imagenet/1percent.txt`` and ``imagenet/10percent.txt`` for semi1/semi10 (or ``--split-files``),
+and ``coco/`` in COCO layout for ``coco`` (``detection.train``; detectron2 or the torchvision
+backend). ``--dataset cifar10`` and friends read ``--data-root/<dataset>/`` instead of ImageNet
+and generate the semi-supervised subsets with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._cli import run_main
+
+TASKS = ("linear", "knn", "semi1", "semi10", "coco")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", required=True, help="comma-separated models (registry names, directories, hf-hub:..., "
+                   "random:ARCH)")
+    p.add_argument("--tasks", default="linear,knn", help=f"comma-separated, from {','.join(TASKS)} (default: %(default)s)")
+    p.add_argument("--data-root", required=True, metavar="DIR", help="holds imagenet/ (or <dataset>/) and coco/")
+    p.add_argument("--dataset", default="imagefolder", choices=["imagefolder", "cifar10", "cifar100", "stl10"],
+                   help="classification data: imagefolder = DIR/imagenet (default: %(default)s)")
+    p.add_argument("--linear-protocol", default="fast", help="protocol of the linear task (default: %(default)s)")
+    p.add_argument("--semi-protocol", default="semi_intl", help="recipe of semi1/semi10 (default: %(default)s)")
+    p.add_argument("--coco-config", default="coco_R_50_C4_1x", help="detection config (default: %(default)s)")
+    p.add_argument("--split-files", metavar="DIR", help="folder with 1percent.txt and 10percent.txt")
+    p.add_argument("--epochs", type=int, help="override every task's epochs (recorded as an override)")
+    p.add_argument("--max-iter", type=int, help="override the detection iterations (recorded)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per task (default: %(default)s)")
+    p.add_argument("--results-dir", default=None, help="where records go (default: zoo/results)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _label(model: str) -> str:
+    path = Path(model)
+    return path.name if path.exists() else model.replace("hf-hub:", "").replace("/", "--").replace(":", "-")
+
+
+def run(args, command: str) -> int:
+    from .records import RESULTS_DIR, default_record_path, read_records
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    results = Path(args.results_dir or RESULTS_DIR)
+    root = Path(args.data_root)
+    data = root / ("imagenet" if args.dataset == "imagefolder" else args.dataset)
+    common = ["--dataset", args.dataset, "--data", str(data), "--device", args.device, "--workers", str(args.workers),
+              "--seeds", "1"] + (["--no-progress"] if args.no_progress else [])
+    protocol_of = {"linear": args.linear_protocol, "knn": "knn5", "semi1": args.semi_protocol,
+                   "semi10": args.semi_protocol, "coco": args.coco_config}
+    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+    done = skipped = 0
+    for model in models:
+        label = _label(model)
+        for task in tasks:
+            for seed in range(args.seeds):
+                path = default_record_path(f"bench-{task}", label, protocol_of[task], args.dataset, seed, results)
+                if path.is_file():
+                    skipped += 1
+                    continue
+                if task == "linear":
+                    from .linear import main as entry
+
+                    argv = ["--model", model, "--protocol", args.linear_protocol, *epochs, *common]
+                elif task == "knn":
+                    from .knn import main as entry
+
+                    argv = ["--model", model, "--protocols", "knn5", *common]
+                elif task in ("semi1", "semi10"):
+                    from .semi import main as entry
+
+                    split = "1pct" if task == "semi1" else "10pct"
+                    if args.dataset == "imagefolder":
+                        folder = Path(args.split_files) if args.split_files else data
+                        split_args = ["--split-file", str(folder / f"{split[:-3]}percent.txt")]
+                    else:
+                        split_args = ["--make-split-file", str(results / "splits" / f"{args.dataset}_{split}.txt")]
+                    argv = ["--model", model, "--split", split, "--protocol", args.semi_protocol, *split_args,
+                            *epochs, *common]
+                else:
+                    try:
+                        from detection.train import main as entry
+                    except ImportError as exc:
+                        raise RuntimeError(f"the coco task needs the detection package ({exc})") from None
+                    argv = ["--model", model, "--config", args.coco_config, "--coco-root", str(root / "coco"),
+                            "--out", str(Path("runs") / "benchmark" / f"{label}_{args.coco_config}_seed{seed}"),
+                            "--seed", str(seed), *(["--max-iter", str(args.max_iter)] if args.max_iter else [])]
+                if task != "coco":
+                    argv = [*argv, "--seed", str(seed), "--out", str(path)]
+                else:
+                    argv = [*argv, "--record", str(path)]
+                print(f"[{label}] {task} seed {seed}: python -m {entry.__module__} {' '.join(argv)}", flush=True)
+                status = entry(argv)
+                if status:
+                    raise RuntimeError(f"{task} on {model} failed (exit {status}); the finished records are kept, "
+                                       "rerun to resume")
+                if not path.is_file():
+                    raise RuntimeError(f"{task} on {model} ended without writing {path}")
+                done += 1
+    print(f"\n{done} task(s) run, {skipped} already recorded (skipped).\n")
+    rows = [r for r in read_records(results) if r["file"].startswith("bench-")]
+    print(benchmark_table(rows), end="")
+    return 0
+
+
+def benchmark_table(records: list[dict]) -> str:
+    """One Markdown table: a row per model, a column per task (top-1 or AP), mean over seeds."""
+    from .records import aggregate
+
+    cells: dict[str, dict[str, list[dict]]] = {}
+    for r in records:
+        task = r["task"]
+        cells.setdefault(r.get("model_label", r["model"]), {}).setdefault(task, []).append(r)
+    tasks = sorted({t for row in cells.values() for t in row})
+    lines = ["| model | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for model in sorted(cells):
+        row = []
+        for task in tasks:
+            recs = cells[model].get(task, [])
+            if not recs:
+                row.append("—")
+                continue
+            stats = aggregate(recs)
+            key = "top1" if "top1" in stats else ("bbox_AP" if "bbox_AP" in stats else sorted(stats)[0])
+            s = stats[key]
+            row.append(f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["n"] > 1 else ""))
+        lines.append(f"| {model} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("eval.benchmark", build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

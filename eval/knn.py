@@ -1,0 +1,95 @@
+"""``python -m eval.knn``: k-NN classification on the cached features.
+
+Two rules, both recorded: ``knn5`` (the W-MSE / CW-RGP papers' 5-NN, Euclidean distance,
+majority vote; ``eval/knn.py`` of the W-MSE code) and ``knn200`` (the weighted cosine k-NN in
+common use: k=200, votes weighted by exp(cosine / T), T=0.07).
+
+    python -m eval.knn --model runs/intl_c10 --dataset cifar10 --data DATA
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ._cli import add_common, record_path, run_main
+from .protocols import KNNProtocol, get_protocol
+
+
+def knn_predict(protocol: KNNProtocol, xtr, ytr, xq, chunk: int = 1024) -> torch.Tensor:
+    classes = int(ytr.max()) + 1
+    k = min(protocol.k, len(xtr))
+    preds = []
+    if protocol.rule == "weighted-cosine":
+        xtr_n, xq_n = F.normalize(xtr, dim=1), F.normalize(xq, dim=1)
+    for start in range(0, len(xq), chunk):
+        if protocol.rule == "majority-euclidean":
+            d = torch.cdist(xq[start:start + chunk], xtr)
+            idx = d.topk(k, dim=1, largest=False).indices
+            votes = F.one_hot(ytr[idx], classes).sum(1)
+            # ties: the class of the nearest neighbour among the tied ones (a deterministic rule)
+            rank_bonus = F.one_hot(ytr[idx], classes).float() * torch.linspace(1e-3, 0, k).view(1, k, 1)
+            preds.append((votes.float() + rank_bonus.sum(1)).argmax(1))
+        elif protocol.rule == "weighted-cosine":
+            sim = xq_n[start:start + chunk] @ xtr_n.T
+            top, idx = sim.topk(k, dim=1)
+            weights = (top / protocol.temperature).exp()
+            scores = torch.zeros(len(idx), classes).scatter_add_(1, ytr[idx], weights)
+            preds.append(scores.argmax(1))
+        else:
+            raise ValueError(f"unknown k-NN rule {protocol.rule!r}")
+    return torch.cat(preds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.knn", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    p.add_argument("--protocols", default="knn5,knn200", help="comma-separated k-NN protocols (default: %(default)s)")
+    p.add_argument("-k", type=int, help="override k (recorded as an override)")
+    p.add_argument("--temperature", type=float, help="override the weighted rule's temperature (recorded)")
+    return p
+
+
+def run(args, command: str) -> int:
+    from .features import cached_features, pick_device, resolve_model
+    from .protocols import with_overrides
+    from .records import make_record, write_record
+
+    device = pick_device(args.device)
+    for seed in range(args.seed, args.seed + args.seeds):  # k-NN is deterministic; seeds only matter for random-init baselines
+        info = resolve_model(args.model, seed)
+        start = time.perf_counter()
+        xtr, ytr, meta = cached_features(info, args.dataset, args.data, "train", device, args.cache_dir,
+                                         workers=args.workers, progress=not args.no_progress)
+        xte, yte, meta_te = cached_features(info, args.dataset, args.data, "test", device, args.cache_dir,
+                                            workers=args.workers, progress=not args.no_progress)
+        for name in args.protocols.split(","):
+            protocol, proto_record = with_overrides(get_protocol(name.strip(), "knn"), k=args.k,
+                                                    temperature=args.temperature if name.strip() != "knn5" else None)
+            pred = knn_predict(protocol, xtr, ytr, xte)
+            metrics = {"top1": 100.0 * float((pred == yte).float().mean())}
+            record = make_record(task="knn", model=info.spec, weights_sha256=info.weights_sha256,
+                                 protocol=proto_record, dataset=dict(name=args.dataset, root=str(args.data),
+                                                                     fingerprint=meta["fingerprint"]),
+                                 seed=seed, metrics=metrics, wall_seconds=time.perf_counter() - start,
+                                 command=command, extra=dict(model_label=info.label, arch=info.arch, stem=info.stem,
+                                                             cache_hit=meta["cache_hit"] and meta_te["cache_hit"],
+                                                             train_samples=len(xtr), test_samples=len(xte)))
+            path = record_path(args, "knn", info.label, proto_record["name"], seed)
+            if args.out and "," in args.protocols:  # one file per rule
+                path = path.with_name(f"{path.stem}_{proto_record['name']}{path.suffix}")
+            path = write_record(record, path)
+            print(f"knn {proto_record['name']} seed {seed}: top1 {metrics['top1']:.2f} -> {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("eval.knn", build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Results as data: one JSON record per (model, task, protocol, dataset, seed) in ``zoo/results``.
+
+A record holds what is needed to trust and reproduce a number: the model and the sha256 of its
+weights, the protocol's name and version (and any overrides, which make it a different
+protocol), the dataset and a fingerprint of its files, the seed, the metrics at the *final*
+epoch, the wall time, the hardware, torch and code versions and the command that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+SCHEMA_VERSION = 1
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "results"
+REQUIRED = {"schema_version": int, "task": str, "model": str, "weights_sha256": str, "protocol": dict,
+            "dataset": dict, "seed": int, "metrics": dict, "wall_seconds": (int, float), "hardware": str,
+            "torch": str, "code_version": str, "created": str, "command": str}
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def make_record(*, task: str, model: str, weights_sha256: str, protocol: dict, dataset: dict, seed: int,
+                metrics: dict, wall_seconds: float, command: str, extra: dict | None = None) -> dict[str, Any]:
+    """A validated record; ``extra`` adds task-specific fields (it may not replace the required ones)."""
+    from wssl_zoo.pretrain.evaluate import code_version
+
+    record = dict(schema_version=SCHEMA_VERSION, task=task, model=model, weights_sha256=weights_sha256,
+                  protocol=dict(protocol), dataset=dict(dataset), seed=int(seed), metrics=dict(metrics),
+                  wall_seconds=float(wall_seconds), hardware=hardware(), torch=torch.__version__,
+                  code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  command=command)
+    clash = set(extra or {}) & set(record)
+    if clash:
+        raise ValueError(f"extra fields {sorted(clash)} would replace required record fields")
+    record.update(extra or {})
+    validate_record(record)
+    return record
+
+
+def validate_record(record: Any, where: str = "record") -> None:
+    """Raise ValueError naming the first missing or malformed key."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a record is a JSON object, got {type(record).__name__}")
+    for key, typ in REQUIRED.items():
+        if key not in record:
+            raise ValueError(f"{where}: missing key {key!r}")
+        if not isinstance(record[key], typ) or isinstance(record[key], bool):
+            raise ValueError(f"{where}: key {key!r} must be {getattr(typ, '__name__', typ)}, got {record[key]!r}")
+    if record["schema_version"] > SCHEMA_VERSION:
+        raise ValueError(f"{where}: schema_version {record['schema_version']} is newer than this code reads")
+    for key in ("name", "version"):
+        if key not in record["protocol"]:
+            raise ValueError(f"{where}: key 'protocol' has no {key!r}")
+    for key in ("name", "fingerprint"):
+        if key not in record["dataset"]:
+            raise ValueError(f"{where}: key 'dataset' has no {key!r}")
+    if not re.fullmatch(r"[0-9a-f]{64}", record["weights_sha256"]):
+        raise ValueError(f"{where}: key 'weights_sha256' must be 64 hex characters, got {record['weights_sha256']!r}")
+    if not record["metrics"]:
+        raise ValueError(f"{where}: key 'metrics' is empty")
+    for name, value in record["metrics"].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where}: metric {name!r} must be a finite number, got {value!r}")
+
+
+def write_record(record: dict, path: str | Path) -> Path:
+    """Validate and write ``record`` atomically (sorted keys, indent 2)."""
+    from wssl_zoo.modelio import atomic_write_bytes
+
+    path = Path(path)
+    validate_record(record, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def read_records(directory: str | Path = RESULTS_DIR, task: str | None = None) -> list[dict]:
+    """Every schema record in ``directory`` (older pretraining-evaluation records are skipped), each
+    with a ``file`` key; a malformed record raises ValueError naming its file."""
+    out = []
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or "schema_version" not in record:
+            continue  # kind=pretrain_eval records of wssl_zoo.pretrain.evaluate
+        validate_record(record, str(path))
+        if task is None or record["task"] == task:
+            out.append(dict(record, file=path.name))
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def default_record_path(task: str, model_label: str, protocol_name: str, dataset: str, seed: int,
+                        directory: str | Path = RESULTS_DIR) -> Path:
+    return Path(directory) / f"{_slug(task)}_{_slug(model_label)}_{_slug(protocol_name)}_{_slug(dataset)}_seed{seed}.json"
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A stable hash of a dataset's identity: class names, size, and each file's relative path and
+    size where the dataset has files (cheap: no image is read)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(list(getattr(dataset, "classes", []))).encode())
+    h.update(str(len(dataset)).encode())
+    samples = getattr(dataset, "samples", None)
+    root = Path(getattr(dataset, "root", "/"))
+    if samples:
+        for path, target in samples:
+            p = Path(path)
+            try:
+                rel = p.relative_to(root)
+            except ValueError:
+                rel = p.name
+            h.update(f"{rel}\0{p.stat().st_size if p.exists() else -1}\0{target}\n".encode())
+    else:
+        targets = getattr(dataset, "targets", None)
+        if targets is not None:
+            h.update(json.dumps([int(t) for t in targets]).encode())
+    return h.hexdigest()[:16]
+
+
+def aggregate(records: Iterable[dict]) -> dict[str, dict[str, float]]:
+    """Mean and (sample) std of every metric over several seeds' records."""
+    records = list(records)
+    out: dict[str, dict[str, float]] = {}
+    names = sorted({k for r in records for k in r["metrics"]})
+    for name in names:
+        values = [float(r["metrics"][name]) for r in records if name in r["metrics"]]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        out[name] = dict(mean=mean, std=std, n=len(values))
+    return out

@@ -1,0 +1,173 @@
+"""``python -m eval.report``: the leaderboard, rendered from ``zoo/results`` only.
+
+    python -m eval.report                      # LEADERBOARD.md + docs/leaderboard.png, README section, MODEL_CARDS/
+    python -m eval.report --check              # exit 1 if any of them is out of date (what CI can run)
+
+Rows are models, columns are (task, protocol, dataset); a cell is the mean over seeds (± std
+when there are several) of top-1 accuracy (linear, k-NN, semi-supervised) or box AP
+(detection). Records whose protocol carries overrides (``+epochs=2``...) are shown with the
+override in the column name, never merged with the full protocol. The output depends only on
+the records, so rendering twice gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._png import PALETTE, Canvas, text_width
+from .records import RESULTS_DIR, aggregate, read_records
+
+REPO = Path(__file__).resolve().parent.parent
+START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+HEADLINE = {"linear": "top1", "knn": "top1", "semi_1pct": "top1", "semi_10pct": "top1", "coco": "bbox_AP",
+            "voc": "bbox_AP50"}
+
+
+def _headline(record: dict) -> str:
+    task = record["task"].replace("bench-", "")
+    key = HEADLINE.get(task, "top1")
+    return key if key in record["metrics"] else sorted(record["metrics"])[0]
+
+
+def _short(protocol_name: str, limit: int = 40) -> str:
+    """A protocol name for a column header: long override lists become a count and a short hash
+    (different override sets stay different columns)."""
+    if len(protocol_name) <= limit:
+        return protocol_name
+    import hashlib
+
+    base, *changes = protocol_name.split("+")
+    return f"{base}+{len(changes)} overrides #{hashlib.sha1(protocol_name.encode()).hexdigest()[:6]}"
+
+
+def table_cells(records: list[dict]) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+    """(models, columns, {(model, column): {mean, std, n, metric}})."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        model = r.get("model_label") or r["model"]
+        column = f"{r['task']} / {_short(r['protocol']['name'])} / {r['dataset']['name']}"
+        groups.setdefault((model, column), []).append(r)
+    cells = {}
+    for key, recs in groups.items():
+        metric = _headline(recs[0])
+        cells[key] = dict(aggregate(recs)[metric], metric=metric)
+    models = sorted({m for m, _ in cells})
+    columns = sorted({c for _, c in cells})
+    return models, columns, cells
+
+
+def render_leaderboard(records: list[dict]) -> str:
+    """The Markdown leaderboard of ``records`` (deterministic)."""
+    if not records:
+        return "_No evaluation records yet: run `python -m eval.linear` / `eval.knn` / `eval.benchmark`._\n"
+    models, columns, cells = table_cells(records)
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for model in models:
+        row = []
+        for column in columns:
+            c = cells.get((model, column))
+            row.append("—" if c is None else f"{c['mean']:.2f}" + (f" ± {c['std']:.2f} (n={c['n']})" if c["n"] > 1 else ""))
+        lines.append(f"| {model} | " + " | ".join(row) + " |")
+    files = sorted(r["file"] for r in records)
+    lines += ["", f"Cells: top-1 % (classification) or box AP (detection), final epoch, mean over seeds. "
+              f"{len(files)} records in `zoo/results/`; each holds the command that reproduces it."]
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(records: list[dict]) -> bytes:
+    """A grouped horizontal bar chart (one group per column, one bar per model) as PNG bytes."""
+    models, columns, cells = table_cells(records) if records else ([], [], {})
+    label_w = max([text_width(c) for c in columns] + [text_width(m) + 20 for m in models] + [200]) + 20
+    bar_h, gap, plot_w = 14, 16, 400
+    height = 40 + sum(len([m for m in models if (m, c) in cells]) * bar_h + gap + 16 for c in columns) + 30 + 20 * len(models)
+    canvas = Canvas(label_w + plot_w + 80, max(height, 80))
+    canvas.text(10, 10, "WSSL-ZOO LEADERBOARD (TOP-1 % / AP)")
+    y = 40
+    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
+    for column in columns:
+        canvas.text(10, y, column)
+        y += 16
+        for model in models:
+            c = cells.get((model, column))
+            if c is None:
+                continue
+            w = int(plot_w * max(0.0, min(c["mean"], 100.0)) / 100.0)
+            canvas.rect(label_w, y, label_w + w, y + bar_h - 2, colors[model])
+            canvas.text(label_w + w + 6, y + 2, f"{c['mean']:.1f}")
+            y += bar_h
+        y += gap
+    canvas.line(label_w, 36, label_w, y, (0, 0, 0))
+    for model in models:  # legend
+        canvas.rect(10, y + 2, 24, y + 12, colors[model])
+        canvas.text(30, y + 2, model)
+        y += 20
+    return canvas.png()
+
+
+def update_readme(path: str | Path, records: list[dict]) -> bool:
+    """Replace the text between the leaderboard markers of ``path``; returns whether it changed."""
+    path = Path(path)
+    text = path.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{path} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{render_leaderboard(records)}{END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results-dir", default=str(RESULTS_DIR), help="records to render (default: zoo/results)")
+    p.add_argument("--markdown", default=str(REPO / "LEADERBOARD.md"), help="leaderboard file (default: LEADERBOARD.md)")
+    p.add_argument("--plot", default=str(REPO / "docs" / "leaderboard.png"), help="PNG plot (default: docs/leaderboard.png)")
+    p.add_argument("--readme", default=str(REPO / "README.md"), help="README whose leaderboard section is refreshed "
+                   "('' to skip)")
+    p.add_argument("--no-cards", action="store_true", help="do not re-render MODEL_CARDS/")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if an output is out of date")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        records = read_records(args.results_dir)
+    except ValueError as exc:
+        print(f"eval.report: error: {exc}", file=sys.stderr)
+        return 2
+    outputs = {Path(args.markdown): ("# Leaderboard\n\nGenerated by `python -m eval.report` from `zoo/results`; "
+                                     "do not edit.\n\n" + render_leaderboard(records)).encode(),
+               Path(args.plot): render_plot(records)}
+    stale = [p for p, data in outputs.items() if not p.is_file() or p.read_bytes() != data]
+    if args.check:
+        if args.readme:
+            text = Path(args.readme).read_text()
+            if START in text and text.split(START, 1)[1].split(END, 1)[0] != "\n" + render_leaderboard(records):
+                stale.append(Path(args.readme))
+        for p in stale:
+            print(f"out of date: {p} (run python -m eval.report)")
+        return 1 if stale else 0
+    from wssl_zoo.modelio import atomic_write_bytes
+
+    for path, data in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        print(f"wrote {path}")
+    if args.readme:
+        changed = update_readme(args.readme, records)
+        print(f"{'updated' if changed else 'unchanged'}: leaderboard section of {args.readme}")
+    if not args.no_cards:
+        from wssl_zoo.cards import write_cards
+
+        write_cards()
+        print("re-rendered MODEL_CARDS/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
