@@ -22,7 +22,7 @@ from .records import RESULTS_DIR, aggregate, read_records
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 HEADLINE = {"linear": "top1", "knn": "top1", "semi_1pct": "top1", "semi_10pct": "top1", "coco": "bbox_AP",
-            "voc": "bbox_AP50"}
+            "voc": "bbox_AP50", "spectrum": "backbone_effective_rank"}
 
 
 def _headline(record: dict) -> str:
@@ -71,7 +71,8 @@ def render_leaderboard(records: list[dict]) -> str:
             row.append("—" if c is None else f"{c['mean']:.2f}" + (f" ± {c['std']:.2f} (n={c['n']})" if c["n"] > 1 else ""))
         lines.append(f"| {model} | " + " | ".join(row) + " |")
     files = sorted(r["file"] for r in records)
-    lines += ["", f"Cells: top-1 % (classification) or box AP (detection), final epoch, mean over seeds. "
+    lines += ["", f"Cells: top-1 % (classification), box AP (detection) or the backbone's effective rank (spectrum); "
+              "final epoch, mean over seeds. "
               f"{len(files)} records in `zoo/results/`; each holds the command that reproduces it."]
     return "\n".join(lines) + "\n"
 
