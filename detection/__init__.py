@@ -1,1 +1,11 @@
-"""Detection transfer of wssl-zoo backbones (``python -m detection.<tool>``)."""
+"""Detection transfer of wssl-zoo backbones (``python -m detection.<tool>``).
+
+- :mod:`detection.export`: timm ResNet -> detectron2 checkpoint (strict name map, input settings);
+- :mod:`detection.configs`: the protocol YAMLs in ``detection/configs/``, loaded and validated;
+- :mod:`detection.train`: ``main(argv) -> int``, training + COCOeval + a ``zoo/results`` record,
+  with the torchvision backend (:mod:`detection.tv_backend`) or detectron2 (:mod:`detection.d2_backend`);
+- :mod:`detection.data`: COCO-layout and VOC XML datasets with annotation checks;
+- :mod:`detection.evaluation`: COCOeval (bbox, segm).
+
+See docs/detection.md.
+"""
