@@ -40,21 +40,10 @@ def load_projector(folder: Path):
     """The pretraining projector saved beside the backbone, or None."""
     from safetensors.torch import load_file
 
-    from wssl_zoo.heads import Projector
-    from wssl_zoo.modelio import load_state_into
+    from wssl_zoo.heads import projector_from_state
 
     path = folder / "projector.safetensors"
-    if not path.is_file():
-        return None
-    state = load_file(str(path))
-    linear = sorted({int(k.split(".")[0]) for k in state if k.endswith("weight") and state[k].dim() == 2})
-    n = len(linear)
-    head = Projector(state[f"{linear[0]}.weight"].shape[1], state[f"{linear[0]}.weight"].shape[0] if n > 1 else 1,
-                     state[f"{linear[-1]}.weight"].shape[0], n,
-                     hidden_bias=f"{linear[0]}.bias" in state if n > 1 else True,
-                     last_bias=f"{linear[-1]}.bias" in state,
-                     batch_norm=n > 1 and f"{linear[0] + 1}.running_mean" in state)
-    return load_state_into(head, state, str(path)).eval()
+    return projector_from_state(load_file(str(path)), str(path)) if path.is_file() else None
 
 
 def plot(spectra: dict[str, torch.Tensor], path: Path) -> None:

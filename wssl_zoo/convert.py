@@ -208,23 +208,16 @@ def torchvision_reference(arch: str, stem: str) -> nn.Module:
 
 def _projector_from(state: dict[str, torch.Tensor], in_dim: int, hidden_bias_default: bool):
     """A :class:`~wssl_zoo.heads.Projector` with the shapes and flags these tensors imply, loaded."""
-    from .heads import Projector
-    from .modelio import load_state_into
+    from .heads import projector_from_state
 
-    linear = sorted({int(k.split(".")[0]) for k in state if k.endswith("weight") and state[k].dim() == 2})
-    if not linear:
-        raise ConversionError(f"projector tensors without any Linear weight: {sorted(state)[:10]}")
-    num_layers = len(linear)
-    batch_norm = num_layers > 1 and f"{linear[0] + 1}.running_mean" in state
-    hidden_dim = state[f"{linear[0]}.weight"].shape[0] if num_layers > 1 else 1
-    out_dim = state[f"{linear[-1]}.weight"].shape[0]
-    hidden_bias = f"{linear[0]}.bias" in state if num_layers > 1 else hidden_bias_default
-    last_bias = f"{linear[-1]}.bias" in state
-    head = Projector(in_dim, hidden_dim, out_dim, num_layers, hidden_bias=hidden_bias, last_bias=last_bias,
-                     batch_norm=batch_norm)
-    load_state_into(head, state, "the checkpoint's projector")
-    return head, dict(num_layers=num_layers, hidden_dim=hidden_dim, out_dim=out_dim, hidden_bias=hidden_bias,
-                      last_bias=last_bias, batch_norm=batch_norm)
+    try:
+        head = projector_from_state(state, "the checkpoint's projector", hidden_bias_default)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
+    if head.in_dim != in_dim:
+        raise ConversionError(f"the projector takes {head.in_dim}-d inputs but the backbone gives {in_dim}")
+    return head, dict(num_layers=head.num_layers, hidden_dim=head.hidden_dim, out_dim=head.out_dim,
+                      hidden_bias=head.hidden_bias, last_bias=head.last_bias, batch_norm=head.batch_norm)
 
 
 def check_features(timm_model: nn.Module, reference: nn.Module, img_size: int, seed: int = 0) -> float:
