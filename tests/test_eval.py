@@ -322,3 +322,34 @@ def test_spectrum_cli_covers_backbone_and_projector(model_dir, folder, tmp_path)
     assert set(record["eigenvalues"]) == {"backbone", "projector"} and len(record["eigenvalues"]["projector"]) == 16
     assert 1.0 <= record["metrics"]["backbone_effective_rank"] <= 512
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tmp_path):
+    """Two gloo processes each extract a shard; every rank ends with the whole matrix, in order."""
+    import subprocess
+    import sys
+
+    from eval.features import cached_features, resolve_model
+
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "dist.init_process_group('gloo')\n"
+        "from eval.features import resolve_model, cached_features\n"
+        "info = resolve_model('random:resnet18:imagenet:32')\n"
+        "x, y, _ = cached_features(info, 'imagefolder', sys.argv[1], 'train', torch.device('cpu'), sys.argv[2],"
+        " workers=0, progress=False)\n"
+        "torch.save((x, y), f'{sys.argv[3]}.{dist.get_rank()}')\n"
+        "dist.destroy_process_group()\n")
+    repo = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(folder), str(tmp_path / "c"), str(tmp_path / "out")],
+                         cwd=repo, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    x, y, _ = cached_features(resolve_model("random:resnet18:imagenet:32"), "imagefolder", str(folder), "train",
+                              torch.device("cpu"), str(tmp_path / "single"), workers=0, progress=False)
+    for rank in (0, 1):
+        xr, yr = torch.load(tmp_path / f"out.{rank}")
+        assert torch.equal(yr, y) and torch.allclose(xr, x, atol=1e-6)
