@@ -22,7 +22,8 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
                    "std (default: %(default)s)")
     p.add_argument("--out", metavar="FILE", help="record file (default: zoo/results/<task>_<model>_<protocol>_"
                    "<dataset>_seed<S>.json); with several seeds, _seed<S> is added before .json")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda; under torchrun, cuda means this process's "
+                   "LOCAL_RANK GPU (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: %(default)s)")
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     p.add_argument("--cache-dir", help="feature cache (default: $WSSL_ZOO_CACHE or ~/.cache/wssl_zoo/features)")
@@ -44,11 +45,42 @@ def command_line(module: str, argv: list[str] | None) -> str:
     return " ".join(["python -m", module, *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
 
 
+def init_distributed() -> bool:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group (NCCL on CUDA, else gloo) and
+    pin this process to its ``LOCAL_RANK`` GPU; returns whether this call created the group."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def run_main(module: str, build: Callable[[], argparse.ArgumentParser], run: Callable, argv: list[str] | None) -> int:
+    """Parse, run, and turn expected errors into one line on stderr and exit status 2. Under
+    torchrun the process group is set up here (feature extraction is sharded and gathered,
+    fine-tuning uses DDP); only rank 0 writes records."""
     args = build().parse_args(argv)
+    created = init_distributed()
     try:
         return run(args, command_line(module, argv))
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"{module}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

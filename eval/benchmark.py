@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, help="override the detection iterations (recorded)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per task (default: %(default)s)")
     p.add_argument("--results-dir", default=None, help="where records go (default: zoo/results)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return p
 
 

@@ -179,6 +179,10 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else the CPU; a bare ``cuda`` is the current device (under
+    torchrun, this process's LOCAL_RANK GPU)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)

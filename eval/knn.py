@@ -30,9 +30,7 @@ def knn_predict(protocol: KNNProtocol, xtr, ytr, xq, chunk: int = 1024) -> torch
             d = torch.cdist(xq[start:start + chunk], xtr)
             idx = d.topk(k, dim=1, largest=False).indices
             votes = F.one_hot(ytr[idx], classes).sum(1)
-            # ties: the class of the nearest neighbour among the tied ones (a deterministic rule)
-            rank_bonus = F.one_hot(ytr[idx], classes).float() * torch.linspace(1e-3, 0, k).view(1, k, 1)
-            preds.append((votes.float() + rank_bonus.sum(1)).argmax(1))
+            preds.append(votes.argmax(1))  # a tie goes to the smallest class index, as in the authors' knn.py
         elif protocol.rule == "weighted-cosine":
             sim = xq_n[start:start + chunk] @ xtr_n.T
             top, idx = sim.topk(k, dim=1)
@@ -49,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
     p.add_argument("--protocols", default="knn5,knn200", help="comma-separated k-NN protocols (default: %(default)s)")
-    p.add_argument("-k", type=int, help="override k (recorded as an override)")
-    p.add_argument("--temperature", type=float, help="override the weighted rule's temperature (recorded)")
+    p.add_argument("-k", "--k", dest="k", type=int, help="override k of every rule (recorded as an override; "
+                   "default: each protocol's, 5 and 200)")
+    p.add_argument("--temperature", type=float, help="override the weighted rule's temperature (recorded; default: 0.07)")
     return p
 
 

@@ -146,11 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.linear", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
-    p.add_argument("--protocol", default="fast", help="fast (default), small, intl or cwrgp")
+    p.add_argument("--protocol", default="fast", help="fast, small (cached features), intl or cwrgp (augmented "
+                   "images every epoch) (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="override the protocol's epochs (recorded as an override)")
     p.add_argument("--lr", type=float, help="override the protocol's learning rate (recorded)")
-    p.add_argument("--train-subset", type=int, help="augmented protocols: a class-balanced subset of this many "
-                   "training images (recorded)")
+    p.add_argument("--train-subset", type=int, help="train on a class-balanced subset of about this many "
+                   "training images, the same images for every protocol at a given seed (recorded; default: all)")
     return p
 
 
@@ -170,6 +171,13 @@ def evaluate(args, command: str, seed: int) -> dict:
                                          workers=args.workers, progress=not args.no_progress)
         xte, yte, meta_te = cached_features(info, args.dataset, args.data, "test", device, args.cache_dir,
                                             workers=args.workers, progress=not args.no_progress)
+        if args.train_subset:  # the same class-balanced images as the augmented protocols' --train-subset
+            from wssl_zoo.data import balanced_subset
+
+            keep = torch.tensor(balanced_subset(ytr.tolist(), max(1, args.train_subset // (int(ytr.max()) + 1)), seed))
+            xtr, ytr = xtr[keep], ytr[keep]
+            proto_record["name"] += f"+train_subset={args.train_subset}"
+            proto_record["train_subset"] = args.train_subset
         metrics = train_on_features(protocol, xtr, ytr, xte, yte, seed, device, not args.no_progress)
         fingerprint = meta["fingerprint"]
         extra = dict(cache_hit=meta["cache_hit"] and meta_te["cache_hit"], train_samples=len(xtr), test_samples=len(xte))

@@ -4,23 +4,32 @@ A protocol's ``name`` and ``version`` go into every record; running a protocol w
 (e.g. ``--epochs 2`` on a CPU) records the overrides, and the record's protocol name gets a
 ``+override`` suffix so that it is never mistaken for the full protocol.
 
-Sources (read, not copied):
+Sources (read, not copied; ``INTL`` = github.com/winci-ai/INTL @ 0aa69af20a26, ``CW-RGP`` =
+github.com/winci-ai/CW-RGP @ 5bbf6ed4df35):
 
-- INTL ``evaluate.py`` @ 0aa69af (winci-ai/INTL): frozen backbone, SGD momentum 0.9, weight decay
-  0, MultiStepLR at epochs 60 and 80 (gamma 0.1), 100 epochs, RandomResizedCrop(224) + flip for
-  training and Resize(256) + CenterCrop(224) for validation; the classifier lr as the issue
-  states it (0.4 at batch 256: the script's ``--lr-classifier`` scaled by batch/256). Fine-tuning
-  on the 1 % / 10 % subsets (``--weights finetune --train-percent``): backbone lr 0.004 and
-  classifier lr 0.2 (per 256 images), 20 epochs, cosine schedule, BN in train mode.
-- CW-RGP ``ImageNet/lincls.py`` + ``cfg.py`` @ HEAD (winci-ai/CW-RGP): MoCo-style linear
-  classification, SGD momentum 0.9 wrapped in LARC (trust 0.001, no clipping), lr 0.1 x
-  batch/256 at batch 1024, weight decay 0, half-cosine over 100 epochs.
-- W-MSE ``eval/sgd.py`` (htdt/self-supervised; also CW-RGP ``base/eval/sgd.py``): on
-  precomputed features, Adam lr 1e-2 decayed exponentially to 1e-6 over 500 epochs, weight
-  decay 5e-6, mini-batches of 1000.
+- INTL ``evaluate.py`` + ``cfg.py`` + ``scripts/ep100_multi-crop_ema.sh``: frozen backbone (BN in
+  eval mode), fc initialised N(0, 0.01) / 0, SGD momentum 0.9 with weight decay 0 (hard-coded),
+  no Nesterov, ``--lr-classifier 0.4`` x bs/256 at ``--bs 256`` (the ep800 script uses 0.2),
+  100 epochs, ``--schedule step`` (the default): MultiStepLR at epochs 60 and 80, gamma 0.1,
+  stepped per epoch; RandomResizedCrop(224) + flip for training, Resize(256) + CenterCrop(224) for
+  validation. Semi-supervised (``--weights finetune --train-percent 1|10``, SimCLR's subset
+  files in ``src/percent/``): 20 epochs, backbone lr 0.004 and classifier lr 0.2 (x bs/256,
+  bs 256), model in train mode (BN batch statistics), SGD momentum 0.9, weight decay 0. The
+  published commands pass no ``--schedule``, so the default step schedule applies, whose
+  milestones (60, 80) lie beyond epoch 20: the learning rates are constant (``--schedule cos``
+  would give a per-epoch half cosine).
+- CW-RGP ``ImageNet/lincls.py`` + ``ImageNet/cfg.py``: MoCo-style linear classification, SGD
+  momentum 0.9 wrapped in apex LARC (trust 0.001, ``clip=False``), ``--lr_eval 0.1`` x
+  ``--bs_eval 1024``/256 = 0.4, ``--wd_eval 0``, half-cosine per epoch over 100 epochs,
+  RandomResizedCrop(224) + flip / Resize(256) + CenterCrop(224).
+- CW-RGP ``base/eval/sgd.py`` (the W-MSE ``eval/sgd.py``): on precomputed features, Adam lr 1e-2
+  decayed exponentially to 1e-6 over 500 epochs (ExponentialLR stepped per epoch, gamma =
+  (1e-6/1e-2)^(1/500)), weight decay 5e-6, mini-batches of 1000, PyTorch's default fc init.
+- CW-RGP ``base/eval/knn.py``: 5-NN, Euclidean distance (``torch.cdist``), majority vote; a tie
+  goes to the smallest class index (``unique(return_counts=True)`` then ``argmax``).
 - SimCLR (Chen et al. 2020, appendix B.5) fine-tuning on the 1 % / 10 % ImageNet subsets:
-  Nesterov SGD momentum 0.9, lr 0.05 x batch/256, no weight decay, 60 epochs (1 %) or 30 (10 %),
-  random crop + flip only.
+  Nesterov SGD momentum 0.9, lr 0.05 x batch/256, no weight decay, no warm-up, 60 epochs (1 %)
+  or 30 (10 %), random crop + flip only.
 """
 
 from __future__ import annotations
@@ -83,7 +92,9 @@ class SemiProtocol:
     weight_decay: float = 0.0
     momentum: float = 0.9
     nesterov: bool = False
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # cosine | step | none
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
     bn_train: bool = True
     source: str = ""
     kind: str = field(default="semi", init=False)
@@ -91,20 +102,26 @@ class SemiProtocol:
 
 PROTOCOLS = {p.name: p for p in (
     LinearProtocol("intl", 1, "augmented", "sgd", 0.4, 100, 256, schedule="step", milestones=(60, 80),
-                   source="winci-ai/INTL evaluate.py (--weights freeze, --schedule step)"),
+                   source="winci-ai/INTL@0aa69af20a26 evaluate.py, cfg.py, scripts/ep100_multi-crop_ema.sh "
+                          "(--weights freeze --schedule step --lr-classifier 0.4 --bs 256)"),
     LinearProtocol("cwrgp", 1, "augmented", "lars", 0.4, 100, 1024, schedule="cosine",
-                   source="winci-ai/CW-RGP ImageNet/lincls.py --lars (lr 0.1 x 1024/256)"),
+                   source="winci-ai/CW-RGP@5bbf6ed4df35 ImageNet/lincls.py, ImageNet/cfg.py "
+                          "(--lars, --lr_eval 0.1 x --bs_eval 1024/256, --wd_eval 0)"),
     LinearProtocol("small", 1, "cached", "adam", 1e-2, 500, 1000, weight_decay=5e-6, schedule="exponential",
-                   final_lr=1e-6, source="htdt/self-supervised eval/sgd.py"),
+                   final_lr=1e-6, source="winci-ai/CW-RGP@5bbf6ed4df35 base/eval/sgd.py (W-MSE eval/sgd.py)"),
     LinearProtocol("fast", 1, "cached", "sgd", 0.1, 100, 256, weight_decay=0.0, nesterov=True, schedule="cosine",
                    standardize=True,
                    source="wssl-zoo: the INTL protocol's classifier and batch on cached, standardised centre-crop "
                           "features, cosine schedule; no augmentation, so no backbone pass per epoch"),
-    KNNProtocol("knn5", 1, 5, "majority-euclidean", source="htdt/self-supervised eval/knn.py"),
+    KNNProtocol("knn5", 2, 5, "majority-euclidean",
+                source="winci-ai/CW-RGP@5bbf6ed4df35 base/eval/knn.py (W-MSE eval/knn.py); v2: ties go to the "
+                       "smallest class index, as there (v1 gave them to the nearest neighbour's class)"),
     KNNProtocol("knn200", 1, 200, "weighted-cosine", 0.07,
                 source="InstDisc / solo-learn weighted k-NN (k=200, T=0.07)"),
-    SemiProtocol("semi_intl", 1, 20, 20, 20, 256, 0.004, 0.2, schedule="cosine",
-                 source="winci-ai/INTL evaluate.py --weights finetune --train-percent {1,10}"),
+    SemiProtocol("semi_intl", 2, 20, 20, 20, 256, 0.004, 0.2, schedule="step", milestones=(60, 80),
+                 source="winci-ai/INTL@0aa69af20a26 evaluate.py, cfg.py, scripts/ep100_multi-crop_ema.sh "
+                        "(--weights finetune --train-percent 1|10 --epochs 20 --lr-backbone 0.004 "
+                        "--lr-classifier 0.2, default --schedule step: constant over 20 epochs); v1 used a cosine"),
     SemiProtocol("semi_simclr", 1, 60, 60, 30, 256, 0.05, 0.05, nesterov=True, schedule="none",
                  source="SimCLR (Chen et al. 2020), appendix B.5"),
 )}

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import torch
 
 SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION = SCHEMA_VERSION  # the name other modules (detection.train) import
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "results"
 REQUIRED = {"schema_version": int, "task": str, "model": str, "weights_sha256": str, "protocol": dict,
             "dataset": dict, "seed": int, "metrics": dict, "wall_seconds": (int, float), "hardware": str,
@@ -77,11 +78,16 @@ def validate_record(record: Any, where: str = "record") -> None:
 
 
 def write_record(record: dict, path: str | Path) -> Path:
-    """Validate and write ``record`` atomically (sorted keys, indent 2)."""
+    """Validate and write ``record`` atomically (sorted keys, indent 2); under torchrun only rank 0
+    writes."""
     from wssl_zoo.modelio import atomic_write_bytes
 
     path = Path(path)
     validate_record(record, str(path))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return path  # under torchrun only rank 0 writes
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return path

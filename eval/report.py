@@ -107,9 +107,12 @@ def render_plot(records: list[dict]) -> bytes:
     return canvas.png()
 
 
-def update_readme(path: str | Path, records: list[dict]) -> bool:
-    """Replace the text between the leaderboard markers of ``path``; returns whether it changed."""
+def update_readme(path: str | Path, records: list[dict] | None = None) -> bool:
+    """Replace the text between the leaderboard markers of ``path`` with the leaderboard of
+    ``records`` (default: every record in ``zoo/results``); returns whether it changed."""
     path = Path(path)
+    if records is None:
+        records = read_records(RESULTS_DIR)
     text = path.read_text()
     if START not in text or END not in text:
         raise ValueError(f"{path} has no {START} ... {END} markers")

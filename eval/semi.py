@@ -2,7 +2,7 @@
 
     python -m eval.semi --model intl_r50 --data /imagenet --split 1pct --split-file 1percent.txt
     python -m eval.semi --model runs/c10 --dataset cifar10 --data DATA --split 10pct \\
-        --make-split-file splits/cifar10_10pct.txt --seed 0      # write a class-balanced subset, then train
+        --make-split-file splits/cifar10_10pct.txt --percent 10 --seed 0   # write a class-balanced subset, then train
 
 Split files: SimCLR's ImageNet subset files (one image name per line, e.g.
 ``n01440764_10026.JPEG``; the class is the wnid before ``_``) are checked on load: 12,811 lines
@@ -10,9 +10,12 @@ for 1 % and 128,116 for 10 %, and every listed image must exist under ``ROOT/tra
 otherwise the error lists what is missing. Files written by ``--make-split-file`` hold paths
 relative to ``ROOT/train`` (image folders) or sample indices (torchvision datasets).
 
-Recipes (eval/protocols.py): ``semi_intl`` (INTL / Barlow Twins style: 20 epochs, backbone lr
-0.004 and classifier lr 0.2 per 256 images, cosine, BN in train mode) and ``semi_simclr``.
-The accuracy is measured after the final epoch on the val/test split.
+Recipes (eval/protocols.py): ``semi_intl`` (INTL's ``evaluate.py --weights finetune``, Barlow
+Twins style: 20 epochs, separate backbone lr 0.004 and classifier lr 0.2 per 256 images, constant
+as INTL's published commands run it, BN in train mode) and ``semi_simclr`` (Nesterov SGD, lr 0.05
+per 256 images, 60 epochs for 1 %, 30 for 10 %). The accuracy is measured after the final epoch on
+the val/test split. Under torchrun the fine-tuning runs with DDP (each process takes
+batch/world images of its DistributedSampler shard); rank 0 writes the record.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def read_split_file(path: str | Path, split: str, train) -> list[int]:
     if all(_SIMCLR_NAME.match(line) for line in lines):  # SimCLR's ImageNet subset files
         expected = IMAGENET_COUNTS[split]
         if len(lines) != expected:
-            raise SplitFileError(f"{path}: {len(lines):,} lines, but SimCLR's ImageNet {split} subset has {expected:,}")
+            raise SplitFileError(f"{path}: {len(lines):,} lines, but SimCLR's ImageNet {split} subset has {expected:,} "
+                                 "(1percent.txt: 12,811, 10percent.txt: 128,116)")
         by_name = {Path(p).name: i for i, (p, _) in enumerate(train.samples)}
         by_class = {c: i for i, c in enumerate(train.classes)}
         missing = [line for line in lines if line not in by_name]
@@ -121,11 +125,21 @@ def finetune(protocol, info, dataset: str, root: str, indices: list[int], split:
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     train = build_split(dataset, root, "train")
     classes = len(train.classes)
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TransformedDataset(Subset(train, indices), train_tf), batch_size=protocol.batch_size,
-                        shuffle=True, generator=gen, num_workers=workers, drop_last=len(indices) > protocol.batch_size,
-                        pin_memory=device.type == "cuda")
+    subset = TransformedDataset(Subset(train, indices), train_tf)
+    # under torchrun every process takes batch_size / world images of its DistributedSampler shard
+    sampler = torch.utils.data.DistributedSampler(subset, seed=seed, shuffle=True) if distributed else None
+    per_rank = max(1, protocol.batch_size // world)
+    loader = DataLoader(subset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
+                        generator=gen if sampler is None else None, num_workers=workers,
+                        # as INTL's loader the last partial batch is kept, unless it would hold a single
+                        # image (BN in train mode cannot normalise one 1x1 feature map)
+                        drop_last=(len(indices) // world) % per_rank == 1, pin_memory=device.type == "cuda")
     model = nn.Sequential(info.model, nn.Linear(info.model.num_features, classes)).to(device)
     with torch.no_grad():
         model[1].weight.normal_(0, 0.01)
@@ -136,16 +150,16 @@ def finetune(protocol, info, dataset: str, root: str, indices: list[int], split:
     opt = torch.optim.SGD(groups, lr=0, momentum=protocol.momentum, nesterov=protocol.nesterov,
                           weight_decay=protocol.weight_decay)
     ddp = None
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = ddp or model
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     bar = tqdm(total=epochs * len(loader), desc=f"fine-tune {split}", unit="batch", disable=not progress,
                dynamic_ncols=True)
     for epoch in range(epochs):
-        q = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if protocol.schedule == "cosine" else 1.0
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        q = lr_factor(protocol, epoch, epochs)
         for g in opt.param_groups:
             g["lr"] = g["base"] * q
         net.train(protocol.bn_train)
@@ -170,6 +184,17 @@ def finetune(protocol, info, dataset: str, root: str, indices: list[int], split:
     return _topk(torch.cat(logits), torch.cat(labels))
 
 
+def lr_factor(protocol, epoch: int, epochs: int) -> float:
+    """The learning-rate multiplier of ``epoch`` (0-based) as the recipe's source schedules it."""
+    if protocol.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    if protocol.schedule == "step":  # MultiStepLR stepped after every epoch
+        return protocol.gamma ** sum(epoch >= m for m in protocol.milestones)
+    if protocol.schedule == "none":
+        return 1.0
+    raise ValueError(f"unknown schedule {protocol.schedule!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.semi", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,8 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-file", metavar="FILE", help="the subset file (SimCLR's for ImageNet); required unless "
                    "--make-split-file writes one")
     p.add_argument("--make-split-file", metavar="OUT", help="write a class-balanced subset of the training split "
-                   "(--split's percentage, --split-seed) to OUT and use it")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of --make-split-file (default: %(default)s)")
+                   "(--percent of every class, drawn with --split-seed) to OUT and use it")
+    p.add_argument("--percent", type=float, help="with --make-split-file: the labelled percentage of every class "
+                   "(default: 1 for --split 1pct, 10 for 10pct)")
+    p.add_argument("--split-seed", type=int, help="seed of --make-split-file (default: --seed)")
     p.add_argument("--protocol", default="semi_intl", help="semi_intl (default) or semi_simclr")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (recorded)")
     p.add_argument("--make-only", action="store_true", help="with --make-split-file: only write the file")
@@ -191,10 +218,18 @@ def run(args, command: str) -> int:
     from .records import dataset_fingerprint, make_record, write_record
 
     train = build_split(args.dataset, args.data, "train")
-    percent = {"1pct": 1, "10pct": 10}[args.split]
+    percent = args.percent if args.percent is not None else {"1pct": 1, "10pct": 10}[args.split]
+    split_seed = args.seed if args.split_seed is None else args.split_seed
     if args.make_split_file:
-        chosen = make_split_file(train, percent, args.split_seed, args.make_split_file)
-        print(f"wrote {len(chosen):,} images ({percent} % per class, seed {args.split_seed}) to {args.make_split_file}")
+        from ._cli import is_main_process
+
+        if is_main_process():
+            chosen = make_split_file(train, percent, split_seed, args.make_split_file)
+            print(f"wrote {len(chosen):,} images ({percent:g} % per class, seed {split_seed}) to {args.make_split_file}")
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
         if args.make_only:
             return 0
         args.split_file = args.make_split_file
