@@ -171,55 +171,19 @@ class BackboneInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _label(spec: str) -> str:
-    text = spec.rstrip("/").split("/")[-1] if not spec.startswith("hf-hub:") else spec[len("hf-hub:"):]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "model"
+def load_backbone(spec: str, seed: int = 0):
+    """``(backbone, BackboneInfo)`` for a model spec: anything :func:`wssl_zoo.weights.resolve`
+    takes (model directory, registry name or alias, ``hf-hub:org/name[@rev]``,
+    ``random:ARCH[:STEM[:SIZE]]``). Random init is normalised with ImageNet statistics, the
+    detection datasets' (COCO, VOC)."""
+    from wssl_zoo.weights import resolve
 
-
-def _state_sha256(module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_backbone(spec: str):
-    """``(backbone, BackboneInfo)`` for a model spec.
-
-    ``spec`` is anything :func:`wssl_zoo.load` accepts (model directory, registry name or alias,
-    ``hf-hub:org/name[@rev]``), or ``random:ARCH`` for a random-init backbone
-    (:func:`wssl_zoo.create`, ImageNet mean/std) -- for plumbing checks only.
-    """
-    import wssl_zoo
-
-    spec = str(spec)
-    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    if spec.startswith("random:"):
-        arch = spec[len("random:"):]
-        model = wssl_zoo.create(arch)
-        mean, std = imagenet
-        return model, BackboneInfo(spec, f"random-{_label(arch)}", getattr(model, "wssl_arch", arch),
-                                   getattr(model, "wssl_stem", "imagenet"), mean, std, _state_sha256(model),
-                                   {"random_init": True})
-    model = wssl_zoo.load(spec)
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    mean = tuple(float(x) for x in cfg.get("mean", imagenet[0]))
-    std = tuple(float(x) for x in cfg.get("std", imagenet[1]))
-    path = Path(spec).expanduser()
-    sha = None
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        from wssl_zoo.modelio import sha256_file
-
-        sha = sha256_file(path / "model.safetensors")
-    elif path.is_file():
-        from wssl_zoo.modelio import sha256_file
-
-        sha = sha256_file(path)
-    if sha is None:
-        sha = _state_sha256(model)
-    return model, BackboneInfo(spec, _label(spec), getattr(model, "wssl_arch", "?"),
-                               getattr(model, "wssl_stem", "imagenet"), mean, std, sha)
+    weights = resolve(str(spec), seed)
+    mean, std = weights.normalisation("imagenet")
+    extra = {"random_init": True} if weights.random_init else {}
+    return weights.build(), BackboneInfo(weights.spec, weights.label, weights.arch, weights.stem,
+                                         tuple(float(m) for m in mean), tuple(float(s) for s in std),
+                                         weights.weights_sha256, extra)
 
 
 def input_settings(info: BackboneInfo, shape: Mapping[str, Any] | None = None) -> dict[str, Any]:

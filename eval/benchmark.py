@@ -44,12 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _label(model: str) -> str:
-    path = Path(model)
-    return path.name if path.exists() else model.replace("hf-hub:", "").replace("/", "--").replace(":", "-")
-
-
 def run(args, command: str) -> int:
+    from wssl_zoo.weights import spec_label
+
     from .records import RESULTS_DIR, default_record_path, read_records
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -67,7 +64,7 @@ def run(args, command: str) -> int:
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     done = skipped = 0
     for model in models:
-        label = _label(model)
+        label = spec_label(model)
         for task in tasks:
             for seed in range(args.seeds):
                 path = default_record_path(f"bench-{task}", label, protocol_of[task], args.dataset, seed, results)

@@ -17,59 +17,35 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wssl_zoo.evaluation import dist_rank_world
+from wssl_zoo.evaluation import extract_features as extract
+from wssl_zoo.weights import ResolvedWeights, resolve
+
 from .records import dataset_fingerprint
-
-SMALL = ("cifar10", "cifar100", "stl10", "fashion_mnist")
-
 
 @dataclass
 class ModelInfo:
-    """A backbone and what identifies it in records."""
+    """A built backbone beside its :class:`~wssl_zoo.weights.ResolvedWeights` (what identifies it
+    in records: sha256, label, normalisation)."""
 
+    weights: ResolvedWeights
     model: nn.Module
-    spec: str  # what the user passed
-    label: str  # short name for file names and tables
-    weights_sha256: str
-    arch: str
-    stem: str
-    method: str | None
-    img_size: int
-    folder: Path | None  # the model directory (None for random init)
 
-
-def _state_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    spec = property(lambda self: self.weights.spec)
+    label = property(lambda self: self.weights.label)
+    weights_sha256 = property(lambda self: self.weights.weights_sha256)
+    arch = property(lambda self: self.weights.arch)
+    stem = property(lambda self: self.weights.stem)
+    method = property(lambda self: self.weights.method)
+    img_size = property(lambda self: self.weights.img_size)
+    folder = property(lambda self: self.weights.folder)
 
 
 def resolve_model(spec: str, seed: int = 0) -> ModelInfo:
-    """``spec``: a registry name/alias, a model directory, ``hf-hub:org/name[@rev]``, or
-    ``random:ARCH[:STEM[:SIZE]]`` (random init from ``seed``, the baseline every table needs)."""
-    import wssl_zoo
-    from wssl_zoo.hub import resolve_local
-    from wssl_zoo.modelio import load_model_dir, read_config, sha256_file
-
-    if spec.startswith("random:"):
-        parts = spec.split(":")
-        arch = parts[1] if len(parts) > 1 and parts[1] else "resnet18"
-        stem = parts[2] if len(parts) > 2 else "imagenet"
-        size = int(parts[3]) if len(parts) > 3 else (224 if stem == "imagenet" else 32)
-        torch.manual_seed(seed)
-        model = wssl_zoo.create(arch, stem=stem)
-        return ModelInfo(model, spec, f"random-{arch}-{stem}-{size}px", _state_sha256(model), arch, stem, None, size, None)
-    folder = resolve_local(spec)
-    if folder.is_file():
-        folder = folder.parent
-    model = load_model_dir(folder)
-    config = read_config(folder)
-    section = config.get("wssl_zoo", {})
-    label = Path(spec).name if Path(spec).exists() else spec.replace("hf-hub:", "").replace("/", "--")
-    return ModelInfo(model, spec, label, sha256_file(folder / "model.safetensors"), config["architecture"],
-                     section.get("stem", "imagenet"), section.get("method"),
-                     int(config["pretrained_cfg"]["input_size"][-1]), folder)
+    """``spec``: anything :func:`wssl_zoo.weights.resolve` takes (registry name/alias, model
+    directory, ``hf-hub:org/name[@rev]``, ``random:ARCH[:STEM[:SIZE]]`` drawn from ``seed``)."""
+    weights = resolve(spec, seed)
+    return ModelInfo(weights, weights.build())
 
 
 def build_split(dataset: str, root: str | None, split: str):
@@ -87,62 +63,12 @@ def build_split(dataset: str, root: str | None, split: str):
 
 
 def eval_tf(info: ModelInfo, dataset: str):
-    """The dataset's deterministic evaluation transform, normalised with the model's own mean and std
-    (its ``config.json``: what it was trained with), where the model records them."""
-    import torchvision.transforms as T
-
-    from wssl_zoo.data import eval_transform
-
-    tf = eval_transform(dataset if dataset in SMALL else "imagefolder", info.img_size, info.method)
-    cfg = getattr(info.model, "pretrained_cfg", None) or {}
-    if info.folder is not None and cfg.get("mean") and cfg.get("std"):
-        tf = T.Compose([T.Normalize(tuple(cfg["mean"]), tuple(cfg["std"])) if isinstance(t, T.Normalize) else t
-                        for t in tf.transforms])
-    return tf
+    """The dataset's deterministic evaluation transform, normalised as the model was trained."""
+    return info.weights.eval_transform(dataset)
 
 
 def cache_dir(override: str | None = None) -> Path:
     return Path(override or os.environ.get("WSSL_ZOO_CACHE") or Path.home() / ".cache" / "wssl_zoo" / "features")
-
-
-def _dist():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-@torch.no_grad()
-def extract(model: nn.Module, dataset, device: torch.device, batch_size: int = 256, workers: int = 2,
-            progress: bool = True, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, F) float32 on the CPU, labels (N,)) in dataset order; AMP (bf16) on CUDA;
-    under torchrun each rank does every world-th sample and the results are gathered."""
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
-
-    rank, world = _dist()
-    indices = list(range(rank, len(dataset), world))
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
-    model = model.to(device).eval()
-    feats, labels = [], []
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    for images, targets in tqdm(loader, desc=desc, unit="batch", disable=not progress or rank != 0, dynamic_ncols=True):
-        with amp:
-            out = model(images.to(device, non_blocking=True))
-        feats.append(out.float().cpu())
-        labels.append(torch.as_tensor(targets))
-    x, y = torch.cat(feats), torch.cat(labels).long()
-    if world > 1:
-        import torch.distributed as dist
-
-        parts: list = [None] * world
-        dist.all_gather_object(parts, (indices, x, y))
-        order = torch.tensor([i for p in parts for i in p[0]])
-        x = torch.cat([p[1] for p in parts])[order.argsort()]
-        y = torch.cat([p[2] for p in parts])[order.argsort()]
-    return x, y
 
 
 def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str, device: torch.device,
@@ -171,7 +97,7 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
             path.unlink(missing_ok=True)
     x, y = extract(info.model, TransformedDataset(base, transform), device, batch_size, workers, progress,
                    desc=f"{split} features")
-    if _dist()[0] == 0:
+    if dist_rank_world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, save({"features": x.contiguous(), "labels": y.contiguous()},
                                       metadata={"key": key_src}))

@@ -13,33 +13,16 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
+
+from wssl_zoo.evaluation import knn_predict as predict
 
 from ._cli import add_common, record_path, run_main
 from .protocols import KNNProtocol, get_protocol
 
 
 def knn_predict(protocol: KNNProtocol, xtr, ytr, xq, chunk: int = 1024) -> torch.Tensor:
-    classes = int(ytr.max()) + 1
-    k = min(protocol.k, len(xtr))
-    preds = []
-    if protocol.rule == "weighted-cosine":
-        xtr_n, xq_n = F.normalize(xtr, dim=1), F.normalize(xq, dim=1)
-    for start in range(0, len(xq), chunk):
-        if protocol.rule == "majority-euclidean":
-            d = torch.cdist(xq[start:start + chunk], xtr)
-            idx = d.topk(k, dim=1, largest=False).indices
-            votes = F.one_hot(ytr[idx], classes).sum(1)
-            preds.append(votes.argmax(1))  # a tie goes to the smallest class index, as in the authors' knn.py
-        elif protocol.rule == "weighted-cosine":
-            sim = xq_n[start:start + chunk] @ xtr_n.T
-            top, idx = sim.topk(k, dim=1)
-            weights = (top / protocol.temperature).exp()
-            scores = torch.zeros(len(idx), classes).scatter_add_(1, ytr[idx], weights)
-            preds.append(scores.argmax(1))
-        else:
-            raise ValueError(f"unknown k-NN rule {protocol.rule!r}")
-    return torch.cat(preds)
+    """Predicted classes of ``xq`` under ``protocol`` (:func:`wssl_zoo.evaluation.knn_predict`)."""
+    return predict(xtr, ytr, xq, protocol.k, protocol.rule, protocol.temperature, chunk)
 
 
 def build_parser() -> argparse.ArgumentParser:

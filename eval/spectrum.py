@@ -18,32 +18,9 @@ from pathlib import Path
 
 import torch
 
+from wssl_zoo.evaluation import effective_rank, spectrum
+
 from ._cli import add_common, record_path, run_main
-
-
-def spectrum(features: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues (descending, float64) of the covariance of ``features`` (N, D)."""
-    x = features.double()
-    x = x - x.mean(0, keepdim=True)
-    cov = x.T @ x / max(1, len(x) - 1)
-    return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0)
-
-
-def effective_rank(eigenvalues: torch.Tensor) -> float:
-    """exp(entropy of the normalised eigenvalues) (Roy & Vetterli 2007)."""
-    p = eigenvalues / eigenvalues.sum()
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
-def load_projector(folder: Path):
-    """The pretraining projector saved beside the backbone, or None."""
-    from safetensors.torch import load_file
-
-    from wssl_zoo.heads import projector_from_state
-
-    path = folder / "projector.safetensors"
-    return projector_from_state(load_file(str(path)), str(path)) if path.is_file() else None
 
 
 def plot(spectra: dict[str, torch.Tensor], path: Path) -> None:
@@ -99,7 +76,7 @@ def run(args, command: str) -> int:
     if len(x) > args.max_samples:
         x = x[torch.randperm(len(x), generator=gen)[: args.max_samples]]
     spectra = {"backbone": spectrum(x)}
-    projector = load_projector(info.folder) if info.folder is not None else None
+    projector = info.weights.build_projector()
     if projector is not None:
         with torch.no_grad():
             spectra["projector"] = spectrum(torch.cat([projector(chunk) for chunk in x.split(1024)]))

@@ -9,6 +9,9 @@ Public API::
     wssl_zoo.load("intl_r50")              # published weights: pinned Hub commit, sha256-checked
     wssl_zoo.load("hf-hub:org/name@rev")   # any Hub repo in the wssl-zoo / timm format
     wssl_zoo.load("path/to/model_dir")     # a local pretraining or `wssl-zoo convert` output
+    wssl_zoo.load("random:resnet18:cifar:32")   # random init (the baseline of every table)
+    w = wssl_zoo.resolve("intl_r50")       # the handle: w.weights_sha256, w.label, w.normalisation(ds),
+    model = w.build()                      #   w.eval_transform(ds), w.build_projector()
 """
 
 __version__ = "0.1.0"
@@ -22,7 +25,11 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "resolve":
+        from .weights import resolve
+
+        return resolve
     raise AttributeError(f"module 'wssl_zoo' has no attribute {name!r}")
 
 
-__all__ = ["create", "get_entry", "list_models", "load", "__version__"]
+__all__ = ["create", "get_entry", "list_models", "load", "resolve", "__version__"]

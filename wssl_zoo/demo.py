@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 
 DEFAULTS = dict(method="wmse", dataset="fashion_mnist", arch="resnet18", stem="imagenet", img_size=32,
                 epochs=2, steps_per_epoch=120, batch_size=256, train_subset=30000, bank=5000, queries=2000)
@@ -44,41 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-
-
-def _heldout(dataset: str, root):
-    from .data.datasets import build_dataset, heldout_split
-
-    name = "imagefolder" if dataset not in ("fashion_mnist", "cifar10", "cifar100", "stl10") else dataset
-    held = heldout_split(name, root)
-    if held is None:
-        raise ValueError(f"{root}: the demo needs a val/ or test/ split next to train/")
-    return build_dataset(name, root, "train"), held
-
-
-def evaluate(backbone, dataset: str, root, img_size: int, bank: int, queries: int, seed: int, device, workers: int,
-             method: str | None = None):
-    """kNN (k=5 and k=20, cosine) and linear-probe top-1 on held-out images, normalised as ``method``'s
-    pretraining views were."""
-    from .data.datasets import TransformedDataset as _Transformed
-    from .data.datasets import balanced_subset
-    from .data.transforms import eval_transform
-    from .pretrain.monitor import effective_rank, extract_features, knn_accuracy, linear_probe_accuracy
-
-    train, test = _heldout(dataset, root)
-    tf = eval_transform(dataset, img_size, method)
-    ncls = len(train.classes)
-    bank_set = _Transformed(Subset(train, balanced_subset(train.targets, max(1, bank // ncls), seed)), tf)
-    query_set = _Transformed(Subset(test, balanced_subset(test.targets, max(1, queries // ncls), seed)), tf)
-    xb, yb = extract_features(backbone, bank_set, device, workers=workers)
-    xq, yq = extract_features(backbone, query_set, device, workers=workers)
-    return {
-        "knn5_top1": knn_accuracy(xb, yb, xq, yq, k=5),
-        "knn20_top1": knn_accuracy(xb, yb, xq, yq, k=20),
-        "linear_top1": linear_probe_accuracy(xb, yb, xq, yq, seed=seed, device=device),
-        "effective_rank": effective_rank(xb),
-        "bank": len(xb), "queries": len(xq),
-    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     train_time = time.perf_counter() - start
 
     from .api import load
+    from .evaluation import heldout_metrics
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -121,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     random_init = create_backbone(args.arch, args.stem).eval().to(device)
     rows = {}
     for label, model in (("random init", random_init), (f"{args.method} pretrained", trained)):
-        rows[label] = evaluate(model, args.dataset, args.data, args.img_size, args.bank, args.queries,
-                               args.seed, device, args.workers, method=args.method)
+        rows[label] = heldout_metrics(model, args.dataset, args.data, args.img_size, args.bank, args.queries,
+                                      args.seed, device, args.workers, method=args.method)
     total = time.perf_counter() - start
     print()
     print(f"| backbone ({args.arch}) | kNN k=5 top-1 | kNN k=20 top-1 | linear probe top-1 | effective rank |")

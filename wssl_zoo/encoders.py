@@ -39,7 +39,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-STEMS = ("imagenet", "cifar", "small")
+from .registry import STEMS  # noqa: E402  (the one list of stems)
 
 # create_model arguments that would break the (B, num_features) pooled-feature contract.
 _RESERVED_TIMM_KWARGS = {

@@ -23,10 +23,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import HubInfo, UnknownModelError, ZooEntry, get_entry
+from .registry import HubInfo, UnknownModelError, ZooEntry, get_entry, not_published_error
 
 __all__ = [
-    "HubError", "HashMismatchError", "download_entry", "download_repo", "resolve_local", "stage",
+    "HubError", "HashMismatchError", "download_entry", "download_repo", "stage",
     "publish", "PublishResult", "update_registry_hub", "SUMS_FILE", "PINNED_FILES",
 ]
 
@@ -116,15 +116,13 @@ def download_entry(entry: ZooEntry | str) -> Path:
     """Download every file of a published registry entry at its pinned revision, sha256-checked.
 
     Returns the snapshot folder (in the HF cache) holding the files. Raises
-    :class:`~wssl_zoo.api.WeightsNotPublishedError` for an entry without a pinned revision,
+    :class:`~wssl_zoo.registry.WeightsNotPublishedError` for an entry without a pinned revision,
     :class:`HashMismatchError` and :class:`HubError` as described in the module docstring.
     """
     if isinstance(entry, str):
         entry = get_entry(entry)
     if not entry.hub.published:
-        from .api import _not_published
-
-        raise _not_published(entry)
+        raise not_published_error(entry)
     folder = None
     for filename, expected in entry.hub.files.items():
         folder = _verified(entry.hub.repo_id, entry.hub.revision, filename, expected).parent
@@ -177,17 +175,6 @@ def download_repo(spec: str) -> Path:
         else:
             _fetch(repo_id, filename, commit)
     return config.parent
-
-
-def resolve_local(spec: str) -> Path:
-    """A local folder with the files of ``spec``: a local model directory, ``hf-hub:...`` or a
-    registry name/alias (downloaded and verified)."""
-    path = Path(spec).expanduser()
-    if path.exists():
-        return path
-    if spec.startswith("hf-hub:"):
-        return download_repo(spec)
-    return download_entry(get_entry(spec))
 
 
 # ---------------------------------------------------------------------------- publish

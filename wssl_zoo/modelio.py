@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 FORMAT_VERSION = 1
-_STEMS = ("imagenet", "cifar", "small")  # the stems of wssl_zoo.encoders.create_backbone
+from .registry import STEMS as _STEMS  # the stems of wssl_zoo.encoders.create_backbone
 
 
 def fsync_dir(folder: Path) -> None:
@@ -228,6 +228,16 @@ def load_model_dir(path, map_location="cpu") -> nn.Module:
     model = load_weights_file(weights, config["architecture"], stem, map_location)
     model.pretrained_cfg = dict(model.pretrained_cfg or {}, **config.get("pretrained_cfg", {}))
     return model
+
+
+def tensor_sha256(module: nn.Module) -> str:
+    """The hex sha256 of a module's state (sorted keys, raw bytes): the identity of weights that
+    have no file yet (random init). Files are identified by :func:`sha256_file` of their bytes."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

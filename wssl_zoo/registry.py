@@ -137,6 +137,25 @@ class ZooEntry:
         return None
 
 
+class WeightsNotPublishedError(ValueError):
+    """The model is registered but wssl-zoo has not published its weights yet."""
+
+
+def not_published_error(entry: "ZooEntry") -> WeightsNotPublishedError:
+    """The error for a registered model whose weights wssl-zoo has not published: how to make them."""
+    out = f"runs/{entry.name}"
+    how = [f"  wssl-zoo pretrain --recipe {entry.recipe} --data ROOT --out {out}"]
+    if entry.official.get("url"):
+        how.append(f"or convert the authors' checkpoint ({entry.official['url']}):")
+        how.append(f"  wssl-zoo convert --from official-{entry.method} CKPT --entry {entry.name} --out {out}")
+    return WeightsNotPublishedError(
+        f"the weights of {entry.name!r} are not published yet ({entry.path.name} in the registry has no "
+        f"pinned revision and file hashes). Make them yourself:\n" + "\n".join(how)
+        + f"\nthen load them with wssl_zoo.load({out!r}), or publish and pin them with "
+        f"`wssl-zoo publish {out} --repo ORG/NAME`."
+    )
+
+
 def default_registry_dir() -> Path:
     """``$WSSL_ZOO_REGISTRY``, else ``zoo/models`` of the checkout, else the copy in the wheel."""
     env = os.environ.get(REGISTRY_ENV)

@@ -38,6 +38,8 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 DATASET_NAMES = ("imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist")
 # Recipe dataset names stored as ImageFolder trees.
 IMAGEFOLDER_ALIASES = ("tiny_imagenet", "imagenet100", "imagenet")
+# Datasets whose images are used at their native size (no resize/centre crop at evaluation).
+SMALL_DATASETS = ("cifar10", "cifar100", "stl10", "fashion_mnist")
 
 # Errors PIL raises on unreadable files: UnidentifiedImageError and truncated data are OSError;
 # broken PNG chunks are SyntaxError; a few decoders raise ValueError/EOFError/struct.error/IndexError.

@@ -34,7 +34,7 @@ def code_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     from .. import load
     from ..data.transforms import derive_seed
-    from ..demo import evaluate
+    from ..evaluation import heldout_metrics
     from ..encoders import create_backbone
     from ..modelio import read_config, sha256_file
     from .checkpoint import atomic_write_text
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = load(model_dir).to(device)
     torch.manual_seed(derive_seed(train_cfg["options"]["seed"], 2))
     random_init = create_backbone(cfg["architecture"], cfg["wssl_zoo"]["stem"]).eval().to(device)
-    metrics = {name: evaluate(m, args.dataset, args.data, img, args.bank, args.queries, args.seed, device, args.workers,
+    metrics = {name: heldout_metrics(m, args.dataset, args.data, img, args.bank, args.queries, args.seed, device, args.workers,
                               method=train_cfg["recipe"]["method"])
                for name, m in (("pretrained", trained), ("random_init", random_init))}
     record = dict(

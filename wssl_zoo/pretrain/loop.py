@@ -224,7 +224,7 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     from ..data.datasets import balanced_subset, build_dataset, dataset_stats
     from ..data.transforms import SeededViews, build_view_transform, derive_seed
     from . import checkpoint as ckpt_lib
-    from .monitor import effective_rank, extract_features, knn_accuracy
+    from ..evaluation import extract_features, feature_effective_rank, knn_accuracy
     from .optim import build_optimizer
     from .schedules import apply_lr, momentum_at
 
@@ -412,8 +412,8 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         if monitor is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == recipe.epochs):
             bank_x, bank_y = extract_features(core.backbone, monitor[0], device, workers=opts.workers)
             query_x, query_y = extract_features(core.backbone, monitor[1], device, workers=opts.workers)
-            record["knn_top1"] = knn_accuracy(bank_x, bank_y, query_x, query_y, k=recipe.knn_k)
-            record["effective_rank"] = effective_rank(bank_x)
+            record["knn_top1"] = knn_accuracy(bank_x, bank_y, query_x, query_y, k=recipe.knn_k, rule="majority-cosine")
+            record["effective_rank"] = feature_effective_rank(bank_x)
             record["feature_dim"] = bank_x.shape[1]
         save(epoch + 1, 0, global_step)
         if is_main:

@@ -26,11 +26,11 @@ WMSE_SRC = "https://github.com/htdt/self-supervised @ d9662c8d07dafd194a9045375f
 CWRGP_SRC = "https://github.com/winci-ai/CW-RGP @ 5bbf6ed4df355d151fe278e87ad51dd2bff89a14"
 INTL_SRC = "https://github.com/winci-ai/INTL @ 0aa69af20a263d1d714e45bc835925a84dc11956"
 
-METHODS = ("wmse", "cwrgp", "intl")
+from ..registry import METHODS  # noqa: E402  (the one list of methods)
 DATASETS = ("cifar10", "cifar100", "stl10", "tiny_imagenet", "imagenet100", "imagenet", "imagefolder", "fashion_mnist")
 OPTIMIZERS = ("adam", "sgd", "lars")
 SCHEDULES = ("wmse", "warmup_cosine", "warmup_cosine_epoch")
-STEMS = ("imagenet", "cifar", "small")
+from ..registry import STEMS  # noqa: E402  (the one list of stems)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,225 @@
+"""One resolver for every model spec: :func:`resolve` turns a spec into :class:`ResolvedWeights`.
+
+A spec is one of
+
+- a registry name or alias (``intl_resnet50``, ``intl_r50``): its published weights at the pinned
+  revision, sha256-checked (:func:`wssl_zoo.hub.download_entry`);
+- a local model directory or a ``.safetensors`` file with its ``config.json`` beside it;
+- ``hf-hub:org/name[@rev]``: a Hub repo in our (timm) format (:func:`wssl_zoo.hub.download_repo`);
+- ``random:ARCH[:STEM[:SIZE]]``: the architecture at random init from ``seed`` (the baseline every
+  table needs); STEM defaults to ``imagenet``, SIZE to 224 for the imagenet stem and 32 otherwise.
+
+The handle knows the model's entry, folder, config, file sha256, label, normalisation and eval
+transform, and builds the backbone (and the projector where the folder has one). Nobody else parses
+a spec, hashes weights or makes a label: evaluation, detection, the demo, the converters and
+:func:`wssl_zoo.load` all come through here (the torchvision ``Weights`` idea: the weights carry
+what is needed to use them).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .registry import UnknownModelError, ZooEntry, get_entry
+
+__all__ = ["ResolvedWeights", "resolve", "spec_label", "parse_random_spec", "WeightsNotPublishedError"]
+
+from .registry import WeightsNotPublishedError  # noqa: E402  (re-exported: the error of an unpinned entry)
+
+
+def parse_random_spec(spec: str) -> tuple[str, str, int]:
+    """``random:ARCH[:STEM[:SIZE]]`` -> (arch, stem, size); ValueError naming the bad part."""
+    from .encoders import STEMS
+
+    parts = spec.split(":")
+    if parts[0] != "random" or len(parts) > 4:
+        raise ValueError(f"{spec!r}: expected random:ARCH[:STEM[:SIZE]], e.g. random:resnet18:cifar:32")
+    arch = parts[1] if len(parts) > 1 and parts[1] else "resnet18"
+    stem = parts[2] if len(parts) > 2 and parts[2] else "imagenet"
+    if stem not in STEMS:
+        raise ValueError(f"{spec!r}: stem {stem!r} is not one of {list(STEMS)}")
+    if len(parts) > 3 and parts[3]:
+        if not parts[3].isdigit() or int(parts[3]) < 8:
+            raise ValueError(f"{spec!r}: SIZE {parts[3]!r} must be an integer >= 8 (pixels)")
+        size = int(parts[3])
+    else:
+        size = 224 if stem == "imagenet" else 32
+    return arch, stem, size
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]+", "-", text).strip("-") or "model"
+
+
+def spec_label(spec: str | Path) -> str:
+    """The short name of a model in tables and file names, without loading it.
+
+    Registry names and aliases give the entry's name, ``hf-hub:org/name@rev`` gives
+    ``org--name@rev``, a local folder or file its folder's name, ``random:...`` gives
+    ``random-ARCH-STEM-SIZEpx``.
+    """
+    spec = str(spec)
+    if spec.startswith("random:"):
+        arch, stem, size = parse_random_spec(spec)
+        return f"random-{arch}-{stem}-{size}px"
+    if spec.startswith("hf-hub:"):
+        return _slug(spec[len("hf-hub:"):].replace("/", "--"))
+    path = Path(spec).expanduser()
+    if path.exists():
+        folder = path.parent if path.is_file() else path
+        return _slug(folder.resolve().name)
+    try:
+        return get_entry(spec).name
+    except UnknownModelError:
+        return _slug(spec)
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What a model spec resolves to (see the module docstring); :meth:`build` makes the model.
+
+    ``mean``/``std`` are the normalisation the weights were trained with (from ``config.json``);
+    ``None`` for random init, whose normalisation is the dataset's (:meth:`normalisation`).
+    """
+
+    spec: str
+    kind: str  # "registry" | "local" | "hub" | "random"
+    label: str
+    arch: str
+    stem: str
+    method: str | None
+    img_size: int
+    weights_sha256: str
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    folder: Path | None = None
+    weights_file: Path | None = None
+    entry: ZooEntry | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def random_init(self) -> bool:
+        return self.kind == "random"
+
+    def build(self, map_location: str = "cpu") -> nn.Module:
+        """The backbone in eval mode (strict load; random init is re-drawn from ``seed``, so every
+        call gives the same tensors, without touching the global RNG)."""
+        if self.random_init:
+            return _random_backbone(self.arch, self.stem, self.seed)
+        from .modelio import load_model_dir
+
+        assert self.weights_file is not None
+        return load_model_dir(self.weights_file, map_location)
+
+    def build_projector(self) -> nn.Module | None:
+        """The pretraining projector (``projector.safetensors`` of the folder), or None."""
+        if self.folder is None or not (self.folder / "projector.safetensors").is_file():
+            return None
+        from safetensors.torch import load_file
+
+        from .heads import projector_from_state
+
+        path = self.folder / "projector.safetensors"
+        return projector_from_state(load_file(str(path)), str(path))
+
+    def normalisation(self, dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std): the weights' own where recorded, else the dataset's (per method)."""
+        if self.mean is not None and self.std is not None:
+            return self.mean, self.std
+        from .data import dataset_stats
+
+        return dataset_stats(dataset, self.method)
+
+    def eval_transform(self, dataset: str):
+        """The dataset's deterministic eval transform at this model's input size, normalised with
+        :meth:`normalisation` (what the model was trained with)."""
+        import torchvision.transforms as T
+
+        from .data import eval_transform
+        from .data.datasets import SMALL_DATASETS
+
+        tf = eval_transform(dataset if dataset in SMALL_DATASETS else "imagefolder", self.img_size, self.method)
+        if self.mean is None or self.std is None:
+            return tf
+        return T.Compose([T.Normalize(self.mean, self.std) if isinstance(t, T.Normalize) else t
+                          for t in tf.transforms])
+
+
+def _random_backbone(arch: str, stem: str, seed: int) -> nn.Module:
+    import torch
+
+    from .encoders import create_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_backbone(arch, stem).eval()
+
+
+def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry | None) -> ResolvedWeights:
+    from .modelio import read_config, sha256_file
+
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: not a model directory or a .safetensors file")
+        folder, weights = path.parent, path
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json beside it to say the architecture; use "
+                                    "wssl_zoo.modelio.load_weights_file(path, arch, stem)")
+    else:
+        folder, weights = path, path / "model.safetensors"
+    config = read_config(folder)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing; {folder} has a config.json but no weights")
+    section = config.get("wssl_zoo", {})
+    pcfg = config.get("pretrained_cfg", {})
+    try:
+        img_size = int(pcfg.get("input_size", [3, 224, 224])[-1])
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"{folder / 'config.json'}: pretrained_cfg.input_size is not [C, H, W]") from None
+    mean = tuple(float(v) for v in pcfg["mean"]) if pcfg.get("mean") else None
+    std = tuple(float(v) for v in pcfg["std"]) if pcfg.get("std") else None
+    return ResolvedWeights(spec=spec, kind=kind, label=label, arch=config["architecture"],
+                           stem=section.get("stem", "imagenet"), method=section.get("method"), img_size=img_size,
+                           weights_sha256=sha256_file(weights), mean=mean, std=std, folder=folder,
+                           weights_file=weights, entry=entry, config=config)
+
+
+def resolve(spec: str | Path, seed: int = 0) -> ResolvedWeights:
+    """The :class:`ResolvedWeights` of ``spec`` (see the module docstring); downloads (verified)
+    what a Hub or registry spec needs. ``seed`` draws ``random:`` weights.
+
+    Raises FileNotFoundError for a path that does not exist, :class:`UnknownModelError` (listing
+    the closest names) for an unknown name, :class:`WeightsNotPublishedError` for a registered
+    model without published weights, ValueError for a malformed spec.
+    """
+    from .modelio import tensor_sha256
+
+    text = str(spec)
+    label = spec_label(text)
+    if text.startswith("random:"):
+        arch, stem, size = parse_random_spec(text)
+        model = _random_backbone(arch, stem, seed)
+        return ResolvedWeights(spec=text, kind="random", label=label, arch=getattr(model, "wssl_arch", arch),
+                               stem=stem, method=None, img_size=size, weights_sha256=tensor_sha256(model), seed=seed)
+    path = Path(text).expanduser()
+    if path.exists():
+        return _from_folder(text, "local", path, label, None)
+    if text.startswith("hf-hub:"):
+        from .hub import download_repo
+
+        return _from_folder(text, "hub", download_repo(text), label, None)
+    try:
+        entry = get_entry(text)
+    except UnknownModelError:
+        if any(sep in text for sep in ("/", "\\")) or text.endswith(".safetensors"):
+            raise FileNotFoundError(f"{text}: no such model directory or file") from None
+        raise
+    from .hub import download_entry
+
+    return _from_folder(text, "registry", download_entry(entry), label, entry)
