@@ -155,9 +155,13 @@ def _apply_small_image_stem(model: nn.Module, arch: str, stem: str) -> None:
 def momentum_at(step: int, total_steps: int, base: float) -> float:
     """INTL_M's cosine schedule of the EMA coefficient: ``base`` at step 0, 1.0 at ``total_steps``.
 
-    ``1 - 0.5 * (1 + cos(pi * step / total_steps)) * (1 - base)``.
+    ``1 - 0.5 * (1 + cos(pi * step / total_steps)) * (1 - base)`` (INTL ``adjust_momentum``).
     """
-    return 1.0 - 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1))) * (1.0 - base)
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return 1.0 - 0.5 * (1.0 + math.cos(math.pi * step / total_steps)) * (1.0 - base)
 
 
 # loss class name -> whether the projector runs once on all views concatenated (the authors' code)

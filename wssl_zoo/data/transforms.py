@@ -39,7 +39,7 @@ from .datasets import dataset_stats
 
 BICUBIC = T.InterpolationMode.BICUBIC
 BILINEAR = T.InterpolationMode.BILINEAR
-METHODS = ("wmse", "cwrgp", "intl")
+from ..registry import METHODS  # noqa: E402  (the one list of methods)
 # Datasets with one native image size (side in pixels); their views come from the small-image code.
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96, "tiny_imagenet": 64, "fashion_mnist": 28}
 LARGE_DATASETS = ("imagenet100", "imagenet")

@@ -226,7 +226,7 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     from . import checkpoint as ckpt_lib
     from ..evaluation import extract_features, feature_effective_rank, knn_accuracy
     from .optim import build_optimizer
-    from .schedules import apply_lr, momentum_at
+    from .schedules import apply_lr, cov_weight_at, momentum_at
 
     recipe = recipe.validate()
     rank, _, world, device = _init_distributed(opts.device)
@@ -357,8 +357,6 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
                    desc=recipe.name, mininterval=2.0)
     run_start = time.perf_counter()
     for epoch in range(start_epoch, recipe.epochs):
-        if recipe.cov_stop_epoch is not None:
-            core.loss.cov_weight = recipe.loss.get("cov_weight", 0.0) if epoch < recipe.cov_stop_epoch else 0.0
         sampler.set_epoch(epoch, start_step if epoch == start_epoch else 0)
         model.train()
         losses, views_seen, epoch_start = [], 0, time.perf_counter()
@@ -374,6 +372,9 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             lr = schedule.lr_at(global_step)
             apply_lr(optimizer, lr)
+            if recipe.cov_stop_epoch is not None:  # per step: the authors switch it off after a step
+                core.loss.cov_weight = cov_weight_at(epoch, recipe.loss.get("cov_weight", 0.0),
+                                                     recipe.cov_stop_epoch, step_in_epoch=step)
             if recipe.ema_momentum is not None:
                 core.update_momentum(momentum_at(global_step, total_steps, recipe.ema_momentum))
             try:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..encoders import momentum_at  # noqa: F401  (re-exported: INTL_M's EMA schedule lives with SSLModel)
+
 
 def _check_step(step: int) -> None:
     if step < 0:
@@ -235,15 +237,6 @@ def apply_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         scale = group.get("lr_scale")
         group["lr"] = lr if scale is None else lr * scale
-
-
-def momentum_at(step: int, total_steps: int, base: float) -> float:
-    """INTL's EMA momentum (``adjust_momentum``): ``1 - 0.5 * (1 + cos(pi * s / S)) * (1 - base)``,
-    ``base`` at step 0 rising to 1 at step ``S``."""
-    _check_step(step)
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    return 1.0 - 0.5 * (1.0 + math.cos(math.pi * step / total_steps)) * (1.0 - base)
 
 
 def cov_weight_at(epoch: int, cov_weight: float, stop_epoch: int | None, step_in_epoch: int | None = None) -> float:
