@@ -78,12 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="save OUT/checkpoints/last.pt every N iterations, 0 = only at the end "
                         "(default: SOLVER.CHECKPOINT_PERIOD)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: data order, head init (default: 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda when available)")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA, bf16 where supported else fp16 (default: off, or SOLVER.AMP.ENABLED)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="data-loading processes per training process (default: DATALOADER.NUM_WORKERS)")
+    from wssl_zoo import cliargs
+
+    cliargs.add_seed(p, help_seed="random seed: data order, head init")
+    cliargs.add_device(p)
+    p.add_argument("--amp", choices=cliargs.AMP_CHOICES, default=None,
+                   help="mixed precision on CUDA (default: the config's SOLVER.AMP.ENABLED, bf16 where supported "
+                        "else fp16)")
+    p.add_argument("--workers", "--num-workers", dest="num_workers", type=int, default=None,
+                   help="data-loading worker processes per process (default: the config's DATALOADER.NUM_WORKERS, "
+                        f"at most {cliargs.default_workers()}, the CPUs this process may use)")
     p.add_argument("--record", default=None,
                    help="where to write the zoo/results record "
                         "(default: zoo/results/detection_<model-label>_<config>_seed<seed>.json)")
@@ -125,8 +129,12 @@ def prepare_config(args) -> tuple[dict, list[str]]:
         suffix.append(f"ims_per_batch={args.ims_per_batch}")
     if args.num_workers is not None:
         cfg["DATALOADER"]["NUM_WORKERS"] = args.num_workers
-    if args.amp:
-        solver["AMP"]["ENABLED"] = True
+    else:  # the config's number of workers, but never more than this machine has CPUs
+        from wssl_zoo.cliargs import default_workers
+
+        cfg["DATALOADER"]["NUM_WORKERS"] = min(int(cfg["DATALOADER"]["NUM_WORKERS"]), default_workers())
+    if args.amp is not None:
+        solver["AMP"]["ENABLED"] = args.amp != "none"
     return cfg, suffix
 
 
@@ -243,7 +251,7 @@ def run_torchvision(args, argv: list[str]) -> int:
         summary["weights"] = str(weights)
     else:
         summary = tv.train(model, train_set, s, out=out, device=device, seed=args.seed, resume=args.resume,
-                           checkpoint_every=args.checkpoint_every, amp=s.amp, progress=not args.no_progress,
+                           checkpoint_every=args.checkpoint_every, amp=(args.amp or True) if s.amp else False, progress=not args.no_progress,
                            rank=rank, world=world, meta=meta)
     core = model
     tv.set_eval_sizes(core, s, train=False)
@@ -291,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     from .export import ExportError
     from .tv_backend import TrainError
 
-    try:
+    from wssl_zoo.cliargs import run_cli
+
+    def go() -> int:
         if backend == "detectron2":
             if not detectron2_available():
                 raise UsageError(D2_INSTALL)
@@ -299,12 +309,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return d2_backend.run(args, argv)
         return run_torchvision(args, argv)
-    except (UsageError, ConfigError, AnnotationError, ExportError, TrainError, FileNotFoundError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # model loading (wssl_zoo) and other input errors
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+
+    # model loading (wssl_zoo) and other input errors are ValueErrors too
+    return run_cli("detection.train", go, (UsageError, ConfigError, AnnotationError, ExportError, TrainError,
+                                          FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

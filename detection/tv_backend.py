@@ -289,7 +289,7 @@ def _to_device(images, targets, device):
 
 
 def train(model: nn.Module, dataset, s: TrainSettings, *, out: Path, device: torch.device, seed: int,
-          resume: bool = False, checkpoint_every: int | None = None, amp: bool = False, progress: bool = True,
+          resume: bool = False, checkpoint_every: int | None = None, amp: bool | str = False, progress: bool = True,
           rank: int = 0, world: int = 1, meta: dict | None = None) -> dict:
     """Train for ``s.max_iter`` iterations; returns a summary. Checkpoints to OUT/checkpoints/last.pt."""
     from tqdm import tqdm
@@ -305,10 +305,13 @@ def train(model: nn.Module, dataset, s: TrainSettings, *, out: Path, device: tor
         else:
             warnings.warn("SyncBN needs CUDA; training with per-process BN on this device")
     opt = torch.optim.SGD(_param_groups(model, s), lr=s.lr_at(0), momentum=s.momentum)
-    use_amp = bool(amp) and device.type == "cuda"
+    use_amp = bool(amp) and amp != "none" and device.type == "cuda"
     if amp and not use_amp:
         warnings.warn("--amp is for CUDA; training in float32 on this device")
-    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    if amp in ("bf16", "fp16"):  # --amp bf16|fp16; True (the config's AMP.ENABLED): bf16 where supported
+        amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    else:
+        amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     start = 0
     ckpt = checkpoint_path(out)

@@ -9,40 +9,49 @@ from typing import Callable
 
 
 def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
-    p.add_argument("--model", required=True, help="registry name or alias, model directory, hf-hub:org/name[@rev], "
-                   "or random:ARCH[:STEM[:SIZE]] for a random-init baseline")
+    """The eval tools' flags: the shared vocabulary (:mod:`wssl_zoo.cliargs`) plus the cache."""
+    from wssl_zoo import cliargs
+
+    cliargs.add_model(p)
     p.add_argument("--data", required=data_required, metavar="ROOT",
                    help="ImageNet layout (ROOT/train/<class>/ and ROOT/val/<class>/ or ROOT/test/<class>/), "
                    "or torchvision's folder with --dataset")
     p.add_argument("--dataset", default="imagefolder", choices=["imagefolder", "cifar10", "cifar100", "stl10",
                                                                 "fashion_mnist"],
                    help="how to read ROOT (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="the first seed (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=1, help="runs with seeds SEED..SEED+N-1; the summary has mean and "
-                   "std (default: %(default)s)")
-    p.add_argument("--out", metavar="FILE", help="record file (default: zoo/results/<task>_<model>_<protocol>_"
-                   "<dataset>_seed<S>.json); with several seeds, _seed<S> is added before .json")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda; under torchrun, cuda means this process's "
-                   "LOCAL_RANK GPU (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: %(default)s)")
+    cliargs.add_seed(p, seeds=True, help_seed="the first seed")
+    p.add_argument("--out", metavar="DIR|FILE.json", help="where the records go: a folder, or one .json file when "
+                   "exactly one record is written (default: zoo/results/<task>_<model>_<protocol>_<dataset>_"
+                   "seed<S>.json)")
+    cliargs.add_device(p)
+    cliargs.add_workers(p)
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     p.add_argument("--cache-dir", help="feature cache (default: $WSSL_ZOO_CACHE or ~/.cache/wssl_zoo/features)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cliargs.add_progress(p)
+
+
+def check_out(args, records: int) -> None:
+    """Refuse ``--out FILE.json`` when the run would write more than one record."""
+    if args.out and str(args.out).endswith(".json") and records > 1:
+        raise ValueError(f"--out {args.out}: this run writes {records} records (protocols x seeds); give a folder "
+                         "(--out DIR) instead of one .json file")
 
 
 def record_path(args, task: str, label: str, protocol: str, seed: int) -> Path:
-    from .records import default_record_path
+    """The record file of one (task, model, protocol, seed): ``--out`` when it is a .json file
+    (see :func:`check_out`), else the default name inside ``--out`` (or the default folder)."""
+    from .records import RESULTS_DIR, default_record_path
 
-    if args.out:
-        out = Path(args.out)
-        return out if args.seeds == 1 else out.with_name(f"{out.stem}_seed{seed}{out.suffix}")
-    return default_record_path(task, label, protocol, args.dataset, seed)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix == ".json":
+        return out
+    return default_record_path(task, label, protocol, args.dataset, seed, out or RESULTS_DIR)
 
 
 def command_line(module: str, argv: list[str] | None) -> str:
-    import shlex
+    from wssl_zoo.cliargs import command_line as line
 
-    return " ".join(["python -m", module, *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
+    return line(f"python -m {module}", argv)
 
 
 def init_distributed() -> bool:
@@ -68,17 +77,15 @@ def is_main_process() -> bool:
 
 
 def run_main(module: str, build: Callable[[], argparse.ArgumentParser], run: Callable, argv: list[str] | None) -> int:
-    """Parse, run, and turn expected errors into one line on stderr and exit status 2. Under
-    torchrun the process group is set up here (feature extraction is sharded and gathered,
-    fine-tuning uses DDP); only rank 0 writes records."""
+    """Parse, run, and turn expected errors into one line on stderr and exit status 2
+    (:func:`wssl_zoo.cliargs.run_cli`). Under torchrun the process group is set up here (feature
+    extraction is sharded and gathered, fine-tuning uses DDP); only rank 0 writes records."""
+    from wssl_zoo.cliargs import run_cli
+
     args = build().parse_args(argv)
     created = init_distributed()
     try:
-        return run(args, command_line(module, argv))
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{module}: error: {msg}", file=sys.stderr)
-        return 2
+        return run_cli(module, lambda: run(args, command_line(module, argv)))
     finally:
         if created:
             import torch.distributed as dist

@@ -16,7 +16,7 @@ import torch
 
 from wssl_zoo.evaluation import knn_predict as predict
 
-from ._cli import add_common, record_path, run_main
+from ._cli import add_common, check_out, record_path, run_main
 from .protocols import KNNProtocol, get_protocol
 
 
@@ -41,6 +41,7 @@ def run(args, command: str) -> int:
     from .protocols import with_overrides
     from .records import make_record, write_record
 
+    check_out(args, len([n for n in args.protocols.split(",") if n.strip()]) * args.seeds)
     device = pick_device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):  # k-NN is deterministic; seeds only matter for random-init baselines
         info = resolve_model(args.model, seed)
@@ -61,10 +62,7 @@ def run(args, command: str) -> int:
                                  command=command, extra=dict(model_label=info.label, arch=info.arch, stem=info.stem,
                                                              cache_hit=meta["cache_hit"] and meta_te["cache_hit"],
                                                              train_samples=len(xtr), test_samples=len(xte)))
-            path = record_path(args, "knn", info.label, proto_record["name"], seed)
-            if args.out and "," in args.protocols:  # one file per rule
-                path = path.with_name(f"{path.stem}_{proto_record['name']}{path.suffix}")
-            path = write_record(record, path)
+            path = write_record(record, record_path(args, "knn", info.label, proto_record["name"], seed))
             print(f"knn {proto_record['name']} seed {seed}: top1 {metrics['top1']:.2f} -> {path}")
     return 0
 

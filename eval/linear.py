@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._cli import add_common, record_path, run_main
+from ._cli import add_common, check_out, record_path, run_main
 from .protocols import LinearProtocol, get_protocol, with_overrides
 
 
@@ -203,6 +203,7 @@ def evaluate(args, command: str, seed: int) -> dict:
 def run(args, command: str) -> int:
     from .records import aggregate
 
+    check_out(args, args.seeds)
     records = [evaluate(args, command, seed) for seed in range(args.seed, args.seed + args.seeds)]
     if len(records) > 1:
         for name, s in aggregate(records).items():

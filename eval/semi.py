@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._cli import add_common, record_path, run_main
+from ._cli import add_common, check_out, record_path, run_main
 from .protocols import get_protocol, with_overrides
 
 IMAGENET_COUNTS = {"1pct": 12811, "10pct": 128116}
@@ -217,6 +217,7 @@ def run(args, command: str) -> int:
     from .features import build_split, pick_device, resolve_model
     from .records import dataset_fingerprint, make_record, write_record
 
+    check_out(args, args.seeds)
     train = build_split(args.dataset, args.data, "train")
     percent = args.percent if args.percent is not None else {"1pct": 1, "10pct": 10}[args.split]
     split_seed = args.seed if args.split_seed is None else args.split_seed

@@ -189,7 +189,7 @@ def test_bad_annotations_are_named(coco, tmp_path, capsys, edit, message):
     rc = _run("coco_R_50_C4_1x", root, tmp_path / "run", "--max-iter", "1", sets=C4_FAST)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert len(err) == 1 and err[0].startswith("error: instances_train2017.json"), err
+    assert len(err) == 1 and err[0].startswith("detection.train: error: instances_train2017.json"), err
     assert re.search(message, err[0]), err[0]
     assert "Traceback" not in err[0]
 

@@ -113,10 +113,14 @@ def test_every_linear_protocol_runs(model_dir, folder, tmp_path):
 
 
 def test_several_seeds_write_one_record_each(model_dir, folder, tmp_path, capsys):
-    out = tmp_path / "s.json"
+    out = tmp_path / "seeds"
     assert linear.main([*_common(model_dir, folder, out), "--epochs", "3", "--seeds", "2"]) == 0
-    assert (tmp_path / "s_seed0.json").is_file() and (tmp_path / "s_seed1.json").is_file()
+    assert sorted(p.name[-10:] for p in out.glob("*.json")) == ["seed0.json", "seed1.json"]
     assert "over 2 seeds" in capsys.readouterr().out
+    # --out FILE.json means that one file: a run that writes two records is refused before any work
+    before = sorted(tmp_path.rglob("*"))
+    assert linear.main([*_common(model_dir, folder, tmp_path / "s.json"), "--epochs", "3", "--seeds", "2"]) == 2
+    assert "--out" in capsys.readouterr().err and sorted(tmp_path.rglob("*")) == before
 
 
 def test_random_init_baseline_is_reproducible_and_distinct():
@@ -151,12 +155,17 @@ def test_knn_rules():
     assert pred.tolist() == [1]
 
 
-def test_knn_cli_records_both_rules(model_dir, folder, tmp_path):
-    assert knn.main(_common(model_dir, folder, tmp_path / "k.json")) == 0
-    names = sorted(p.name for p in tmp_path.glob("k_*.json"))
-    assert names == ["k_knn200.json", "k_knn5.json"]
-    for p in tmp_path.glob("k_*.json"):
-        validate_record(json.loads(p.read_text()))
+def test_knn_cli_records_both_rules(model_dir, folder, tmp_path, capsys):
+    assert knn.main(_common(model_dir, folder, tmp_path / "k")) == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "k").glob("*.json")]
+    assert sorted(r["protocol"]["name"] for r in records) == ["knn200", "knn5"]
+    for r in records:
+        validate_record(r)
+    # one rule into one named file: exactly that file
+    assert knn.main([*_common(model_dir, folder, tmp_path / "k5.json"), "--protocols", "knn5"]) == 0
+    assert json.loads((tmp_path / "k5.json").read_text())["protocol"]["name"] == "knn5"
+    assert knn.main(_common(model_dir, folder, tmp_path / "both.json")) == 2  # two rules, one file: refused
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "both.json").exists()
 
 
 # ---------------------------------------------------------------------------- semi-supervised

@@ -320,10 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``wssl-zoo`` command line; returns the exit status (2 for a usage or input error)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args._run(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        # Errors from wssl-zoo carry a message that names the file / key / value: no traceback.
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"wssl-zoo {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    from .cliargs import run_cli
+
+    # errors from wssl-zoo carry a message that names the file / key / value: no traceback
+    return run_cli(f"wssl-zoo {args.command}", lambda: args._run(args))

@@ -40,9 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bank", type=int, default=d["bank"], help="labelled training images for kNN / probe (default: %(default)s)")
     parser.add_argument("--queries", type=int, default=d["queries"], help="held-out test images (default: %(default)s)")
     parser.add_argument("--out", default="runs/demo", help="output directory (default: %(default)s; replaced)")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    from . import cliargs
+
+    cliargs.add_workers(parser)
+    cliargs.add_seed(parser)
+    cliargs.add_device(parser)
 
 
 def run(args: argparse.Namespace) -> int:

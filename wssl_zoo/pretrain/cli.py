@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-recipes", action="store_true", help="list the recipes with their source and exit")
     parser.add_argument("--show", action="store_true", help="print the resolved recipe as JSON and exit")
     parser.add_argument("--config", help="JSON or TOML file of recipe overrides ({\"epochs\": 10, \"loss.w_size\": 64})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe field, e.g. --set loss.w_iter=2 --set projector.out_dim=128")
+    from .. import cliargs
+
+    cliargs.add_set(parser, example="loss.w_iter=2 --set projector.out_dim=128 (any recipe field)")
     for flag, (_, typ, help_text) in FIELD_FLAGS.items():
         parser.add_argument(flag, type=typ, help=help_text)
     run = parser.add_argument_group("run options")
@@ -50,11 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                     "or torchvision's root for cifar10/cifar100/stl10")
     run.add_argument("--out", help="output directory: checkpoints, logs, and finally the trained model")
     run.add_argument("--resume", action="store_true", help="continue the run found in --out")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    run.add_argument("--workers", type=int, default=4, help="data-loading worker processes (default: 4)")
-    run.add_argument("--seed", type=int, default=0, help="seed of everything: init, data order, augmentation, sub-batches")
-    run.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
-                     help="mixed precision for the backbone and projector; whitening stays float32")
+    cliargs.add_device(run)
+    cliargs.add_workers(run)
+    cliargs.add_seed(run, help_seed="seed of everything: init, data order, augmentation, sub-batches")
+    cliargs.add_amp(run, note="; for the backbone and projector, whitening stays float32")
     run.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs on GPUs)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--eval-every", type=int, help="epochs between kNN / effective-rank monitors (0: never; default: the recipe's)")
@@ -164,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, KeyError, FileNotFoundError, TrainingStopped) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"wssl-zoo pretrain: error: {msg}", file=sys.stderr)
-        return 2
+    from ..cliargs import USER_ERRORS, run_cli
+
+    return run_cli("wssl-zoo pretrain", lambda: run(args), USER_ERRORS + (TrainingStopped,))

@@ -1,0 +1,105 @@
+"""The command-line vocabulary every tool shares: one definition per flag, one error convention.
+
+``wssl-zoo pretrain``, ``python -m eval.linear | eval.knn | eval.semi | eval.spectrum |
+eval.benchmark``, ``python -m detection.train`` and the demo take these flags with one meaning:
+
+- ``--model``: a model spec (:func:`wssl_zoo.weights.resolve`);
+- ``--data ROOT`` / ``--dataset NAME``: where the images are and how to read them;
+- ``--out``: where the tool's output goes (a run folder for pretraining, detection and the demo; for
+  the eval tools the folder their records go to, or one ``.json`` record file when exactly one
+  record is written);
+- ``--workers N``: data-loading worker processes per training/eval process (default: the CPUs this
+  process may use, at most 8);
+- ``--device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun a bare
+  ``cuda`` is this process's ``LOCAL_RANK`` GPU;
+- ``--amp {none,bf16,fp16}``: mixed precision on CUDA;
+- ``--seed S`` (and, for the eval tools, ``--seeds N``: seeds S..S+N-1);
+- ``--set KEY=VALUE``: override one configuration key (repeatable).
+
+Errors a user can fix are one line on stderr, naming the culprit, with exit status 2
+(:func:`run_cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Iterable
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+# What a user can fix: bad flags, files, data, configs. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError, RuntimeError)
+
+
+def default_workers() -> int:
+    """The CPUs this process may use (its affinity), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="registry name or alias, model directory or .safetensors "
+                   "file, hf-hub:ORG/NAME[@REV], or random:ARCH[:STEM[:SIZE]] (random init, the baseline)")
+
+
+def add_workers(p, default: int | None = -1, what: str = "") -> None:
+    """``default=-1`` means :func:`default_workers`; ``None`` lets the tool decide (said in ``what``)."""
+    value = default_workers() if default == -1 else default
+    shown = f"{value}, the CPUs this process may use, at most 8" if default == -1 else (what or "%(default)s")
+    p.add_argument("--workers", type=int, default=value,
+                   help=f"data-loading worker processes per process (default: {shown})")
+
+
+def add_device(p) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N; under torchrun "
+                   "a bare cuda is this process's LOCAL_RANK GPU (default: %(default)s)")
+
+
+def add_amp(p, default: str = "none", note: str = "") -> None:
+    p.add_argument("--amp", choices=AMP_CHOICES, default=default, help="mixed precision on CUDA "
+                   f"(default: %(default)s){note}")
+
+
+def add_seed(p, seeds: bool = False, help_seed: str = "the seed of everything random") -> None:
+    p.add_argument("--seed", type=int, default=0, help=f"{help_seed} (default: %(default)s)")
+    if seeds:
+        p.add_argument("--seeds", type=int, default=1, help="runs with seeds SEED..SEED+N-1; the summary gives mean "
+                       "and std (default: %(default)s)")
+
+
+def add_set(p, dest: str = "set", example: str = "KEY=VALUE") -> None:
+    p.add_argument("--set", dest=dest, action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one configuration key, e.g. --set {example}; repeatable (default: none)")
+
+
+def add_progress(p) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
+
+
+def command_line(prog: str, argv: Iterable[str] | None) -> str:
+    """The command as a user would retype it (recorded in records and configs)."""
+    import shlex
+
+    return " ".join([prog, *map(shlex.quote, list(argv) if argv is not None else sys.argv[1:])])
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` (a KeyError's quotes dropped): its first line names the culprit; a
+    message written with lines of advice after it (how to make unpublished weights) keeps them."""
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    return str(msg).strip() or type(exc).__name__
+
+
+def run_cli(prog: str, run: Callable[[], int], errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
+    """Run ``run()`` and turn an error the user can fix into ``PROG: error: MESSAGE`` on stderr
+    and exit status 2 (argparse's own convention for usage errors)."""
+    try:
+        return run()
+    except errors as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
