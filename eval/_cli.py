@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from wssl_zoo.data.datasets import default_workers
+
 
 def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--model", required=True, help="registry name or alias, model directory, hf-hub:org/name[@rev], "
@@ -20,23 +22,32 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0, help="the first seed (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="runs with seeds SEED..SEED+N-1; the summary has mean and "
                    "std (default: %(default)s)")
-    p.add_argument("--out", metavar="FILE", help="record file (default: zoo/results/<task>_<model>_<protocol>_"
-                   "<dataset>_seed<S>.json); with several seeds, _seed<S> is added before .json")
+    p.add_argument("--out", metavar="FILE", help="record file (default: RESULTS_DIR/<task>_<model>_<protocol>_"
+                   "<dataset>_seed<S>_<id>.json, <id> a short hash of the record's identity); with several seeds, "
+                   "_seed<S> is added before .json")
+    p.add_argument("--results-dir", metavar="DIR", help="folder of the records (default: $WSSL_ZOO_RESULTS or "
+                   "./results); only --results-dir zoo/results adds them to the zoo's published results")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda; under torchrun, cuda means this process's "
                    "LOCAL_RANK GPU (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=default_workers(2), help="data-loading workers (default: "
+                   "%(default)s: at most 2, fewer on a machine with fewer cores)")
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     p.add_argument("--cache-dir", help="feature cache (default: $WSSL_ZOO_CACHE or ~/.cache/wssl_zoo/features)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def record_path(args, task: str, label: str, protocol: str, seed: int) -> Path:
+def record_path(args, task: str, label: str, protocol: str, seed: int, record: dict | None = None) -> Path:
+    """``--out`` (one file per seed), else the default name of ``record`` in the results folder
+    (``--results-dir``, see :func:`wssl_zoo.paths.results_dir`)."""
+    from wssl_zoo.paths import results_dir
+
     from .records import default_record_path
 
     if args.out:
         out = Path(args.out)
         return out if args.seeds == 1 else out.with_name(f"{out.stem}_seed{seed}{out.suffix}")
-    return default_record_path(task, label, protocol, args.dataset, seed)
+    return default_record_path(task, label, protocol, args.dataset, seed, results_dir(getattr(args, "results_dir", None)),
+                               record)
 
 
 def command_line(module: str, argv: list[str] | None) -> str:

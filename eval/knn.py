@@ -78,7 +78,7 @@ def run(args, command: str) -> int:
                                  command=command, extra=dict(model_label=info.label, arch=info.arch, stem=info.stem,
                                                              cache_hit=meta["cache_hit"] and meta_te["cache_hit"],
                                                              train_samples=len(xtr), test_samples=len(xte)))
-            path = record_path(args, "knn", info.label, proto_record["name"], seed)
+            path = record_path(args, "knn", info.label, proto_record["name"], seed, record)
             if args.out and "," in args.protocols:  # one file per rule
                 path = path.with_name(f"{path.stem}_{proto_record['name']}{path.suffix}")
             path = write_record(record, path)

@@ -16,10 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from wssl_zoo.paths import workspace
+
 from ._png import PALETTE, Canvas, text_width
 from .records import RESULTS_DIR, aggregate, read_records
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = workspace()  # see wssl_zoo.paths: the checkout, else $WSSL_ZOO_HOME or the current directory
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 HEADLINE = {"linear": "top1", "knn": "top1", "semi_1pct": "top1", "semi_10pct": "top1", "coco": "bbox_AP",
             "voc": "bbox_AP50", "spectrum": "backbone_effective_rank"}

@@ -254,7 +254,7 @@ def run(args, command: str) -> int:
                              extra=dict(model_label=info.label, arch=info.arch, stem=info.stem,
                                         split_file=str(args.split_file), split_sha256=sha256_file(args.split_file),
                                         labelled_images=len(indices)))
-        path = write_record(record, record_path(args, f"semi_{args.split}", info.label, proto_record["name"], seed))
+        path = write_record(record, record_path(args, f"semi_{args.split}", info.label, proto_record["name"], seed, record))
         print(f"semi {args.split} {proto_record['name']} seed {seed}: "
               + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f" -> {path}")
     return 0

@@ -142,9 +142,11 @@ def default_registry_dir() -> Path:
     env = os.environ.get(REGISTRY_ENV)
     if env:
         return Path(env).expanduser()
-    checkout = Path(__file__).resolve().parent.parent / "zoo" / "models"
-    if checkout.is_dir():  # a source checkout or an editable install
-        return checkout
+    from .paths import checkout as _checkout
+
+    root = _checkout()
+    if root is not None and (root / "zoo" / "models").is_dir():  # a source checkout or an editable install
+        return root / "zoo" / "models"
     return Path(__file__).resolve().parent / "_registry"  # the copy inside an installed wheel
 
 

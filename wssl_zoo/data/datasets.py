@@ -228,6 +228,16 @@ def _check_file(loader: Callable[[str], Image.Image], path: str) -> str | None:
     return None
 
 
+def default_workers(cap: int = 4) -> int:
+    """Data-loading worker processes for this machine: ``min(cap, usable cores - 1)``, at least 0
+    (on a 2-core machine one worker, so the main process keeps a core)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(cap, cores - 1))
+
+
 def scan_images(dataset: ImageFolderDataset, workers: int | None = None, progress: bool = True) -> list[str]:
     """Fully decode every image of ``dataset``; returns the sorted paths that fail.
 
@@ -410,6 +420,12 @@ def _torchvision_dataset(name: str, root: str | os.PathLike | None, split: str) 
         root = root.parent
     folder = root / sub
     if not folder.is_dir():
+        if (root / "train").is_dir():  # an ImageFolder root under a torchvision-dataset recipe
+            heldout = any((root / s).is_dir() for s in ("val", "test"))
+            raise FileNotFoundError(
+                f"{name} not found: {root} is an ImageFolder root (train/<class>/), not torchvision's {sub}/; "
+                f"pass --dataset imagefolder" + ("" if heldout else
+                                                 " and --eval-every 0 (it has no val/ or test/ split)"))
         raise FileNotFoundError(f"{name} not found: {folder} does not exist (torchvision's format); {how}")
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
