@@ -166,8 +166,12 @@ def _slug(text: str) -> str:
 def default_record_path(task: str, model_label: str, protocol_name: str, dataset: str, seed: int,
                         directory: str | Path = RESULTS_DIR, record: dict | None = None) -> Path:
     """``DIR/<task>_<model>_<protocol>_<dataset>_seed<S>[_<id8>].json``; with ``record``, ``id8`` is
-    the first 8 hex digits of its identity, so records of different weights never share a name."""
+    the first 8 hex digits of its identity, so records of different weights never share a name.
+    A protocol name over 40 characters is shortened to its base and the number of overrides."""
     ident = f"_{record_identity(record)[:8]}" if record is not None else ""
+    if len(protocol_name) > 40:  # a long override list: its count (the identity hash keeps sets apart)
+        base, *changes = protocol_name.split("+")
+        protocol_name = f"{base[:40]}+{len(changes)}-overrides"
     return Path(directory) / (f"{_slug(task)}_{_slug(model_label)}_{_slug(protocol_name)}_{_slug(dataset)}"
                               f"_seed{seed}{ident}.json")
 
