@@ -188,7 +188,9 @@ def is_full_evaluation(record: dict) -> str | None:
     proto = record.get("protocol") or {}
     name = str(proto.get("name", ""))
     if "+" in name or proto.get("overrides"):
-        return f"protocol {name!r} has overrides"
+        base, *changes = name.split("+")
+        shown = "+".join(changes) if len("+".join(changes)) <= 60 else f"{len(changes)} overrides"
+        return f"protocol {base!r} with {shown or 'overrides'}"
     for key in ("train_subset", "subset", "test_subset"):
         if proto.get(key) or (record.get("dataset") or {}).get(key):
             return f"{key}={proto.get(key) or record['dataset'].get(key)} (a subset)"
