@@ -40,7 +40,7 @@ def _normal(job: dict) -> Any:
     return json.loads(json.dumps(job, sort_keys=True, default=str))
 
 
-def _listing(folder: Path, limit: int = 4) -> str:
+def _listing(folder: Path, limit: int = 6) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name != MARKER)
     more = f", ... ({len(names)} entries)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
