@@ -218,6 +218,8 @@ def run(args, command: str) -> int:
     from .records import dataset_fingerprint, make_record, write_record
 
     train = build_split(args.dataset, args.data, "train")
+    if not args.make_only:  # every split the run needs is checked before any fine-tuning
+        build_split(args.dataset, args.data, "test")
     percent = args.percent if args.percent is not None else {"1pct": 1, "10pct": 10}[args.split]
     split_seed = args.seed if args.split_seed is None else args.split_seed
     if args.make_split_file:

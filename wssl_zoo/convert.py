@@ -76,6 +76,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, zip errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not re.search(r"[A-Za-z]{3}", first):  # torch's bare "(101)": the unpickler's bad opcode
+            first = f"{type(exc).__name__}: neither a zip archive nor a pickle; corrupt, truncated or another format"
         raise ConversionError(f"{path}: not readable as a weights-only torch checkpoint ({first}). "
                               "Only tensors, numbers and containers are accepted; arbitrary pickled "
                               "objects are refused for safety") from None

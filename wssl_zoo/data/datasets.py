@@ -201,8 +201,10 @@ class ImageFolderDataset(Dataset):
     def _record_bad(self, path: str, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         self.bad_files[path] = reason
-        warnings.warn(f"skipping unreadable image {path} ({reason}); the next readable sample is used instead",
-                      BadImageWarning, stacklevel=3)
+        # warn_explicit at line 0: the warning is one line (no stray source line of the caller below it)
+        warnings.warn_explicit(f"skipping unreadable image {path} ({reason}); the next readable sample is used "
+                               "instead", BadImageWarning, filename="wssl_zoo.data", lineno=0,
+                               module="wssl_zoo.data.datasets")
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         n = len(self.samples)
