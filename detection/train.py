@@ -148,13 +148,13 @@ def claim_out(args, out: Path) -> None:
 
 def warn_cpu_size(ims_per_batch: int, max_iter: int, min_size: int) -> None:
     """One warning when a GPU-sized config is about to run on the CPU, with the flags that shrink it."""
-    if ims_per_batch > 4 or max_iter > 2000 or min_size > 512:
-        warnings.warn(
+    if ims_per_batch > 4 or max_iter > 2000 or min_size > 512:  # line 0: one line, no source line below
+        warnings.warn_explicit(
             f"detection on the CPU with a GPU-sized config (SOLVER.IMS_PER_BATCH={ims_per_batch}, "
             f"SOLVER.MAX_ITER={max_iter}, INPUT.MIN_SIZE_TRAIN up to {min_size}): one iteration can take minutes "
             f"and tens of GB; make it small with --ims-per-batch 2 --max-iter 100 "
             f"--set 'INPUT.MIN_SIZE_TRAIN=(256,)' --set INPUT.MAX_SIZE_TRAIN=480 --set INPUT.MIN_SIZE_TEST=256 "
-            f"--set INPUT.MAX_SIZE_TEST=480 (see docs/detection.md)", stacklevel=2)
+            f"--set INPUT.MAX_SIZE_TEST=480 (see docs/detection.md)", UserWarning, "detection.train", 0)
 
 
 def _fingerprint(paths: list[Path]) -> str:

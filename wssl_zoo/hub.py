@@ -236,10 +236,19 @@ def _check_matches_entry(config: dict, entry: ZooEntry, source: str) -> None:
 
 
 def _staged_files(folder: Path) -> list[Path]:
-    """The files of a staging folder that are published (not its wssl_zoo.outdir marker)."""
+    """The files of a staging folder that are published (not a wssl_zoo.outdir marker)."""
     from .outdir import MARKER
 
     return [p for p in sorted(folder.iterdir()) if p.name != MARKER]
+
+
+def _is_staging(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier staging of publish: its SHA256SUMS lists exactly its files."""
+    try:
+        listed = {line.split(None, 1)[1].strip() for line in (folder / SUMS_FILE).read_text().splitlines() if line.strip()}
+    except (OSError, IndexError, UnicodeDecodeError):
+        return False
+    return listed == {p.name for p in folder.iterdir()} - {SUMS_FILE}
 
 
 def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None,
@@ -276,7 +285,8 @@ def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None
 
     from .outdir import claim
 
-    claim(folder, "publish", dict(repo=repo_id), flag="--staging", overwrite=overwrite, replace_own=True)
+    claim(folder, "publish", dict(repo=repo_id), flag="--staging", overwrite=overwrite, replace_own=True,
+          own=_is_staging(folder), mark=False)  # every staged file is uploaded: no marker; SHA256SUMS says it
     for name in PINNED_FILES + EXTRA_FILES:
         if (src_dir / name).is_file():
             shutil.copyfile(src_dir / name, folder / name)

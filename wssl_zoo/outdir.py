@@ -47,7 +47,8 @@ def _listing(folder: Path, limit: int = 6) -> str:
 
 
 def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", overwrite: bool = False,
-          resume: bool = False, replace_own: bool = False, hint: str = "") -> str:
+          resume: bool = False, replace_own: bool = False, hint: str = "", own: bool | None = None,
+          mark: bool = True) -> str:
     """Make ``folder`` this job's output folder; returns ``"new"`` (created or empty),
     ``"same"`` (this tool's folder for the same job, or any with ``resume``) or ``"replaced"``
     (old contents removed: ``overwrite``, or ``replace_own`` on this tool's earlier output).
@@ -55,6 +56,10 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
     ``resume`` accepts a folder made by the same tool whatever its job, and an unmarked one
     (runs from before markers existed); the caller checks that its contents fit. Raises
     :class:`OutputDirError` naming the folder, a few of its entries and the flags that proceed.
+
+    ``own`` overrides the marker's verdict for a folder that describes itself (a publish staging
+    folder is one whose ``SHA256SUMS`` lists its files); ``mark=False`` writes no marker (a
+    folder whose every file is uploaded).
     """
     from . import __version__
 
@@ -65,7 +70,8 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
     entries = [p for p in folder.iterdir() if p.name != MARKER] if folder.is_dir() else []
     state = "new"
     if entries:
-        own = marker is not None and marker.get("tool") == tool
+        if own is None:
+            own = marker is not None and marker.get("tool") == tool
         if overwrite or (replace_own and own):
             for p in entries:
                 if p.is_dir() and not p.is_symlink():
@@ -73,18 +79,20 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
                 else:
                     p.unlink()
             state = "replaced"
-        elif own and (resume or marker.get("job") == _normal(job)):
+        elif own and marker is not None and (resume or marker.get("job") == _normal(job)):
             return "same"
         elif resume and marker is None:
             return "same"
         else:
-            made = (f"made by {marker.get('tool')} for another job" if own else
+            made = (f"made by {marker.get('tool')} for another job" if own and marker else
                     f"made by {marker.get('tool')}" if marker else "not made by wssl-zoo")
             offer = "pass --resume to continue it, " if hint == "resume" else ""
             raise OutputDirError(
                 f"{flag} {folder}: the folder is not empty ({_listing(folder)}; {made}); "
                 f"{offer}pass --overwrite to delete its contents first, or choose another {flag}")
     folder.mkdir(parents=True, exist_ok=True)
+    if not mark:
+        return state
     from .modelio import atomic_write_bytes
 
     data = dict(tool=tool, version=__version__, job=_normal(job))

@@ -270,7 +270,7 @@ def _parse_entry(path: Path) -> ZooEntry:
     where = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8
         raise RegistryError(f"{where}: invalid TOML ({exc})") from None
     _no_unknown(data, _TOP_KEYS, where)
 
