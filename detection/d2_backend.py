@@ -141,11 +141,13 @@ def run(args, argv: list[str]) -> int:
     from detectron2.engine import launch
 
     from .export import export_detectron2, load_backbone
-    from .train import PROTOCOL_VERSION, _fingerprint, default_record_path, write_record
+    from .train import PROTOCOL_VERSION, _fingerprint, write_record
 
     t0 = time.perf_counter()
+    from .train import claim_out
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(args, out)
     backbone, info = load_backbone(args.model)
     from .configs import load_config
 
@@ -169,17 +171,17 @@ def run(args, argv: list[str]) -> int:
     for iou, vals in results.items():
         for name, value in vals.items():
             key = f"{iou}_{name}"
-            metrics[key] = None if value != value else round(float(value), 4)  # NaN -> None
+            metrics[key] = round(float(value), 4)  # NaN: the record lists it in undefined_metrics
     (out / "eval.json").write_text(json.dumps({"metrics": metrics}, indent=2) + "\n")
     print(json.dumps({"metrics": metrics, "out": str(out)}))
     if not args.no_record:
-        record = Path(args.record) if args.record else default_record_path(info.label, ours["_NAME"], args.seed)
         ann = None
         if args.coco_root:
             from .data import coco_paths
 
             ann = coco_paths(args.coco_root, "val")[0]
-        write_record(path=record, task=task, model=info.spec, weights_sha256=info.weights_sha256,
+        write_record(path=Path(args.record) if args.record else None, results_dir=args.results_dir,
+                     label=info.label, task=task, model=info.spec, weights_sha256=info.weights_sha256,
                      protocol={"name": "+".join([ours["_NAME"], *suffix]), "version": PROTOCOL_VERSION,
                                "backend": "detectron2", "max_iter": cfg.SOLVER.MAX_ITER,
                                "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH},
@@ -187,6 +189,5 @@ def run(args, argv: list[str]) -> int:
                               "fingerprint": _fingerprint([ann]) if ann else None},
                      seed=args.seed, metrics=metrics, wall_seconds=time.perf_counter() - t0,
                      command="python -m detection.train " + shlex.join(argv),
-                     extra={"gpus": gpus, "layout": layout, "export": str(weights)},
-                     device=torch.device("cuda" if gpus else "cpu"))
+                     extra={"gpus": gpus, "layout": layout, "export": str(weights)})
     return 0

@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 8 -m detection.train ...   # DDP (torchvision backend)
     python -m detection.train --backend detectron2 ...   # detectron2's trainer (its own launcher)
 
-The result is a ``zoo/results`` record (task ``coco`` or ``voc``) with COCOeval's AP, AP50, AP75,
+The result is a record (task ``coco`` or ``voc``; in ``--results-dir``, default ./results) with COCOeval's AP, AP50, AP75,
 APs, APm, APl for boxes (and masks), the exact command, and the weights' sha256.
 Errors are one line naming the offending file, key or value, with exit status 2.
 """
@@ -16,19 +16,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_VERSION = 1
-SCHEMA_VERSION = 1
 D2_INSTALL = ("detectron2 is not installed. Install it from source for your torch/CUDA "
               "(python -m pip install 'git+https://github.com/facebookresearch/detectron2.git'; needs a C++ "
               "compiler and the CUDA toolkit; see https://detectron2.readthedocs.io/en/latest/tutorials/install.html), "
@@ -75,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="weights for --eval-only (default: OUT/model_final.pt)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt: iteration, lr schedule, optimizer state (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete what --out holds first when it is not this job's earlier output (default: refuse)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="save OUT/checkpoints/last.pt every N iterations, 0 = only at the end "
                         "(default: SOLVER.CHECKPOINT_PERIOD)")
@@ -89,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-loading worker processes per process (default: the config's DATALOADER.NUM_WORKERS, "
                         f"at most {cliargs.default_workers()}, the CPUs this process may use)")
     p.add_argument("--record", default=None,
-                   help="where to write the zoo/results record "
-                        "(default: zoo/results/detection_<model-label>_<config>_seed<seed>.json)")
+                   help="record file to write (default: RESULTS_DIR/detection_<model-label>_<config>_<dataset>_"
+                        "seed<seed>_<id>.json, <id> a short hash of the record's identity)")
+    p.add_argument("--results-dir", default=None, metavar="DIR",
+                   help="folder of the record (default: $WSSL_ZOO_RESULTS or ./results); only "
+                        "--results-dir zoo/results adds it to the zoo's published results")
     p.add_argument("--no-record", action="store_true", help="do not write a record (default: write one)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar with ETA (default: shown)")
     return p
@@ -138,20 +138,27 @@ def prepare_config(args) -> tuple[dict, list[str]]:
     return cfg, suffix
 
 
-def _git_version() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def claim_out(args, out: Path) -> None:
+    """Make ``--out`` this job's folder (see :mod:`wssl_zoo.outdir`): refused when it holds
+    anything but this job's earlier output, unless ``--resume`` or ``--overwrite``."""
+    from wssl_zoo.outdir import claim
+
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    job = dict(model=args.model, config=args.config, overrides=list(args.overrides), max_iter=args.max_iter,
+               ims_per_batch=args.ims_per_batch, seed=args.seed, data=str(args.coco_root or args.voc_root))
+    claim(out, "detection.train", job, overwrite=args.overwrite, resume=args.resume or args.eval_only, hint="resume")
 
 
-def _hardware(device) -> str:
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        return f"{torch.cuda.get_device_name(device)} x{torch.cuda.device_count()}"
-    return f"{platform.machine()}, {os.cpu_count()} threads"
+def warn_cpu_size(ims_per_batch: int, max_iter: int, min_size: int) -> None:
+    """One warning when a GPU-sized config is about to run on the CPU, with the flags that shrink it."""
+    if ims_per_batch > 4 or max_iter > 2000 or min_size > 512:  # line 0: one line, no source line below
+        warnings.warn_explicit(
+            f"detection on the CPU with a GPU-sized config (SOLVER.IMS_PER_BATCH={ims_per_batch}, "
+            f"SOLVER.MAX_ITER={max_iter}, INPUT.MIN_SIZE_TRAIN up to {min_size}): one iteration can take minutes "
+            f"and tens of GB; make it small with --ims-per-batch 2 --max-iter 100 "
+            f"--set 'INPUT.MIN_SIZE_TRAIN=(256,)' --set INPUT.MAX_SIZE_TRAIN=480 --set INPUT.MIN_SIZE_TEST=256 "
+            f"--set INPUT.MAX_SIZE_TEST=480 (see docs/detection.md)", UserWarning, "detection.train", 0)
 
 
 def _fingerprint(paths: list[Path]) -> str:
@@ -162,42 +169,19 @@ def _fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def default_record_path(label: str, config: str, seed: int) -> Path:
-    return REPO_ROOT / "zoo" / "results" / f"detection_{label}_{config}_seed{seed}.json"
+def write_record(*, path: Path | None, results_dir: str | None, label: str, task: str, model: str,
+                 weights_sha256: str, protocol: dict, dataset: dict, seed: int, metrics: dict, wall_seconds: float,
+                 command: str, extra: dict) -> Path:
+    """Write the detection record with the one record writer (:mod:`wssl_zoo.records`) to ``path``
+    (``--record``), else under ``results_dir`` (``--results-dir``, see :func:`wssl_zoo.paths.results_dir`)
+    with the identity-hashed default name; NaN / None metrics become ``undefined_metrics``."""
+    from wssl_zoo.paths import results_dir as _results_dir
+    from wssl_zoo.records import make_record, record_file
+    from wssl_zoo.records import write_record as _write
 
-
-def write_record(*, path: Path, task: str, model: str, weights_sha256: str | None, protocol: dict, dataset: dict,
-                 seed: int, metrics: dict, wall_seconds: float, command: str, extra: dict, device) -> dict:
-    """Write the zoo/results record with eval.records when present, else with the same keys here."""
-    import torch
-
-    try:
-        from eval import records as rec_mod  # written by another part of the project
-    except ImportError:
-        rec_mod = None
-    if rec_mod is not None and hasattr(rec_mod, "make_record"):
-        try:
-            rec = rec_mod.make_record(task=task, model=model, weights_sha256=weights_sha256, protocol=protocol,
-                                      dataset=dataset, seed=seed, metrics=metrics, wall_seconds=wall_seconds,
-                                      command=command, extra=extra)
-            if hasattr(rec_mod, "validate_record"):
-                rec_mod.validate_record(rec)
-        except (TypeError, ValueError) as exc:  # keep the run's numbers; say why the shared writer refused
-            warnings.warn(f"eval.records refused the detection record ({_one_line(exc)}); "
-                          f"writing {path} with detection.train's own writer")
-        else:
-            rec_mod.write_record(rec, path)
-            return rec
-    from wssl_zoo.modelio import atomic_write_bytes
-
-    rec = {"schema_version": SCHEMA_VERSION, "task": task, "model": model, "weights_sha256": weights_sha256,
-           "protocol": protocol, "dataset": dataset, "seed": seed, "metrics": metrics,
-           "wall_seconds": round(wall_seconds, 3), "command": command, "hardware": _hardware(device),
-           "torch": torch.__version__, "code_version": _git_version(),
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    rec.update({k: v for k, v in extra.items() if k not in rec})  # flat, as eval.records writes them
-    atomic_write_bytes(path, (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode())
-    return rec
+    rec = make_record(task=task, model=model, weights_sha256=weights_sha256, protocol=protocol, dataset=dataset,
+                      seed=seed, metrics=metrics, wall_seconds=wall_seconds, command=command, extra=extra)
+    return _write(rec, path or record_file(rec, label, _results_dir(results_dir)))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -238,10 +222,13 @@ def run_torchvision(args, argv: list[str]) -> int:
         warnings.warn(f"MODEL.ROI_HEADS.NUM_CLASSES {s.num_classes} -> {n_cls} (the dataset's categories)")
         s.num_classes = n_cls
     rank, world, device = tv.setup_distributed(args.device)
+    if device.type == "cpu" and rank == 0:
+        warn_cpu_size(s.ims_per_batch, s.max_iter, max(s.min_size_train))
+    out = Path(args.out)
+    if rank == 0:
+        claim_out(args, out)
     tv.seed_everything(args.seed + rank)
     model = tv.build_model(backbone, s, stem=info.stem)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"config": cfg["_NAME"], "model": info.spec, "settings": s.as_dict()}
     summary: dict[str, Any] = {}
     if args.eval_only:
@@ -264,7 +251,6 @@ def run_torchvision(args, argv: list[str]) -> int:
     print(json.dumps({"metrics": result["metrics"], "iterations": summary.get("iterations"),
                       "out": str(out)}))
     if not args.no_record:
-        record = Path(args.record) if args.record else default_record_path(info.label, cfg["_NAME"], args.seed)
         protocol = {"name": "+".join([cfg["_NAME"], *suffix]), "version": PROTOCOL_VERSION,
                     "config": cfg["_NAME"], "backend": "torchvision", "arch": s.arch, "mask_on": s.mask_on,
                     "max_iter": s.max_iter, "steps": list(s.steps), "warmup_iters": s.warmup_iters,
@@ -279,9 +265,10 @@ def run_torchvision(args, argv: list[str]) -> int:
                  "world_size": world, "device": str(device), "amp": s.amp and device.type == "cuda",
                  "num_classes": s.num_classes, "data_root": str(args.coco_root or args.voc_root),
                  "train_images": len(train_set), "test_images": len(test_set)}
-        write_record(path=record, task=task, model=info.spec, weights_sha256=info.weights_sha256,
-                     protocol=protocol, dataset=dataset, seed=args.seed, metrics=result["metrics"],
-                     wall_seconds=wall, command=command, extra=extra, device=device)
+        record = write_record(path=Path(args.record) if args.record else None, results_dir=args.results_dir,
+                              label=info.label, task=task, model=info.spec, weights_sha256=info.weights_sha256,
+                              protocol=protocol, dataset=dataset, seed=args.seed, metrics=result["metrics"],
+                              wall_seconds=wall, command=command, extra=extra)
         print(f"record: {record}", file=sys.stderr)
     return 0
 

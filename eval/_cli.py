@@ -21,10 +21,13 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
                    help="how to read ROOT (default: %(default)s)")
     cliargs.add_seed(p, seeds=True, help_seed="the first seed")
     p.add_argument("--out", metavar="DIR|FILE.json", help="where the records go: a folder, or one .json file when "
-                   "exactly one record is written (default: zoo/results/<task>_<model>_<protocol>_<dataset>_"
-                   "seed<S>.json)")
+                   "exactly one record is written (default: --results-dir)")
+    p.add_argument("--results-dir", metavar="DIR", help="folder of the records when --out is not given (default: "
+                   "$WSSL_ZOO_RESULTS or ./results); only --results-dir zoo/results adds them to the zoo's published "
+                   "results. Records are named <task>_<model>_<protocol>_<dataset>_seed<S>_<id>.json, <id> a short "
+                   "hash of the record's identity")
     cliargs.add_device(p)
-    cliargs.add_workers(p)
+    cliargs.add_workers(p, cap=2)
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     p.add_argument("--cache-dir", help="feature cache (default: $WSSL_ZOO_CACHE or ~/.cache/wssl_zoo/features)")
     cliargs.add_progress(p)
@@ -37,15 +40,19 @@ def check_out(args, records: int) -> None:
                          "(--out DIR) instead of one .json file")
 
 
-def record_path(args, task: str, label: str, protocol: str, seed: int) -> Path:
+def record_path(args, task: str, label: str, protocol: str, seed: int, record: dict | None = None) -> Path:
     """The record file of one (task, model, protocol, seed): ``--out`` when it is a .json file
-    (see :func:`check_out`), else the default name inside ``--out`` (or the default folder)."""
-    from .records import RESULTS_DIR, default_record_path
+    (see :func:`check_out`), else the default name of ``record`` inside ``--out``, or inside the
+    results folder (``--results-dir``, see :func:`wssl_zoo.paths.results_dir`)."""
+    from wssl_zoo.paths import results_dir
+
+    from .records import default_record_path
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix == ".json":
         return out
-    return default_record_path(task, label, protocol, args.dataset, seed, out or RESULTS_DIR)
+    folder = out if out is not None else results_dir(getattr(args, "results_dir", None))
+    return default_record_path(task, label, protocol, args.dataset, seed, folder, record)
 
 
 def command_line(module: str, argv: list[str] | None) -> str:

@@ -68,7 +68,9 @@ def eval_tf(info: ModelInfo, dataset: str):
 
 
 def cache_dir(override: str | None = None) -> Path:
-    return Path(override or os.environ.get("WSSL_ZOO_CACHE") or Path.home() / ".cache" / "wssl_zoo" / "features")
+    from wssl_zoo.paths import cache_dir as _cache_dir
+
+    return _cache_dir(override)
 
 
 def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str, device: torch.device,

@@ -62,7 +62,7 @@ def run(args, command: str) -> int:
                                  command=command, extra=dict(model_label=info.label, arch=info.arch, stem=info.stem,
                                                              cache_hit=meta["cache_hit"] and meta_te["cache_hit"],
                                                              train_samples=len(xtr), test_samples=len(xte)))
-            path = write_record(record, record_path(args, "knn", info.label, proto_record["name"], seed))
+            path = write_record(record, record_path(args, "knn", info.label, proto_record["name"], seed, record))
             print(f"knn {proto_record['name']} seed {seed}: top1 {metrics['top1']:.2f} -> {path}")
     return 0
 

@@ -194,7 +194,7 @@ def evaluate(args, command: str, seed: int) -> dict:
                          dataset=dict(name=args.dataset, root=str(args.data), fingerprint=fingerprint),
                          seed=seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
                          extra=dict(extra, model_label=info.label, arch=info.arch, stem=info.stem))
-    path = write_record(record, record_path(args, "linear", info.label, proto_record["name"], seed))
+    path = write_record(record, record_path(args, "linear", info.label, proto_record["name"], seed, record))
     print(f"linear {proto_record['name']} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
           + f"  ({record['wall_seconds']:.1f} s) -> {path}")
     return record

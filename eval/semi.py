@@ -219,6 +219,8 @@ def run(args, command: str) -> int:
 
     check_out(args, args.seeds)
     train = build_split(args.dataset, args.data, "train")
+    if not args.make_only:  # every split the run needs is checked before any fine-tuning
+        build_split(args.dataset, args.data, "test")
     percent = args.percent if args.percent is not None else {"1pct": 1, "10pct": 10}[args.split]
     split_seed = args.seed if args.split_seed is None else args.split_seed
     if args.make_split_file:
@@ -255,7 +257,7 @@ def run(args, command: str) -> int:
                              extra=dict(model_label=info.label, arch=info.arch, stem=info.stem,
                                         split_file=str(args.split_file), split_sha256=sha256_file(args.split_file),
                                         labelled_images=len(indices)))
-        path = write_record(record, record_path(args, f"semi_{args.split}", info.label, proto_record["name"], seed))
+        path = write_record(record, record_path(args, f"semi_{args.split}", info.label, proto_record["name"], seed, record))
         print(f"semi {args.split} {proto_record['name']} seed {seed}: "
               + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f" -> {path}")
     return 0

@@ -91,7 +91,7 @@ def run(args, command: str) -> int:
                          seed=args.seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
                          extra=dict(model_label=info.label, samples=len(x),
                                     eigenvalues={k: [float(f"{v:.6g}") for v in ev.tolist()] for k, ev in spectra.items()}))
-    path = write_record(record, record_path(args, "spectrum", info.label, "spectrum", args.seed))
+    path = write_record(record, record_path(args, "spectrum", info.label, "spectrum", args.seed, record))
     png = Path(args.plot) if args.plot else path.with_suffix(".png")
     plot(spectra, png)
     print(", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f" -> {path}, {png}")

@@ -29,3 +29,9 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (set WSSL_SHARED_DIR)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _adhoc_results(tmp_path, monkeypatch):
+    """Ad-hoc records of a test go to its own folder, never to the checkout's ./results."""
+    monkeypatch.setenv("WSSL_ZOO_RESULTS", str(tmp_path / "results"))

@@ -115,7 +115,7 @@ def test_every_linear_protocol_runs(model_dir, folder, tmp_path):
 def test_several_seeds_write_one_record_each(model_dir, folder, tmp_path, capsys):
     out = tmp_path / "seeds"
     assert linear.main([*_common(model_dir, folder, out), "--epochs", "3", "--seeds", "2"]) == 0
-    assert sorted(p.name[-10:] for p in out.glob("*.json")) == ["seed0.json", "seed1.json"]
+    assert sorted(json.loads(p.read_text())["seed"] for p in out.glob("*.json")) == [0, 1]
     assert "over 2 seeds" in capsys.readouterr().out
     # --out FILE.json means that one file: a run that writes two records is refused before any work
     before = sorted(tmp_path.rglob("*"))

@@ -100,8 +100,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, tiny_data):
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
     assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before the kill"
-    resumed = _cli(["--out", str(tmp_path / "killed"), "--resume", "--data", str(tiny_data), "--workers", "0",
-                    "--eval-every", "0", "--no-progress", "--checkpoint-every", "1"])
+    # the README's command: recipe, --data, --eval-every, --checkpoint-every come from train_config.json
+    resumed = _cli(["--out", str(tmp_path / "killed"), "--resume", "--workers", "0", "--no-progress"])
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
     a = (tmp_path / "full" / "model.safetensors").read_bytes()
     b = (tmp_path / "killed" / "model.safetensors").read_bytes()

@@ -14,7 +14,7 @@ Public API::
     model = w.build()                      #   w.eval_transform(ds), w.build_projector()
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = ("create", "get_entry", "list_models", "load")
 

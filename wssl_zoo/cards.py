@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .paths import cards_dir, zoo_results_dir
 from .registry import ZooEntry, get_entry, list_models
 
-REPO = Path(__file__).resolve().parent.parent
-CARDS_DIR = REPO / "MODEL_CARDS"
-RESULTS_DIR = REPO / "zoo" / "results"
+CARDS_DIR = cards_dir()  # see wssl_zoo.paths: the checkout's, else $WSSL_ZOO_HOME or the current directory
+RESULTS_DIR = zoo_results_dir()
 
 DATASET_NAMES = {"imagenet": "ImageNet-1k", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10",
                  "coco": "COCO 2017", "voc07+12": "PASCAL VOC 07+12", "fashion_mnist": "Fashion-MNIST"}

@@ -34,9 +34,9 @@ RESULTS_START, RESULTS_END = "<!-- pretrain-results:start -->", "<!-- pretrain-r
 
 
 def results_dir():
-    from pathlib import Path
+    from .paths import zoo_results_dir
 
-    return Path(__file__).resolve().parent.parent / "zoo" / "results"
+    return zoo_results_dir()
 
 
 def pretrain_results_table() -> str:
@@ -228,7 +228,9 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
                    "directory by `convert --entry`, else the entry named like the repo; none if nothing matches)")
     p.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
     p.add_argument("--staging", metavar="DIR", help="where to write that folder (default with --dry-run: "
-                   "runs/publish/ORG--NAME; otherwise a temporary folder)")
+                   "runs/publish/ORG--NAME; otherwise a temporary folder); a folder that is not an earlier publish staging "
+                   "is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="delete what --staging holds first")
     p.add_argument("--message", help="the commit message (default: 'wssl-zoo publish SOURCE')")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--cards-dir", metavar="DIR", help="where the refreshed card goes (default: MODEL_CARDS/)")
@@ -241,7 +243,7 @@ def _publish_run(args: argparse.Namespace) -> int:
 
     publish(args.source, args.repo, dry_run=args.dry_run, staging=Path(args.staging) if args.staging else None,
             entry_name=args.entry, message=args.message, private=args.private,
-            cards_dir=Path(args.cards_dir) if args.cards_dir else None)
+            cards_dir=Path(args.cards_dir) if args.cards_dir else None, overwrite=args.overwrite)
     return 0
 
 
@@ -256,7 +258,10 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="layout", required=True, choices=sorted(LAYOUTS),
                    help="whose code saved the checkpoint")
     p.add_argument("ckpt", metavar="CKPT", help="the checkpoint file (.pth / .pth.tar)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the model directory to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="the model directory to write: new, empty, or this "
+                   "same conversion's earlier output")
+    p.add_argument("--overwrite", action="store_true", help="delete what --out holds first (any other folder is "
+                   "refused, so no stale projector, logs or checkpoints stay next to the new weights)")
     p.add_argument("--entry", metavar="NAME", help="the registry entry these weights are (sets arch, stem, "
                    "normalisation and input size, checked against the tensors; `publish` then pins it)")
     p.add_argument("--arch", help="timm ResNet name (default: inferred from the tensors)")
@@ -273,7 +278,8 @@ def _convert_run(args: argparse.Namespace) -> int:
     from .convert import convert_checkpoint
 
     prov = convert_checkpoint(args.layout, args.ckpt, args.out, entry=args.entry, arch=args.arch, stem=args.stem,
-                              dataset=args.dataset, img_size=args.img_size, branch=args.branch)
+                              dataset=args.dataset, img_size=args.img_size, branch=args.branch,
+                              overwrite=args.overwrite)
     print(f"converted {args.ckpt} ({prov['layout']}, {prov['arch']}, {prov['stem']} stem, "
           f"{prov['backbone_tensors']} backbone tensors from prefix {prov['prefixes']['backbone']!r}"
           + (f", projector {prov['projector']}" if prov["projector"] else ", no projector")

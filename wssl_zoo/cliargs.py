@@ -8,8 +8,8 @@ eval.benchmark``, ``python -m detection.train`` and the demo take these flags wi
 - ``--out``: where the tool's output goes (a run folder for pretraining, detection and the demo; for
   the eval tools the folder their records go to, or one ``.json`` record file when exactly one
   record is written);
-- ``--workers N``: data-loading worker processes per training/eval process (default: the CPUs this
-  process may use, at most 8);
+- ``--workers N``: data-loading worker processes per training/eval process (default: the usable
+  cores less one, capped per tool);
 - ``--device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun a bare
   ``cuda`` is this process's ``LOCAL_RANK`` GPU;
 - ``--amp {none,bf16,fp16}``: mixed precision on CUDA;
@@ -33,13 +33,14 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFou
                                                 IsADirectoryError, PermissionError, RuntimeError)
 
 
-def default_workers() -> int:
-    """The CPUs this process may use (its affinity), at most 8."""
+def default_workers(cap: int = 8) -> int:
+    """Data-loading worker processes for this machine: ``min(cap, usable cores - 1)``, at least 0
+    (on a 2-core machine one worker, so the main process keeps a core)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+        cores = os.cpu_count() or 1
+    return max(0, min(cap, cores - 1))
 
 
 def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -47,10 +48,10 @@ def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
                    "file, hf-hub:ORG/NAME[@REV], or random:ARCH[:STEM[:SIZE]] (random init, the baseline)")
 
 
-def add_workers(p, default: int | None = -1, what: str = "") -> None:
-    """``default=-1`` means :func:`default_workers`; ``None`` lets the tool decide (said in ``what``)."""
-    value = default_workers() if default == -1 else default
-    shown = f"{value}, the CPUs this process may use, at most 8" if default == -1 else (what or "%(default)s")
+def add_workers(p, default: int | None = -1, what: str = "", cap: int = 8) -> None:
+    """``default=-1`` means :func:`default_workers` (``cap``); ``None`` lets the tool decide (said in ``what``)."""
+    value = default_workers(cap) if default == -1 else default
+    shown = (f"{value}: the usable cores less one, at most {cap}" if default == -1 else (what or "%(default)s"))
     p.add_argument("--workers", type=int, default=value,
                    help=f"data-loading worker processes per process (default: {shown})")
 
@@ -60,13 +61,15 @@ def add_device(p) -> None:
                    "a bare cuda is this process's LOCAL_RANK GPU (default: %(default)s)")
 
 
-def add_amp(p, default: str = "none", note: str = "") -> None:
+def add_amp(p, default: str | None = "none", note: str = "", shown: str = "%(default)s") -> None:
     p.add_argument("--amp", choices=AMP_CHOICES, default=default, help="mixed precision on CUDA "
-                   f"(default: %(default)s){note}")
+                   f"(default: {shown}){note}")
 
 
-def add_seed(p, seeds: bool = False, help_seed: str = "the seed of everything random") -> None:
-    p.add_argument("--seed", type=int, default=0, help=f"{help_seed} (default: %(default)s)")
+def add_seed(p, seeds: bool = False, help_seed: str = "the seed of everything random", default: int | None = 0,
+             shown: str = "%(default)s") -> None:
+    """``default=None`` lets the tool fill it in (e.g. from a resumed run's config; say so in ``shown``)."""
+    p.add_argument("--seed", type=int, default=default, help=f"{help_seed} (default: {shown})")
     if seeds:
         p.add_argument("--seeds", type=int, default=1, help="runs with seeds SEED..SEED+N-1; the summary gives mean "
                        "and std (default: %(default)s)")

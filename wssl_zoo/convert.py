@@ -76,6 +76,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, zip errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not re.search(r"[A-Za-z]{3}", first):  # torch's bare "(101)": the unpickler's bad opcode
+            first = f"{type(exc).__name__}: neither a zip archive nor a pickle; corrupt, truncated or another format"
         raise ConversionError(f"{path}: not readable as a weights-only torch checkpoint ({first}). "
                               "Only tensors, numbers and containers are accepted; arbitrary pickled "
                               "objects are refused for safety") from None
@@ -235,12 +237,15 @@ def check_features(timm_model: nn.Module, reference: nn.Module, img_size: int, s
 
 def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, entry: str | None = None,
                        arch: str | None = None, stem: str | None = None, dataset: str | None = None,
-                       img_size: int | None = None, branch: str = "online", tolerance: float = 1e-9) -> dict:
+                       img_size: int | None = None, branch: str = "online", tolerance: float = 1e-9,
+                       overwrite: bool = False) -> dict:
     """Convert ``ckpt`` (saved by the official code of ``layout_name``) into the model directory ``out``.
 
     Architecture, stem and preprocessing come from the registry ``entry`` when given (and are
     checked against the tensors), otherwise from the tensors plus ``dataset``. Returns the
-    provenance written to ``out/convert.json``.
+    provenance written to ``out/convert.json``. ``out`` must be new, empty or this same
+    conversion's earlier output; ``overwrite`` deletes anything else in it first (a stale
+    projector, training logs or checkpoints would otherwise be published with the new weights).
     """
     from .data.datasets import dataset_stats
     from .encoders import create_backbone
@@ -304,8 +309,12 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
         extra["registry_name"] = e.name
     from .modelio import atomic_write_bytes
 
+    from .outdir import claim
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    job = dict(layout=layout_name, source_sha256=provenance["source_sha256"], entry=entry, arch=arch, stem=stem,
+               dataset=dataset, img_size=img_size, branch=branch)
+    claim(out, "convert", job, overwrite=overwrite)
     atomic_write_bytes(out / "convert.json", (json.dumps(provenance, indent=2, sort_keys=True) + "\n").encode())
     # config.json is written last: a directory with one is complete.
     save_model_dir(out, timm_model, arch=arch, stem=stem, mean=mean, std=std, img_size=img_size,

@@ -39,27 +39,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=int, default=d["train_subset"], help="class-balanced training images (default: %(default)s)")
     parser.add_argument("--bank", type=int, default=d["bank"], help="labelled training images for kNN / probe (default: %(default)s)")
     parser.add_argument("--queries", type=int, default=d["queries"], help="held-out test images (default: %(default)s)")
-    parser.add_argument("--out", default="runs/demo", help="output directory (default: %(default)s; replaced)")
+    parser.add_argument("--out", default="runs/demo", help="output directory (default: %(default)s); an earlier demo "
+                        "run there is replaced, any other non-empty folder is refused")
+    parser.add_argument("--overwrite", action="store_true", help="delete what --out holds first, even when it is "
+                        "not a demo run")
     from . import cliargs
 
-    cliargs.add_workers(parser)
+    cliargs.add_workers(parser, cap=2)
     cliargs.add_seed(parser)
     cliargs.add_device(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
     from .data.transforms import derive_seed
     from .encoders import create_backbone
+    from .outdir import claim
     from .pretrain.loop import RunOptions, pretrain
     from .pretrain.recipes import resolve_recipe
 
     out = Path(args.out)
-    if out.exists():
-        if not (out / "train_config.json").is_file() and any(out.iterdir()):
-            raise ValueError(f"{out} exists and is not a previous demo run; choose another --out")
-        shutil.rmtree(out)
     overrides = dict(dataset=args.dataset, arch=args.arch, stem=args.stem, img_size=args.img_size,
                      epochs=args.epochs, batch_size=args.batch_size, eval_every=max(args.epochs, 1))
     if args.method != "intl":
@@ -74,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
           f"{args.batch_size} images x {recipe.num_views} views", flush=True)
     start = time.perf_counter()
     opts = RunOptions(out=out, data=args.data, device=args.device, workers=args.workers, seed=args.seed,
-                      eval_every=0, steps_per_epoch=args.steps_per_epoch, train_subset=args.train_subset)
+                      eval_every=0, steps_per_epoch=args.steps_per_epoch, train_subset=args.train_subset,
+                      owner="demo")
+    recipe = recipe.validate()  # every check before anything in --out is deleted
+    if args.data is None and args.dataset != "fashion_mnist":
+        raise ValueError(f"--dataset {args.dataset} needs --data ROOT")
+    # only a previous demo run (its marker says so) is replaced; anything else needs --overwrite
+    claim(out, "demo", dict(recipe=recipe.to_dict(), data=str(args.data), seed=args.seed), overwrite=args.overwrite,
+          replace_own=True)
     pretrain(recipe, opts)
     train_time = time.perf_counter() - start
 
@@ -101,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
           f"pretraining {train_time:.0f} s, total {total:.0f} s. Model: {out} (wssl_zoo.load('{out}')).")
     result = dict(command=" ".join(["python -m wssl_zoo.demo", *sys.argv[1:]]), args=vars(args) | {"out": str(out)},
                   results=rows, pretrain_seconds=train_time, total_seconds=total)
-    (out / "demo_results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    from .modelio import atomic_write_bytes
+
+    atomic_write_bytes(out / "demo_results.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
     return 0
 
 

@@ -222,9 +222,27 @@ def _check_matches_entry(config: dict, entry: ZooEntry, source: str) -> None:
                          f"{entry.name!r} is a {entry.arch} ({entry.stem} stem); pass the right --entry")
 
 
+def _staged_files(folder: Path) -> list[Path]:
+    """The files of a staging folder that are published (not a wssl_zoo.outdir marker)."""
+    from .outdir import MARKER
+
+    return [p for p in sorted(folder.iterdir()) if p.name != MARKER]
+
+
+def _is_staging(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier staging of publish: its SHA256SUMS lists exactly its files."""
+    try:
+        listed = {line.split(None, 1)[1].strip() for line in (folder / SUMS_FILE).read_text().splitlines() if line.strip()}
+    except (OSError, IndexError, UnicodeDecodeError):
+        return False
+    return listed == {p.name for p in folder.iterdir()} - {SUMS_FILE}
+
+
 def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None,
-          cards_results_dir: Path | None = None) -> tuple[dict[str, str], dict[str, int], ZooEntry | None]:
-    """Write the files of a publication of ``source`` to ``folder`` (emptied first).
+          cards_results_dir: Path | None = None,
+          overwrite: bool = False) -> tuple[dict[str, str], dict[str, int], ZooEntry | None]:
+    """Write the files of a publication of ``source`` to ``folder``: new, empty or an earlier
+    staging folder of publish (replaced); anything else is refused unless ``overwrite``.
 
     ``source`` is a model directory (pretraining output or converted checkpoint) or a published
     registry name. Returns ``(sha256 per file, size per file, registry entry or None)``.
@@ -252,13 +270,14 @@ def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None
     if entry is not None:
         _check_matches_entry(config, entry, str(source))
 
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    from .outdir import claim
+
+    claim(folder, "publish", dict(repo=repo_id), flag="--staging", overwrite=overwrite, replace_own=True,
+          own=_is_staging(folder), mark=False)  # every staged file is uploaded: no marker; SHA256SUMS says it
     for name in PINNED_FILES + EXTRA_FILES:
         if (src_dir / name).is_file():
             shutil.copyfile(src_dir / name, folder / name)
-    hashes = {p.name: _sha256(p) for p in sorted(folder.iterdir())}
+    hashes = {p.name: _sha256(p) for p in _staged_files(folder)}
     if entry is not None:
         pinned = {k: v for k, v in hashes.items() if k in PINNED_FILES}
         draft = dataclasses.replace(entry, hub=HubInfo(repo_id=repo_id, revision="", files=pinned))
@@ -268,7 +287,7 @@ def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None
     (folder / "README.md").write_text(card)
     hashes["README.md"] = _sha256(folder / "README.md")
     (folder / SUMS_FILE).write_text("".join(f"{d}  {n}\n" for n, d in sorted(hashes.items())))
-    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    sizes = {p.name: p.stat().st_size for p in _staged_files(folder)}
     return hashes, sizes, entry
 
 
@@ -309,7 +328,7 @@ def update_registry_hub(path: Path, repo_id: str, revision: str, files: dict[str
 
 def publish(source: str, repo_id: str, *, dry_run: bool = False, staging: Path | None = None,
             entry_name: str | None = None, message: str | None = None, cards_dir: Path | None = None,
-            private: bool = False, progress=print) -> PublishResult:
+            private: bool = False, progress=print, overwrite: bool = False) -> PublishResult:
     """Stage ``source`` and, unless ``dry_run``, upload it to ``repo_id`` in one commit.
 
     After an upload the pinned files are downloaded back at the new commit and compared with the
@@ -331,7 +350,7 @@ def publish(source: str, repo_id: str, *, dry_run: bool = False, staging: Path |
     try:
         if not dry_run:
             _require_token()
-        hashes, sizes, entry = stage(source, repo_id, staging, entry_name)
+        hashes, sizes, entry = stage(source, repo_id, staging, entry_name, overwrite=overwrite)
         pinned = {k: v for k, v in hashes.items() if k in PINNED_FILES}
         progress(f"staged {len(hashes)} files for {repo_id} in {staging}:")
         for name in sorted(hashes):
@@ -379,7 +398,7 @@ def _upload(folder: Path, repo_id: str, message: str, private: bool) -> str:
     api = HfApi()
     try:
         api.create_repo(repo_id, exist_ok=True, private=private)
-        ops = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(folder.iterdir())]
+        ops = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in _staged_files(folder)]
         info = api.create_commit(repo_id, operations=ops, commit_message=message)
     except Exception as exc:  # noqa: BLE001 - HfHubHTTPError, httpx errors
         raise HubError(f"upload to {repo_id} failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "

@@ -161,9 +161,11 @@ def default_registry_dir() -> Path:
     env = os.environ.get(REGISTRY_ENV)
     if env:
         return Path(env).expanduser()
-    checkout = Path(__file__).resolve().parent.parent / "zoo" / "models"
-    if checkout.is_dir():  # a source checkout or an editable install
-        return checkout
+    from .paths import checkout as _checkout
+
+    root = _checkout()
+    if root is not None and (root / "zoo" / "models").is_dir():  # a source checkout or an editable install
+        return root / "zoo" / "models"
     return Path(__file__).resolve().parent / "_registry"  # the copy inside an installed wheel
 
 
@@ -287,7 +289,7 @@ def _parse_entry(path: Path) -> ZooEntry:
     where = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8
         raise RegistryError(f"{where}: invalid TOML ({exc})") from None
     _no_unknown(data, _TOP_KEYS, where)
 

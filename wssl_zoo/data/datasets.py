@@ -203,8 +203,10 @@ class ImageFolderDataset(Dataset):
     def _record_bad(self, path: str, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         self.bad_files[path] = reason
-        warnings.warn(f"skipping unreadable image {path} ({reason}); the next readable sample is used instead",
-                      BadImageWarning, stacklevel=3)
+        # warn_explicit at line 0: the warning is one line (no stray source line of the caller below it)
+        warnings.warn_explicit(f"skipping unreadable image {path} ({reason}); the next readable sample is used "
+                               "instead", BadImageWarning, filename="wssl_zoo.data", lineno=0,
+                               module="wssl_zoo.data.datasets")
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         n = len(self.samples)
@@ -412,6 +414,12 @@ def _torchvision_dataset(name: str, root: str | os.PathLike | None, split: str) 
         root = root.parent
     folder = root / sub
     if not folder.is_dir():
+        if (root / "train").is_dir():  # an ImageFolder root under a torchvision-dataset recipe
+            heldout = any((root / s).is_dir() for s in ("val", "test"))
+            raise FileNotFoundError(
+                f"{name} not found: {root} is an ImageFolder root (train/<class>/), not torchvision's {sub}/; "
+                f"pass --dataset imagefolder" + ("" if heldout else
+                                                 " and --eval-every 0 (it has no val/ or test/ split)"))
         raise FileNotFoundError(f"{name} not found: {folder} does not exist (torchvision's format); {how}")
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:

@@ -50,19 +50,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--data", help="dataset root: ImageFolder root with train/<class>/ (val/ for the kNN monitor), "
                                     "or torchvision's root for cifar10/cifar100/stl10")
     run.add_argument("--out", help="output directory: checkpoints, logs, and finally the trained model")
-    run.add_argument("--resume", action="store_true", help="continue the run found in --out")
+    run.add_argument("--resume", action="store_true", help="continue the run found in --out; recipe, --data, --seed "
+                     "and the other run options not given again come from OUT/train_config.json")
+    run.add_argument("--overwrite", action="store_true", help="delete what --out holds first (by default a non-empty "
+                     "folder that is not this run's is refused)")
     cliargs.add_device(run)
-    cliargs.add_workers(run)
-    cliargs.add_seed(run, help_seed="seed of everything: init, data order, augmentation, sub-batches")
-    cliargs.add_amp(run, note="; for the backbone and projector, whitening stays float32")
+    cliargs.add_workers(run, default=None, what=f"{cliargs.default_workers(4)}: the usable cores less one, at most 4")
+    cliargs.add_seed(run, help_seed="seed of everything: init, data order, augmentation, sub-batches", default=None,
+                     shown="0, or the resumed run's")
+    cliargs.add_amp(run, default=None, shown="none, or the resumed run's",
+                    note="; for the backbone and projector, whitening stays float32")
     run.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs on GPUs)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--eval-every", type=int, help="epochs between kNN / effective-rank monitors (0: never; default: the recipe's)")
-    run.add_argument("--monitor-samples", type=int, default=2000, help="images per side of the held-out kNN monitor")
-    run.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps inside an epoch")
+    run.add_argument("--monitor-samples", type=int, default=None, help="images per side of the held-out kNN monitor "
+                     "(default: 2000)")
+    run.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps inside an epoch "
+                     "(default: 0, epoch ends only)")
     run.add_argument("--steps-per-epoch", type=int, help="cap the steps of every epoch (smoke tests, benchmarks)")
     run.add_argument("--train-subset", type=int, help="pretrain on a class-balanced subset of about this many images")
-    run.add_argument("--gather", choices=["auto", "yes", "no"], default="auto",
+    run.add_argument("--gather", choices=["auto", "yes", "no"], default=None,
                      help="whitening statistics over all DDP ranks (auto: INTL yes, W-MSE/CW-RGP per process as the authors)")
     run.add_argument("--gpu-augment", action="store_true",
                      help="make the views on the training device in batches (W-MSE / CW-RGP, images <= 96 px)")
@@ -117,16 +124,47 @@ def resolve_from_args(args: argparse.Namespace):
         key, value = item.split("=", 1)
         overrides[key.strip()] = value.strip()
     if args.resume and not args.recipe:
-        if not args.out:
-            raise ValueError("--resume needs --out")
-        cfg = Path(args.out) / "train_config.json"
-        if not cfg.is_file():
-            raise FileNotFoundError(f"--resume: {cfg} not found; pass --recipe too")
-        base = recipe_from_dict(json.loads(cfg.read_text())["recipe"])
-        return resolve_recipe(base, overrides)
+        saved = saved_config(args)
+        if saved is None:
+            raise FileNotFoundError(f"--resume: {Path(args.out) / 'train_config.json'} not found; pass --recipe too")
+        return resolve_recipe(recipe_from_dict(saved["recipe"]), overrides)
     if not args.recipe:
         raise ValueError("--recipe is required (see --list-recipes)")
     return resolve_recipe(get_recipe(args.recipe), overrides)
+
+
+def saved_config(args: argparse.Namespace) -> dict | None:
+    """``OUT/train_config.json`` of the run ``--resume`` continues, or None when there is none."""
+    if not args.out:
+        raise ValueError("--resume needs --out")
+    path = Path(args.out) / "train_config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved.get("recipe"), dict) or not isinstance(saved.get("options", {}), dict):
+            raise ValueError("no 'recipe' table")
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"--resume: {path} is not a train_config.json ({exc}); pass --overwrite to start over") from None
+    return saved
+
+
+# run options --resume takes from train_config.json when not given again, with their defaults
+RESUMED_OPTIONS = dict(data=None, seed=0, amp="none", eval_every=None, monitor_samples=2000, checkpoint_every=0,
+                       steps_per_epoch=None, train_subset=None, gather="auto")
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The run options: each flag given, else (with ``--resume``) the saved run's, else the default."""
+    from ..cliargs import default_workers
+
+    saved = (saved_config(args) or {}).get("options", {}) if args.resume else {}
+    values = {}
+    for key, default in RESUMED_OPTIONS.items():
+        given = getattr(args, key)
+        values[key] = given if given is not None else saved.get(key, default)
+    values["workers"] = args.workers if args.workers is not None else default_workers(4)  # this machine's
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,12 +180,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("--out is required")
     opts = RunOptions(
-        out=Path(args.out), data=args.data, device=args.device, workers=args.workers, seed=args.seed,
-        amp=args.amp, channels_last=args.channels_last, compile=args.compile, resume=args.resume,
-        eval_every=args.eval_every, monitor_samples=args.monitor_samples,
-        checkpoint_every=args.checkpoint_every, steps_per_epoch=args.steps_per_epoch,
-        train_subset=args.train_subset, gather=args.gather, gpu_augment=args.gpu_augment, tensorboard=args.tensorboard,
-        progress=not args.no_progress,
+        out=Path(args.out), device=args.device, channels_last=args.channels_last, compile=args.compile,
+        resume=args.resume, overwrite=args.overwrite, gpu_augment=args.gpu_augment, tensorboard=args.tensorboard,
+        progress=not args.no_progress, **run_options(args),
     )
     summary = pretrain(recipe, opts)
     if int(os.environ.get("RANK", "0")) == 0:

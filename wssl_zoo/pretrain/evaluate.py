@@ -20,15 +20,7 @@ from pathlib import Path
 
 import torch
 
-
-def code_version() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        from .. import __version__
-
-        return __version__
+from .._version import code_version  # noqa: F401  (re-exported)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,8 @@ class RunOptions:
     channels_last: bool = False
     compile: bool = False
     resume: bool = False
+    overwrite: bool = False  # delete what --out holds first (a folder this job did not make)
+    owner: str = "pretrain"  # the tool named in --out's marker (the demo runs pretrain as "demo")
     eval_every: int | None = None  # epochs between kNN / effective-rank monitors (None: recipe's)
     monitor_samples: int = 2000  # images per side (bank, queries) of the held-out kNN monitor
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
@@ -232,7 +234,10 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     rank, _, world, device = _init_distributed(opts.device)
     is_main = rank == 0
     out = Path(opts.out)
-    resume_from = _check_out_dir(out, opts.resume)
+    if opts.resume and opts.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: one continues the run in --out, "
+                         "the other deletes it")
+    resume_from = None if opts.overwrite else _check_out_dir(out, opts.resume)
     if opts.amp not in ("none", "bf16", "fp16"):
         raise ValueError(f"--amp {opts.amp!r}: choose none, bf16 or fp16")
     if recipe.batch_size % world:
@@ -245,13 +250,18 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
             f"the per-process batch {local_batch} is not a multiple of loss.w_size={w_size}; "
             f"change --batch-size or --set loss.w_size=..."
         )
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-
-    # ------------------------------------------------------------ data
     name = _dataset_name(recipe)
     if name != "fashion_mnist" and not opts.data:
         raise ValueError(f"recipe {recipe.name!r} trains on {recipe.dataset}: pass --data ROOT")
+    if is_main:  # everything is checked: only now may --overwrite delete anything
+        from ..outdir import claim
+
+        job = dict(recipe=recipe.to_dict(), data=str(opts.data), seed=opts.seed)
+        claim(out, opts.owner, job, overwrite=opts.overwrite, resume=opts.resume, hint="resume")
+    if world > 1:
+        dist.barrier()
+
+    # ------------------------------------------------------------ data
     train_set = build_dataset(name, opts.data, "train+unlabeled" if name == "stl10" else "train")
     mean, std = dataset_stats(recipe.dataset if name != "imagefolder" else "imagenet", recipe.method)
     view_tf = build_view_transform(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views,

@@ -78,6 +78,35 @@ class Recipe:
         data["lr_drops"] = list(self.lr_drops)
         return data
 
+    def relation_problems(self) -> list[str]:
+        """Every broken relation between batch size, ``loss.w_size``, ``loss.groups`` and the
+        embedding dim D (``projector.out_dim``), each naming the flag or ``--set`` key that fixes it."""
+        problems = []
+        w_size, groups, dim = self.loss.get("w_size"), self.loss.get("groups"), self.projector.get("out_dim")
+        ints = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w_size, dim) if v is not None)
+        if w_size is not None and not (isinstance(w_size, int) and not isinstance(w_size, bool) and w_size > 0):
+            return [f"loss.w_size={w_size!r} must be a positive integer (--set loss.w_size=...)"]
+        if groups is not None and not (isinstance(groups, int) and not isinstance(groups, bool) and groups > 0):
+            return [f"loss.groups={groups!r} must be a positive integer (--set loss.groups=...)"]
+        if not ints:
+            return problems
+        if w_size is not None and self.batch_size % w_size:
+            problems.append(f"batch_size={self.batch_size} is not a multiple of loss.w_size={w_size} "
+                            f"(change --batch-size or --set loss.w_size=...)")
+        if self.method == "wmse" and w_size is not None and dim is not None and w_size <= dim:
+            problems.append(f"loss.w_size={w_size} must be larger than the embedding dim projector.out_dim={dim}, "
+                            f"or the whitening covariance is singular (--set loss.w_size=... or "
+                            f"--set projector.out_dim=...)")
+        if self.method == "cwrgp" and groups is not None and dim is not None:
+            if dim % groups:
+                problems.append(f"the embedding dim projector.out_dim={dim} is not divisible by loss.groups={groups} "
+                                f"(--set loss.groups=... or --set projector.out_dim=...)")
+            elif w_size is not None and dim // groups < w_size:
+                problems.append(f"each channel group has projector.out_dim/loss.groups={dim // groups} channels, fewer "
+                                f"than loss.w_size={w_size} (--set loss.groups=..., --set loss.w_size=... or "
+                                f"--set projector.out_dim=...)")
+        return problems
+
     def validate(self) -> "Recipe":
         """Check every field; ValueError naming the recipe, field and value."""
         where = f"recipe {self.name!r}"
@@ -135,11 +164,9 @@ class Recipe:
                 f"{where}: loss keys {sorted(unknown)} are not parameters of "
                 f"{LOSSES[self.method].__name__} (accepted: {sorted(accepted)})"
             )
-        w_size = self.loss.get("w_size")
-        if w_size is not None and self.batch_size % w_size:
-            raise ValueError(
-                f"{where}: batch_size={self.batch_size} is not a multiple of loss.w_size={w_size}"
-            )
+        problems = self.relation_problems()
+        if problems:
+            raise ValueError(f"{where}: " + "; ".join(problems))
         return self
 
 

@@ -1,0 +1,451 @@
+"""Every CLI on every bad input it can meet: exit status 2, a one-line message that names the
+culprit, and no existing file changed (the tree is hashed before and after). Plus property-based
+tests of the record and registry readers: any bytes give a named error or a valid object.
+
+Each case builds its inputs in a fresh folder from a few tiny shared fixtures and fails before
+any training starts, so the module stays fast."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import wssl_zoo
+from wssl_zoo.modelio import save_model_dir
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def image_folder(root: Path, classes: int = 2, per_class: int = 8, val: int = 2, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", val)):
+        for c in range(classes):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def model_dir(path: Path, arch: str = "resnet18") -> Path:
+    torch.manual_seed(0)
+    save_model_dir(path, wssl_zoo.create(arch), arch=arch, stem="imagenet", mean=(0.5,) * 3, std=(0.25,) * 3,
+                   img_size=32)
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """Read-only originals that the cases copy: an image folder, a model dir, a COCO folder."""
+    from test_detection_train import make_coco
+
+    root = tmp_path_factory.mktemp("assets")
+    image_folder(root / "images")
+    model_dir(root / "model")
+    make_coco(root / "coco", n=2, size=64)
+    return root
+
+
+# ---------------------------------------------------------------------------- case builders
+# Each takes (work folder, assets) and returns (main, argv, text the message must hold).
+
+
+def _pretrain(argv):
+    from wssl_zoo.pretrain.cli import main
+
+    return main(argv)
+
+
+def _zoo(argv):
+    from wssl_zoo.cli import main
+
+    return main(argv)
+
+
+def _demo(argv):
+    from wssl_zoo.demo import main
+
+    return main(argv)
+
+
+def _eval(module: str) -> Callable:
+    def run(argv):
+        import importlib
+
+        return importlib.import_module(module).main(argv)
+
+    return run
+
+
+def _detect(argv):
+    from detection.train import main
+
+    return main(argv)
+
+
+SMALL = ["--arch", "resnet18", "--stem", "imagenet", "--img-size", "32", "--epochs", "1", "--workers", "0",
+         "--no-progress", "--set", "projector.hidden_dim=32", "--set", "projector.out_dim=32"]
+
+
+def pretrain_missing_root(w, a):
+    return _pretrain, ["--recipe", "intl_cifar10", "--dataset", "imagefolder", "--data", str(w / "nope"),
+                       "--out", str(w / "o"), *SMALL], f"{w / 'nope'} does not exist"
+
+
+def pretrain_empty_class(w, a):
+    data = shutil.copytree(a / "images", w / "d")
+    (data / "train" / "c_empty").mkdir()
+    return _pretrain, ["--recipe", "intl_cifar10", "--dataset", "imagefolder", "--data", str(data), "--out",
+                       str(w / "o"), "--batch-size", "8", *SMALL], "c_empty holds no images"
+
+
+def pretrain_foreign_out(w, a):
+    (w / "o").mkdir()
+    (w / "o" / "notes.txt").write_text("mine")
+    return _pretrain, ["--recipe", "intl_cifar10", "--dataset", "imagefolder", "--data", str(a / "images"),
+                       "--out", str(w / "o"), "--batch-size", "8", *SMALL], "the folder is not empty (notes.txt"
+
+
+def pretrain_interrupted_without_resume(w, a):
+    (w / "o" / "checkpoints").mkdir(parents=True)
+    (w / "o" / "checkpoints" / "last.pt").write_bytes(b"x")
+    return _pretrain, ["--recipe", "intl_cifar10", "--dataset", "imagefolder", "--data", str(a / "images"),
+                       "--out", str(w / "o"), "--batch-size", "8", *SMALL], "pass --resume to continue it"
+
+
+def pretrain_resume_corrupt_config(w, a):
+    (w / "o").mkdir()
+    (w / "o" / "train_config.json").write_text("{ not json")
+    return _pretrain, ["--out", str(w / "o"), "--resume"], "train_config.json is not a train_config.json"
+
+
+def pretrain_resume_nothing(w, a):
+    return _pretrain, ["--out", str(w / "none"), "--resume"], "train_config.json not found"
+
+
+def pretrain_batch_vs_w_size(w, a):
+    return _pretrain, ["--recipe", "wmse_cifar10_2views", "--batch-size", "100", "--out", str(w / "o")], \
+        "(change --batch-size or --set loss.w_size=...)"
+
+
+def pretrain_w_size_vs_dim(w, a):
+    return _pretrain, ["--recipe", "wmse_cifar10_2views", "--set", "projector.out_dim=256", "--out", str(w / "o")], \
+        "--set projector.out_dim=..."
+
+
+def pretrain_imagefolder_as_cifar(w, a):
+    data = w / "d"
+    shutil.copytree(a / "images" / "train", data / "train")  # no val/ or test/
+    return _pretrain, ["--recipe", "intl_cifar10", "--data", str(data), "--out", str(w / "o"), "--batch-size", "8",
+                       *SMALL, "--eval-every", "1"], "pass --dataset imagefolder and --eval-every 0"
+
+
+def demo_on_a_pretraining_run(w, a):
+    run = shutil.copytree(a / "model", w / "run")
+    (run / "train_config.json").write_text("{}")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    return _demo, ["--dataset", "imagefolder", "--data", str(a / "images"), "--out", str(run)], \
+        f"--out {run}: the folder is not empty"
+
+
+def convert_missing(w, a):
+    return _zoo, ["convert", "--from", "official-intl", str(w / "none.pth"), "--out", str(w / "o")], \
+        "none.pth: no such checkpoint file"
+
+
+def convert_corrupt(w, a):
+    (w / "bad.pth").write_bytes(b"hello")
+    return _zoo, ["convert", "--from", "official-intl", str(w / "bad.pth"), "--out", str(w / "o")], \
+        "bad.pth: not readable as a weights-only torch checkpoint (KeyError: neither a zip archive nor a pickle"
+
+
+def convert_truncated(w, a):
+    torch.save({"state_dict": {"module.backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}}, w / "full.pth")
+    data = (w / "full.pth").read_bytes()
+    (w / "cut.pth").write_bytes(data[: len(data) // 2])
+    return _zoo, ["convert", "--from", "official-intl", str(w / "cut.pth"), "--out", str(w / "o")], \
+        "cut.pth: not readable as a weights-only torch checkpoint"
+
+
+def convert_mismatched(w, a):
+    from test_convert import authors_resnet, dataparallel_state, head
+
+    state = dataparallel_state(authors_resnet("resnet18", "cifar", 0), head(512, 64, 32, True, 1))
+    torch.save(state, w / "wmse.pth")
+    return _zoo, ["convert", "--from", "official-intl", str(w / "wmse.pth"), "--out", str(w / "o")], \
+        "these keys look like --from official-cwrgp or official-wmse"
+
+
+def convert_into_model_dir(w, a):
+    from test_convert import authors_resnet
+
+    torch.save(authors_resnet("resnet18", "imagenet", 3).state_dict(), w / "bare.pth")
+    out = shutil.copytree(a / "model", w / "model")
+    (out / "projector.safetensors").write_bytes(b"stale")
+    return _zoo, ["convert", "--from", "official-intl", str(w / "bare.pth"), "--out", str(out)], \
+        "projector.safetensors"
+
+
+def publish_missing(w, a):
+    return _zoo, ["publish", str(w / "none"), "--repo", "org/name", "--dry-run"], "none: no such model directory"
+
+
+def publish_foreign_staging(w, a):
+    (w / "st").mkdir()
+    (w / "st" / "thesis.tex").write_text("x")
+    return _zoo, ["publish", str(a / "model"), "--repo", "org/name", "--dry-run", "--staging", str(w / "st")], \
+        "--staging " + str(w / "st") + ": the folder is not empty (thesis.tex"
+
+
+def publish_corrupt_model(w, a):
+    m = shutil.copytree(a / "model", w / "m")
+    (m / "model.safetensors").write_bytes(b"\x00" * 20)
+    return _zoo, ["publish", str(m), "--repo", "org/name", "--dry-run", "--staging", str(w / "st")], "model.safetensors"
+
+
+def info_unknown(w, a):
+    return _zoo, ["info", "no_such_model_xyz"], "no_such_model_xyz"
+
+
+def linear_no_heldout(w, a):
+    data = w / "d"
+    shutil.copytree(a / "images" / "train", data / "train")
+    return _eval("eval.linear"), ["--model", str(a / "model"), "--data", str(data), "--workers", "0",
+                                  "--no-progress", "--cache-dir", str(w / "cache")], "no val/ or test/ folder"
+
+
+def linear_missing_model(w, a):
+    return _eval("eval.linear"), ["--model", str(w / "gone"), "--data", str(a / "images")], "gone"
+
+
+def knn_mismatched_weights(w, a):
+    m = shutil.copytree(a / "model", w / "m")
+    cfg = json.loads((m / "config.json").read_text())
+    cfg["architecture"] = "resnet34"  # the weights are a resnet18's
+    (m / "config.json").write_text(json.dumps(cfg))
+    return _eval("eval.knn"), ["--model", str(m), "--data", str(a / "images"), "--workers", "0", "--no-progress",
+                               "--cache-dir", str(w / "cache")], "does not match the architecture"
+
+
+def semi_wrong_split_file(w, a):
+    (w / "split.txt").write_text("c0/none.png\nc1/missing.png\n")
+    return _eval("eval.semi"), ["--model", str(a / "model"), "--data", str(a / "images"), "--split", "1pct",
+                                "--split-file", str(w / "split.txt"), "--workers", "0", "--no-progress"], \
+        "split.txt: 2 listed images are not under"
+
+
+def semi_empty_split_file(w, a):
+    (w / "split.txt").write_text("\n")
+    return _eval("eval.semi"), ["--model", str(a / "model"), "--data", str(a / "images"), "--split", "1pct",
+                                "--split-file", str(w / "split.txt")], "split.txt: the split file is empty"
+
+
+def semi_no_heldout_before_training(w, a):
+    data = w / "d"
+    shutil.copytree(a / "images" / "train", data / "train")
+    (w / "split.txt").write_text("c0/0.png\nc1/0.png\n")
+    return _eval("eval.semi"), ["--model", str(a / "model"), "--data", str(data), "--split", "1pct",
+                                "--split-file", str(w / "split.txt"), "--workers", "0", "--no-progress"], \
+        "no val/ or test/ folder"
+
+
+def spectrum_missing_data(w, a):
+    return _eval("eval.spectrum"), ["--model", str(a / "model"), "--data", str(w / "nodata")], "nodata"
+
+
+def report_corrupt_record(w, a):
+    (w / "res").mkdir()
+    (w / "res" / "broken.json").write_text('{"schema_version": 1, "task": ')
+    return _eval("eval.report"), ["--results-dir", str(w / "res"), "--markdown", str(w / "L.md"), "--plot",
+                                  str(w / "p.png"), "--readme", "", "--no-cards"], "broken.json: not valid JSON"
+
+
+def report_invalid_record(w, a):
+    (w / "res").mkdir()
+    (w / "res" / "nan.json").write_text(json.dumps({"schema_version": 1, "task": "linear"}))
+    return _eval("eval.report"), ["--results-dir", str(w / "res"), "--markdown", str(w / "L.md"), "--plot",
+                                  str(w / "p.png"), "--readme", "", "--no-cards"], "nan.json: missing key 'model'"
+
+
+def benchmark_unknown_task(w, a):
+    return _eval("eval.benchmark"), ["--models", "random:resnet18", "--tasks", "linear,nope", "--data-root", str(w)], \
+        "unknown task(s) ['nope']"
+
+
+def _coco_args(root: Path, out: Path) -> list[str]:
+    return ["--model", "random:resnet18", "--config", "coco_R_50_FPN_1x", "--coco-root", str(root), "--out", str(out),
+            "--num-workers", "0", "--no-progress", "--backend", "torchvision", "--max-iter", "1", "--ims-per-batch", "1"]
+
+
+def detection_broken_json(w, a):
+    coco = shutil.copytree(a / "coco", w / "coco")
+    ann = coco / "annotations" / "instances_train2017.json"
+    ann.write_text(ann.read_text()[:50])
+    return _detect, _coco_args(coco, w / "o"), "instances_train2017.json: not valid JSON"
+
+
+def detection_inconsistent_json(w, a):
+    coco = shutil.copytree(a / "coco", w / "coco")
+    ann = coco / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["image_id"] = 999
+    ann.write_text(json.dumps(data))
+    return _detect, _coco_args(coco, w / "o"), "refers to unknown image id 999"
+
+
+def detection_missing_images(w, a):
+    coco = shutil.copytree(a / "coco", w / "coco")
+    next((coco / "train2017").iterdir()).unlink()
+    return _detect, _coco_args(coco, w / "o"), "image file(s) not found"
+
+
+def detection_foreign_out(w, a):
+    (w / "o").mkdir()
+    (w / "o" / "results.csv").write_text("1")
+    return _detect, _coco_args(a / "coco", w / "o"), "the folder is not empty (results.csv"
+
+
+CASES = [pretrain_missing_root, pretrain_empty_class, pretrain_foreign_out, pretrain_interrupted_without_resume,
+         pretrain_resume_corrupt_config, pretrain_resume_nothing, pretrain_batch_vs_w_size, pretrain_w_size_vs_dim,
+         pretrain_imagefolder_as_cifar, demo_on_a_pretraining_run, convert_missing, convert_corrupt,
+         convert_truncated, convert_mismatched, convert_into_model_dir, publish_missing, publish_foreign_staging,
+         publish_corrupt_model, info_unknown, linear_no_heldout, linear_missing_model, knn_mismatched_weights,
+         semi_wrong_split_file, semi_empty_split_file, semi_no_heldout_before_training, spectrum_missing_data,
+         report_corrupt_record, report_invalid_record, benchmark_unknown_task, detection_broken_json,
+         detection_inconsistent_json, detection_missing_images, detection_foreign_out]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_bad_input_exits_2_names_the_culprit_and_changes_nothing(case, tmp_path, assets, capsys, monkeypatch):
+    monkeypatch.setenv("WSSL_ZOO_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    main, argv, culprit = case(work, assets)
+    before_work, before_assets = tree_hash(work), tree_hash(assets)
+    code = main(argv)
+    err = capsys.readouterr().err
+    message = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == 2, err
+    assert message and culprit in message[-1], err
+    assert "Traceback" not in err
+    after = tree_hash(work)
+    assert {k: after.get(k) for k in before_work} == before_work, "an existing file changed"
+    assert tree_hash(assets) == before_assets
+
+
+def test_unreadable_cmyk_palette_and_truncated_images_are_converted_or_skipped_by_name(tmp_path, assets, capsys,
+                                                                                      monkeypatch):
+    """Images a CLI can read after conversion (CMYK, palette, grayscale) are used; corrupt and
+    truncated ones are skipped with one warning line each that names the file."""
+    from eval.knn import main
+
+    monkeypatch.setenv("WSSL_ZOO_CACHE", str(tmp_path / "cache"))
+    data = shutil.copytree(assets / "images", tmp_path / "d")
+    Image.new("CMYK", (32, 32), (10, 200, 30, 0)).save(data / "train" / "c0" / "cmyk.jpg")
+    Image.new("P", (32, 32), 7).save(data / "train" / "c1" / "palette.png")
+    (data / "train" / "c0" / "corrupt.jpg").write_bytes(b"not a jpeg")
+    good = (data / "train" / "c1" / "0.png").read_bytes()
+    (data / "train" / "c1" / "truncated.png").write_bytes(good[: len(good) // 3])
+    with pytest.warns(UserWarning) as caught:
+        code = main(["--model", str(assets / "model"), "--data", str(data), "--workers", "0", "--no-progress",
+                     "--protocols", "knn5", "--results-dir", str(tmp_path / "res")])
+    assert code == 0, capsys.readouterr().err
+    texts = [str(w.message) for w in caught if "skipping unreadable image" in str(w.message)]
+    assert any("corrupt.jpg" in t for t in texts) and any("truncated.png" in t for t in texts)
+    assert not any("cmyk.jpg" in t or "palette.png" in t for t in texts)
+
+
+# ---------------------------------------------------------------------------- readers under any bytes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=200).map(str.encode),
+                      st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                               lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=5),
+                               max_leaves=12).map(lambda v: json.dumps(v).encode())))
+def test_record_reader_gives_a_named_error_or_records(tmp_path, data):
+    from eval.records import read_records
+
+    folder = tmp_path / "r"
+    folder.mkdir(exist_ok=True)
+    (folder / "x.json").write_bytes(data)
+    try:
+        records = read_records(folder)
+    except ValueError as exc:
+        assert "x.json" in str(exc)
+    else:
+        assert all(isinstance(r, dict) and r["file"] == "x.json" for r in records)
+
+
+def _valid_record_json() -> dict:
+    from eval.records import make_record
+
+    return make_record(task="linear", model="m", weights_sha256="a" * 64, protocol={"name": "p", "version": 1},
+                       dataset={"name": "d", "fingerprint": "f"}, seed=0, metrics={"top1": 1.0}, wall_seconds=1.0,
+                       command="c")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(sorted(_valid_record_json())), value=st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.floats(), max_size=3)))
+def test_a_record_with_any_one_field_changed_is_valid_or_named(tmp_path, key, value):
+    from eval.records import read_records
+
+    rec = dict(_valid_record_json(), **{key: value})
+    folder = tmp_path / "r"
+    folder.mkdir(exist_ok=True)
+    (folder / "x.json").write_text(json.dumps(rec))
+    try:
+        read_records(folder)
+    except ValueError as exc:
+        assert str(exc).startswith(str(folder / "x.json"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_registry_reader_gives_a_named_error_or_an_entry(tmp_path, data):
+    from wssl_zoo.registry import RegistryError, ZooEntry, _parse_entry
+
+    path = tmp_path / "some_model.toml"
+    path.write_bytes(data)
+    try:
+        entry = _parse_entry(path)
+    except RegistryError as exc:
+        assert "some_model.toml" in str(exc)
+    else:
+        assert isinstance(entry, ZooEntry)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=10_000), junk=st.binary(max_size=20))
+def test_a_damaged_real_registry_entry_gives_a_named_error_or_an_entry(tmp_path, cut, junk):
+    from wssl_zoo.registry import RegistryError, ZooEntry, _parse_entry, default_registry_dir
+
+    original = sorted(default_registry_dir().glob("*.toml"))[0]
+    text = original.read_bytes()
+    cut = cut % (len(text) + 1)
+    path = tmp_path / original.name
+    path.write_bytes(text[:cut] + junk + text[cut + len(junk):])
+    try:
+        entry = _parse_entry(path)
+    except RegistryError as exc:
+        assert original.name in str(exc)
+    else:
+        assert isinstance(entry, ZooEntry)
