@@ -217,8 +217,10 @@ def _find_entry(source_dir: Path | None, repo_id: str, entry_name: str | None) -
 
 def _check_matches_entry(config: dict, entry: ZooEntry, source: str) -> None:
     stem = config.get("wssl_zoo", {}).get("stem", "imagenet")
-    if config.get("architecture") != entry.arch or stem != entry.stem:
-        raise ValueError(f"{source} holds a {config.get('architecture')} ({stem} stem) but the registry entry "
+    from .modelio import config_arch
+
+    if config_arch(config) != entry.arch or stem != entry.stem:
+        raise ValueError(f"{source} holds a {config_arch(config)} ({stem} stem) but the registry entry "
                          f"{entry.name!r} is a {entry.arch} ({entry.stem} stem); pass the right --entry")
 
 
