@@ -204,6 +204,71 @@ def test_plain_timm_hf_hub_gives_the_same_features(tmp_path, hub, registry):
     assert theirs.pretrained_cfg["mean"] == (0.4914, 0.4822, 0.4465) or list(theirs.pretrained_cfg["mean"]) == [0.4914, 0.4822, 0.4465]
 
 
+def test_timm_fine_tunes_a_published_model_with_new_classes_and_channels(tmp_path, hub, registry):
+    """The most common timm use: pretrained=True with num_classes=10 (and in_chans=1), one SGD step."""
+    import timm
+    import timm.data
+
+    run = tmp_path / "run"
+    model = make_run_dir(run, stem="imagenet", img_size=64)
+    result = publish(str(run), "someone/r18-ft", progress=lambda *a: None)
+    spec = f"hf-hub:someone/r18-ft@{result.revision}"
+    clf = timm.create_model(spec, pretrained=True, num_classes=10)
+    assert clf.get_classifier().out_features == 10
+    assert torch.equal(clf.conv1.weight, model.conv1.weight)
+    assert timm.data.resolve_data_config(model=clf)["input_size"] == (3, 64, 64)
+    assert timm.data.resolve_data_config(model=clf)["interpolation"] == "bilinear"
+    gray = timm.create_model(spec, pretrained=True, num_classes=10, in_chans=1)
+    assert gray.conv1.weight.shape[1] == 1
+    assert torch.allclose(gray.conv1.weight, model.conv1.weight.sum(1, keepdim=True))
+    maps = timm.create_model(spec, pretrained=True, features_only=True)
+    assert [f.shape[1] for f in maps(torch.randn(1, 3, 64, 64))] == [64, 64, 128, 256, 512]
+    for net, chans in ((clf, 3), (gray, 1)):
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        x = torch.randn(4, chans, 64, 64, generator=torch.Generator().manual_seed(0))
+        loss = torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3]))
+        loss.backward()
+        before = net.get_classifier().weight.detach().clone()
+        opt.step()
+        assert torch.isfinite(loss) and not torch.equal(net.get_classifier().weight, before)
+
+
+def test_small_stems_are_refused_by_timm_by_name_and_load_with_wssl_zoo(published, hub, tmp_path):
+    """The cifar/small stems are no timm architecture: timm stops with an error naming wssl_zoo.load,
+    also for a deep-stem arch whose weights have the shapes of the imagenet stem (resnet26d)."""
+    import timm
+
+    _, result = published
+    with pytest.raises(RuntimeError, match=r"Unknown model \(resnet18 with the wssl-zoo cifar stem.*wssl_zoo.load\)"):
+        timm.create_model(f"hf-hub:{REPO_ID}@{result.revision}", pretrained=True, num_classes=10)
+    deep = tmp_path / "deep"
+    model = _randomised(wssl_zoo.create("resnet26d", stem="small"), 4)
+    assert model.conv1[0].weight.shape == timm.create_model("resnet26d").conv1[0].weight.shape  # would load silently
+    save_model_dir(deep, model, arch="resnet26d", stem="small", mean=(0.5,) * 3, std=(0.5,) * 3, img_size=64)
+    with pytest.raises(RuntimeError, match="resnet26d with the wssl-zoo small stem"):
+        timm.create_model(f"local-dir:{deep}", pretrained=True)
+    assert torch.equal(features(wssl_zoo.load(deep), 64), features(model, 64))
+    assert not wssl_zoo.load(deep).pretrained_cfg["architecture"].count(" ")
+
+
+def test_wssl_zoo_loads_a_plain_timm_repo_without_its_classifier(tmp_path, hub, caplog):
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    supervised = _randomised(timm.create_model("resnet18", num_classes=7), 5)
+    save_for_hf(supervised, str(tmp_path / "timm"), safe_serialization=True)
+    hub.create_repo("timm/r18-sup")
+    commit = hub.commit_files("timm/r18-sup", {p.name: p.read_bytes() for p in (tmp_path / "timm").iterdir()})
+    with caplog.at_level("WARNING", logger="wssl_zoo"):
+        ours = wssl_zoo.load(f"hf-hub:timm/r18-sup@{commit}")
+    assert "classifier (fc.weight, fc.bias) was dropped" in caplog.text
+    supervised.reset_classifier(0)
+    assert torch.equal(features(ours, 64), features(supervised, 64))
+    assert ours.pretrained_cfg["num_classes"] == 0 and "hf_hub_id" not in ours.pretrained_cfg
+
+
 # ---------------------------------------------------------------------------- download
 
 
