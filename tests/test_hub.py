@@ -123,8 +123,9 @@ def test_the_hub_readme_carries_metadata_and_sums_cover_every_file(published, hu
     files = hub.repos[REPO_ID].commits[result.revision].files
     readme = files["README.md"].decode()
     front = readme.split("---\n")[1]
-    for line in ("library_name: timm", "license: apache-2.0", "- self-supervised-learning", "- cwrgp", "- cifar10"):
+    for line in ("license: apache-2.0", "- self-supervised-learning", "- cwrgp", "- cifar10"):
         assert line in front.splitlines(), line
+    assert "library_name: timm" not in front  # the cifar stem is not a timm architecture
     import hashlib
 
     sums = dict(reversed(line.split("  ")) for line in files["SHA256SUMS"].decode().splitlines())
@@ -155,6 +156,67 @@ def test_model_index_lists_measured_results_of_these_weights(tmp_path, registry)
     front = card.split("---\n")[1]
     assert "model-index:" in front and "value: 41.5" in front and "value: 88.25" in front and "99.0" not in front
     assert "| 41.50 | measured, protocol fast v1: `zoo/results/linear_x.json` |" in card
+
+
+def _readme(staging: Path) -> tuple[dict, str]:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard((staging / "README.md").read_text())
+    return card.data.to_dict(), card.text
+
+
+def test_a_2_epoch_run_published_under_an_entry_gets_a_card_that_says_2_epochs(tmp_path, registry):
+    from wssl_zoo.hub import stage
+
+    run = tmp_path / "run"
+    make_run_dir(run)
+    (run / "train_config.json").write_text(json.dumps({
+        "recipe": {"name": "cwrgp_cifar10_2views", "method": "cwrgp", "dataset": "cifar10", "epochs": 2,
+                   "lr": 0.5, "source": "https://example.org/authors@abc"}, "options": {"train_subset": None}}))
+    stage(str(run), REPO_ID, tmp_path / "staged")
+    meta, text = _readme(tmp_path / "staged")
+    assert "Pretrained for **2 epochs** on CIFAR-10 (the full training set)" in text
+    assert "for 1000 epochs" not in text and "not published" not in text
+    assert "these weights had 2 epochs, so the entry's paper numbers are not theirs" in text
+    assert meta["license"] == "apache-2.0" and "library_name" not in meta  # cifar stem: not a timm model
+    assert f'wssl_zoo.load("hf-hub:{REPO_ID}")' in text and "pip install" in text
+
+
+def test_model_index_holds_only_comparable_results_with_hub_task_ids(tmp_path, registry):
+    """Against the real zoo/results records of the 2-epoch INTL run: no effective rank, no toy
+    detection run, no pretrain_eval duplicates, no '+' overrides, no wssl-zoo-only protocol."""
+    import dataclasses
+
+    from huggingface_hub import ModelCard
+
+    from wssl_zoo.cards import RESULTS_DIR, render_card
+    from wssl_zoo.registry import HubInfo
+
+    digest = json.loads((RESULTS_DIR / "pretrain_intl_cifar10_imagenet_e2.json").read_text())["weights_sha256"]
+    entry = dataclasses.replace(get_entry("intl_resnet18_cifar10"), hub=HubInfo(REPO_ID, "", {"model.safetensors": digest}))
+    card = ModelCard(render_card(entry, for_hub=True))
+    results = card.data.eval_results
+    assert {(r.task_type, r.metric_name, r.metric_value) for r in results} == {
+        ("image-classification", "knn5 v2 top-1", 43.72), ("image-classification", "knn200 v1 top-1", 47.03)}
+    assert all(r.dataset_type == "cifar10" and r.metric_type == "accuracy" for r in results)
+    text = str(card)
+    assert "effective_rank" not in text.split("---")[1] and "COCO" not in text.split("---")[1]
+
+
+def test_every_checked_in_card_parses_with_huggingface_hub(registry):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard import metadata_load
+
+    from wssl_zoo.cards import CARDS_DIR
+
+    for path in sorted(CARDS_DIR.glob("*.md")):
+        meta = metadata_load(path)
+        card = ModelCard.load(path)
+        assert meta["license"] in ("apache-2.0", "other"), path
+        assert (meta.get("library_name") == "timm") == (get_entry(path.stem).stem == "imagenet"), path
+        for r in card.data.eval_results or []:
+            assert r.task_type in ("image-classification", "object-detection", "image-segmentation"), path
+            assert "rank" not in r.metric_name and "+" not in (r.task_name or ""), path
 
 
 def test_dry_run_stages_without_uploading_or_pinning(tmp_path, hub, registry, capsys):
@@ -443,4 +505,12 @@ def test_the_readme_two_commands_turn_an_authors_checkpoint_into_a_pinned_entry(
     expected = features(online, 64)
     assert torch.allclose(features(ours, 64), expected, atol=1e-4)
     assert torch.equal(features(theirs, 64), features(ours, 64))
-    assert "convert.json" in hub.repos["wssl-zoo/intl_resnet50"].commits[entry.hub.revision].files
+    files = hub.repos["wssl-zoo/intl_resnet50"].commits[entry.hub.revision].files
+    assert "convert.json" in files
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.license == "other" and card.data.library_name == "timm"
+    assert "Converted from the authors' checkpoint `intl_800ep.pth.tar`" in card.text
+    assert entry.official["url"] in card.text and "the authors' repository carries no license" in card.text
+    assert "sha256 `" + sha256_file(ckpt) + "`" in card.text and "not published" not in card.text

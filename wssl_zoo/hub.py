@@ -264,7 +264,7 @@ def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None
     if entry is not None:
         pinned = {k: v for k, v in hashes.items() if k in PINNED_FILES}
         draft = dataclasses.replace(entry, hub=HubInfo(repo_id=repo_id, revision="", files=pinned))
-        card = render_card(draft, for_hub=True, results_dir=cards_results_dir)
+        card = render_card(draft, for_hub=True, results_dir=cards_results_dir, folder=folder)
     else:
         card = render_generic_card(folder, repo_id)
     (folder / "README.md").write_text(card)
