@@ -475,6 +475,22 @@ def test_update_registry_hub_validates_before_writing(registry):
     assert path.read_text() == before
 
 
+def test_update_registry_hub_keeps_comments_and_every_other_table(registry):
+    path = registry / f"{ENTRY}.toml"
+    text = path.read_text().replace("[hub]\n", "# pinned by wssl-zoo publish\n[hub]\n", 1)
+    text = text.replace("[official]\n", "[official]  # the authors' own files\n", 1)
+    path.write_text(text)
+    update_registry_hub(path, REPO_ID, "b" * 40, {"model.safetensors": "c" * 64, "config.json": "d" * 64},
+                        {"model.safetensors": 12, "config.json": 3})
+    after = path.read_text()
+    assert "# pinned by wssl-zoo publish\n[hub]\n" in after and "[official]  # the authors' own files\n" in after
+    assert after.split("# pinned by")[0] == text.split("# pinned by")[0]  # everything before [hub] byte-identical
+    hub = tomllib.loads(after)["hub"]
+    assert hub == {"repo_id": REPO_ID, "revision": "b" * 40, "files": {"model.safetensors": "c" * 64, "config.json": "d" * 64},
+                   "sizes": {"model.safetensors": 12, "config.json": 3}}
+    assert get_entry(ENTRY).hub.published
+
+
 def test_publish_a_registry_name_mirrors_its_verified_files(published, hub, tmp_path, registry):
     model, result = published
     mirror = publish(ENTRY, "backup/cwrgp_r18", entry_name=None, staging=None, progress=lambda *a: None,
