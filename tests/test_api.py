@@ -130,7 +130,7 @@ def test_projector_and_extra_meta(tmp_path):
                    projector=projector, extra_meta={"method": "intl", "epochs": 2})
     assert set(load_file(str(tmp_path / "projector.safetensors"))) == set(projector.state_dict())
     assert json.loads((tmp_path / "config.json").read_text())["wssl_zoo"] == {
-        "format_version": 1, "stem": "imagenet", "method": "intl", "epochs": 2}
+        "format_version": 1, "architecture": "resnet18", "stem": "imagenet", "method": "intl", "epochs": 2}
     with pytest.raises(ValueError, match=r"extra_meta may not set \['stem'\]"):
         save_model_dir(tmp_path / "x", model, arch="resnet18", stem="imagenet", mean=(0.5,) * 3, std=(0.5,) * 3,
                        img_size=32, extra_meta={"stem": "cifar"})

@@ -233,12 +233,15 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
                                     measured=measured))
     lines += [f"# {e.name}", "", e.description if up is None else f"timm `{e.arch}` ({e.stem} stem) weights "
               f"published for the wssl-zoo registry entry `{e.name}` ({e.method}).", ""]
+    # an uploaded run's own projector and loss settings, else the entry's
+    proj = (up["train"].get("projector") if up else None) or e.projector
+    loss = (up["train"].get("loss") if up else None) or e.loss
     lines += ["## What it is", "",
               f"- Method: **{e.method}** — {e.variant}.",
               f"- Backbone: timm `{e.arch}` ({e.stem} stem), {e.img_size} px input, {e.feature_dim}-d pooled features.",
-              f"- Projector used in pretraining: {e.projector['num_layers']} layers, hidden {e.projector['hidden_dim']}, "
-              f"output {e.projector['out_dim']}.",
-              f"- Loss parameters: `{dict(e.loss)}`.", ""]
+              f"- Projector used in pretraining: {proj['num_layers']} layers, hidden {proj['hidden_dim']}, "
+              f"output {proj['out_dim']}.",
+              f"- Loss parameters: `{dict(loss)}`.", ""]
     if up is not None:
         lines += _training_lines(up, e)
     else:
