@@ -61,13 +61,54 @@ def test_config_json_is_timms_format(tmp_path):
     cfg = json.loads((tmp_path / "in" / "config.json").read_text())
     assert {k: cfg[k] for k in ("architecture", "num_classes", "num_features", "global_pool")} == {
         "architecture": "resnet18", "num_classes": 0, "num_features": 512, "global_pool": "avg"}
+    # this checkpoint only: our eval's bilinear resize, no hub id / url / tag / test size of timm's default
     assert cfg["pretrained_cfg"] == {"input_size": [3, 224, 224], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
-                                     "crop_pct": 0.875, "interpolation": "bicubic", "num_classes": 0}
-    assert cfg["wssl_zoo"] == {"format_version": 1, "stem": "imagenet"}
+                                     "crop_pct": 0.875, "interpolation": "bilinear", "num_classes": 0,
+                                     "crop_mode": "center", "custom_load": False, "fixed_input_size": False,
+                                     "pool_size": [7, 7], "first_conv": "conv1", "classifier": "fc"}
+    assert cfg["wssl_zoo"] == {"format_version": 1, "architecture": "resnet18", "stem": "imagenet"}
     _saved_resnet18(tmp_path / "c10", "cifar")
     cfg = json.loads((tmp_path / "c10" / "config.json").read_text())
     assert cfg["pretrained_cfg"]["crop_pct"] == 1.0 and cfg["pretrained_cfg"]["interpolation"] == "bilinear"
     assert cfg["pretrained_cfg"]["input_size"] == [3, 32, 32] and cfg["wssl_zoo"]["stem"] == "cifar"
+
+
+def test_config_json_is_byte_for_byte_what_timms_save_for_hf_writes(tmp_path):
+    import timm
+    from timm.models._hub import save_for_hf
+
+    model = _saved_resnet18(tmp_path / "ours", "imagenet")
+    # the same weights saved by timm itself from a model carrying our pretrained_cfg
+    theirs = timm.create_model("local-dir:" + str(tmp_path / "ours"), pretrained=True, num_classes=0)
+    assert torch.equal(theirs.state_dict()["conv1.weight"], model.state_dict()["conv1.weight"])
+    ours = json.loads((tmp_path / "ours" / "config.json").read_text())
+    save_for_hf(theirs, str(tmp_path / "timm"), model_config={"wssl_zoo": ours["wssl_zoo"]}, safe_serialization=True)
+    assert (tmp_path / "timm" / "config.json").read_bytes() == (tmp_path / "ours" / "config.json").read_bytes()
+
+
+def test_loaded_model_carries_only_this_checkpoints_cfg_and_timm_resolves_its_size(tmp_path):
+    import timm.data
+
+    _saved_resnet18(tmp_path / "c10", "cifar")
+    cfg = wssl_zoo.load(tmp_path / "c10").pretrained_cfg
+    assert not {"hf_hub_id", "url", "tag", "test_input_size", "license", "origin_url"} & set(cfg)
+    data = timm.data.resolve_data_config(model=wssl_zoo.load(tmp_path / "c10"))
+    assert tuple(data["input_size"]) == (3, 32, 32) and data["interpolation"] == "bilinear" and data["crop_pct"] == 1.0
+
+
+def test_files_are_written_with_the_mode_open_gives_under_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _saved_resnet18(tmp_path / "m", "imagenet")
+        modelio.atomic_write_bytes(tmp_path / "r.json", b"{}")
+        os.umask(0o027)
+        modelio.atomic_write_bytes(tmp_path / "g.json", b"{}")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644, name
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "g.json").stat().st_mode & 0o777 == 0o640
 
 
 def test_safetensors_file_holds_timm_keys_and_pt_metadata(tmp_path):
@@ -89,7 +130,7 @@ def test_projector_and_extra_meta(tmp_path):
                    projector=projector, extra_meta={"method": "intl", "epochs": 2})
     assert set(load_file(str(tmp_path / "projector.safetensors"))) == set(projector.state_dict())
     assert json.loads((tmp_path / "config.json").read_text())["wssl_zoo"] == {
-        "format_version": 1, "stem": "imagenet", "method": "intl", "epochs": 2}
+        "format_version": 1, "architecture": "resnet18", "stem": "imagenet", "method": "intl", "epochs": 2}
     with pytest.raises(ValueError, match=r"extra_meta may not set \['stem'\]"):
         save_model_dir(tmp_path / "x", model, arch="resnet18", stem="imagenet", mean=(0.5,) * 3, std=(0.5,) * 3,
                        img_size=32, extra_meta={"stem": "cifar"})

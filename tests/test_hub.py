@@ -123,8 +123,9 @@ def test_the_hub_readme_carries_metadata_and_sums_cover_every_file(published, hu
     files = hub.repos[REPO_ID].commits[result.revision].files
     readme = files["README.md"].decode()
     front = readme.split("---\n")[1]
-    for line in ("library_name: timm", "license: apache-2.0", "- self-supervised-learning", "- cwrgp", "- cifar10"):
+    for line in ("license: apache-2.0", "- self-supervised-learning", "- cwrgp", "- cifar10"):
         assert line in front.splitlines(), line
+    assert "library_name: timm" not in front  # the cifar stem is not a timm architecture
     import hashlib
 
     sums = dict(reversed(line.split("  ")) for line in files["SHA256SUMS"].decode().splitlines())
@@ -155,6 +156,67 @@ def test_model_index_lists_measured_results_of_these_weights(tmp_path, registry)
     front = card.split("---\n")[1]
     assert "model-index:" in front and "value: 41.5" in front and "value: 88.25" in front and "99.0" not in front
     assert "| 41.50 | measured, protocol fast v1: `zoo/results/linear_x.json` |" in card
+
+
+def _readme(staging: Path) -> tuple[dict, str]:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard((staging / "README.md").read_text())
+    return card.data.to_dict(), card.text
+
+
+def test_a_2_epoch_run_published_under_an_entry_gets_a_card_that_says_2_epochs(tmp_path, registry):
+    from wssl_zoo.hub import stage
+
+    run = tmp_path / "run"
+    make_run_dir(run)
+    (run / "train_config.json").write_text(json.dumps({
+        "recipe": {"name": "cwrgp_cifar10_2views", "method": "cwrgp", "dataset": "cifar10", "epochs": 2,
+                   "lr": 0.5, "source": "https://example.org/authors@abc"}, "options": {"train_subset": None}}))
+    stage(str(run), REPO_ID, tmp_path / "staged")
+    meta, text = _readme(tmp_path / "staged")
+    assert "Pretrained for **2 epochs** on CIFAR-10 (the full training set)" in text
+    assert "for 1000 epochs" not in text and "not published" not in text
+    assert "these weights had 2 epochs, so the entry's paper numbers are not theirs" in text
+    assert meta["license"] == "apache-2.0" and "library_name" not in meta  # cifar stem: not a timm model
+    assert f'wssl_zoo.load("hf-hub:{REPO_ID}")' in text and "pip install" in text
+
+
+def test_model_index_holds_only_comparable_results_with_hub_task_ids(tmp_path, registry):
+    """Against the real zoo/results records of the 2-epoch INTL run: no effective rank, no toy
+    detection run, no pretrain_eval duplicates, no '+' overrides, no wssl-zoo-only protocol."""
+    import dataclasses
+
+    from huggingface_hub import ModelCard
+
+    from wssl_zoo.cards import RESULTS_DIR, render_card
+    from wssl_zoo.registry import HubInfo
+
+    digest = json.loads((RESULTS_DIR / "pretrain_intl_cifar10_imagenet_e2.json").read_text())["weights_sha256"]
+    entry = dataclasses.replace(get_entry("intl_resnet18_cifar10"), hub=HubInfo(REPO_ID, "", {"model.safetensors": digest}))
+    card = ModelCard(render_card(entry, for_hub=True))
+    results = card.data.eval_results
+    assert {(r.task_type, r.metric_name, r.metric_value) for r in results} == {
+        ("image-classification", "knn5 v2 top-1", 43.72), ("image-classification", "knn200 v1 top-1", 47.03)}
+    assert all(r.dataset_type == "cifar10" and r.metric_type == "accuracy" for r in results)
+    text = str(card)
+    assert "effective_rank" not in text.split("---")[1] and "COCO" not in text.split("---")[1]
+
+
+def test_every_checked_in_card_parses_with_huggingface_hub(registry):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard import metadata_load
+
+    from wssl_zoo.cards import CARDS_DIR
+
+    for path in sorted(CARDS_DIR.glob("*.md")):
+        meta = metadata_load(path)
+        card = ModelCard.load(path)
+        assert meta["license"] in ("apache-2.0", "other"), path
+        assert (meta.get("library_name") == "timm") == (get_entry(path.stem).stem == "imagenet"), path
+        for r in card.data.eval_results or []:
+            assert r.task_type in ("image-classification", "object-detection", "image-segmentation"), path
+            assert "rank" not in r.metric_name and "+" not in (r.task_name or ""), path
 
 
 def test_dry_run_stages_without_uploading_or_pinning(tmp_path, hub, registry, capsys):
@@ -202,6 +264,71 @@ def test_plain_timm_hf_hub_gives_the_same_features(tmp_path, hub, registry):
     assert torch.equal(features(theirs, 64), features(ours, 64))
     assert torch.equal(features(ours, 64), features(model, 64))
     assert theirs.pretrained_cfg["mean"] == (0.4914, 0.4822, 0.4465) or list(theirs.pretrained_cfg["mean"]) == [0.4914, 0.4822, 0.4465]
+
+
+def test_timm_fine_tunes_a_published_model_with_new_classes_and_channels(tmp_path, hub, registry):
+    """The most common timm use: pretrained=True with num_classes=10 (and in_chans=1), one SGD step."""
+    import timm
+    import timm.data
+
+    run = tmp_path / "run"
+    model = make_run_dir(run, stem="imagenet", img_size=64)
+    result = publish(str(run), "someone/r18-ft", progress=lambda *a: None)
+    spec = f"hf-hub:someone/r18-ft@{result.revision}"
+    clf = timm.create_model(spec, pretrained=True, num_classes=10)
+    assert clf.get_classifier().out_features == 10
+    assert torch.equal(clf.conv1.weight, model.conv1.weight)
+    assert timm.data.resolve_data_config(model=clf)["input_size"] == (3, 64, 64)
+    assert timm.data.resolve_data_config(model=clf)["interpolation"] == "bilinear"
+    gray = timm.create_model(spec, pretrained=True, num_classes=10, in_chans=1)
+    assert gray.conv1.weight.shape[1] == 1
+    assert torch.allclose(gray.conv1.weight, model.conv1.weight.sum(1, keepdim=True))
+    maps = timm.create_model(spec, pretrained=True, features_only=True)
+    assert [f.shape[1] for f in maps(torch.randn(1, 3, 64, 64))] == [64, 64, 128, 256, 512]
+    for net, chans in ((clf, 3), (gray, 1)):
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        x = torch.randn(4, chans, 64, 64, generator=torch.Generator().manual_seed(0))
+        loss = torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3]))
+        loss.backward()
+        before = net.get_classifier().weight.detach().clone()
+        opt.step()
+        assert torch.isfinite(loss) and not torch.equal(net.get_classifier().weight, before)
+
+
+def test_small_stems_are_refused_by_timm_by_name_and_load_with_wssl_zoo(published, hub, tmp_path):
+    """The cifar/small stems are no timm architecture: timm stops with an error naming wssl_zoo.load,
+    also for a deep-stem arch whose weights have the shapes of the imagenet stem (resnet26d)."""
+    import timm
+
+    _, result = published
+    with pytest.raises(RuntimeError, match=r"Unknown model \(resnet18 with the wssl-zoo cifar stem.*wssl_zoo.load\)"):
+        timm.create_model(f"hf-hub:{REPO_ID}@{result.revision}", pretrained=True, num_classes=10)
+    deep = tmp_path / "deep"
+    model = _randomised(wssl_zoo.create("resnet26d", stem="small"), 4)
+    assert model.conv1[0].weight.shape == timm.create_model("resnet26d").conv1[0].weight.shape  # would load silently
+    save_model_dir(deep, model, arch="resnet26d", stem="small", mean=(0.5,) * 3, std=(0.5,) * 3, img_size=64)
+    with pytest.raises(RuntimeError, match="resnet26d with the wssl-zoo small stem"):
+        timm.create_model(f"local-dir:{deep}", pretrained=True)
+    assert torch.equal(features(wssl_zoo.load(deep), 64), features(model, 64))
+    assert not wssl_zoo.load(deep).pretrained_cfg["architecture"].count(" ")
+
+
+def test_wssl_zoo_loads_a_plain_timm_repo_without_its_classifier(tmp_path, hub, caplog):
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    supervised = _randomised(timm.create_model("resnet18", num_classes=7), 5)
+    save_for_hf(supervised, str(tmp_path / "timm"), safe_serialization=True)
+    hub.create_repo("timm/r18-sup")
+    commit = hub.commit_files("timm/r18-sup", {p.name: p.read_bytes() for p in (tmp_path / "timm").iterdir()})
+    with caplog.at_level("WARNING", logger="wssl_zoo"):
+        ours = wssl_zoo.load(f"hf-hub:timm/r18-sup@{commit}")
+    assert "classifier (fc.weight, fc.bias) was dropped" in caplog.text
+    supervised.reset_classifier(0)
+    assert torch.equal(features(ours, 64), features(supervised, 64))
+    assert ours.pretrained_cfg["num_classes"] == 0 and "hf_hub_id" not in ours.pretrained_cfg
 
 
 # ---------------------------------------------------------------------------- download
@@ -348,6 +475,22 @@ def test_update_registry_hub_validates_before_writing(registry):
     assert path.read_text() == before
 
 
+def test_update_registry_hub_keeps_comments_and_every_other_table(registry):
+    path = registry / f"{ENTRY}.toml"
+    text = path.read_text().replace("[hub]\n", "# pinned by wssl-zoo publish\n[hub]\n", 1)
+    text = text.replace("[official]\n", "[official]  # the authors' own files\n", 1)
+    path.write_text(text)
+    update_registry_hub(path, REPO_ID, "b" * 40, {"model.safetensors": "c" * 64, "config.json": "d" * 64},
+                        {"model.safetensors": 12, "config.json": 3})
+    after = path.read_text()
+    assert "# pinned by wssl-zoo publish\n[hub]\n" in after and "[official]  # the authors' own files\n" in after
+    assert after.split("# pinned by")[0] == text.split("# pinned by")[0]  # everything before [hub] byte-identical
+    hub = tomllib.loads(after)["hub"]
+    assert hub == {"repo_id": REPO_ID, "revision": "b" * 40, "files": {"model.safetensors": "c" * 64, "config.json": "d" * 64},
+                   "sizes": {"model.safetensors": 12, "config.json": 3}}
+    assert get_entry(ENTRY).hub.published
+
+
 def test_publish_a_registry_name_mirrors_its_verified_files(published, hub, tmp_path, registry):
     model, result = published
     mirror = publish(ENTRY, "backup/cwrgp_r18", entry_name=None, staging=None, progress=lambda *a: None,
@@ -378,4 +521,12 @@ def test_the_readme_two_commands_turn_an_authors_checkpoint_into_a_pinned_entry(
     expected = features(online, 64)
     assert torch.allclose(features(ours, 64), expected, atol=1e-4)
     assert torch.equal(features(theirs, 64), features(ours, 64))
-    assert "convert.json" in hub.repos["wssl-zoo/intl_resnet50"].commits[entry.hub.revision].files
+    files = hub.repos["wssl-zoo/intl_resnet50"].commits[entry.hub.revision].files
+    assert "convert.json" in files
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.license == "other" and card.data.library_name == "timm"
+    assert "Converted from the authors' checkpoint `intl_800ep.pth.tar`" in card.text
+    assert entry.official["url"] in card.text and "the authors' repository carries no license" in card.text
+    assert "sha256 `" + sha256_file(ckpt) + "`" in card.text and "not published" not in card.text

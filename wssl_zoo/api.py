@@ -39,9 +39,11 @@ def load(name_or_path: str | Path, seed: int = 0) -> nn.Module:
 
     ``name_or_path`` is a local model directory or ``.safetensors`` file with its
     ``config.json``, a registry name or alias (its published weights, at the pinned revision,
-    sha256-checked), ``hf-hub:org/name[@revision]``, or ``random:ARCH[:STEM[:SIZE]]`` (random
-    init drawn from ``seed``). :func:`wssl_zoo.weights.resolve` gives the handle itself (sha256,
-    label, normalisation, eval transform) without building the model.
+    sha256-checked), ``hf-hub:org/name[@revision]`` (a repo in our format or any plain timm repo
+    with ``model.safetensors``: a supervised baseline's classifier is dropped, with a warning on
+    the ``wssl_zoo`` logger, and the backbone returns pooled features like ours), or
+    ``random:ARCH[:STEM[:SIZE]]`` (random init drawn from ``seed``). :func:`wssl_zoo.weights.resolve`
+    gives the handle itself (sha256, label, normalisation, eval transform) without building the model.
     """
     from .weights import resolve
 

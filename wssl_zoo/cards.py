@@ -2,13 +2,17 @@
 
 ``wssl-zoo card --all`` rewrites ``MODEL_CARDS/<name>.md`` for every entry; a test fails when a
 checked-in card differs from what this module renders. The card is also the Hub README of the
-model: its YAML front matter carries the Hub metadata (``library_name``, ``license``, ``tags``,
-``datasets``) and a ``model-index`` with every measured result of the entry's weights.
+model: its YAML front matter is a ``huggingface_hub.ModelCardData`` (``library_name: timm`` only
+for the imagenet stem, which timm builds; ``license`` per source; ``tags``, ``datasets``) with a
+``model-index`` of :class:`huggingface_hub.EvalResult` holding only the comparable results (see
+:func:`comparable`). A Hub README (``wssl-zoo publish``) describes the uploaded files: epochs, data,
+recipe and provenance come from the uploaded ``train_config.json`` / ``convert.json``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,16 @@ TASK_NAMES = {"linear_top1": "linear probe top-1 (%)", "linear_top5": "linear pr
               "knn5_top1": "5-NN top-1 (%)", "knn20_top1": "20-NN top-1 (%)", "coco_det_ap": "detection AP (bbox)",
               "coco_seg_ap": "instance segmentation AP (mask)", "voc_det_ap50": "detection AP50",
               "voc_det_ap": "detection AP"}
-LICENSE = "apache-2.0"
+LICENSE = "apache-2.0"  # weights wssl-zoo trained
+# Converted authors' weights: their repositories carry no license, so wssl-zoo cannot relicense them.
+CONVERTED_LICENSE = dict(license="other", license_name="authors-terms")
+CONVERTED_LICENSE_NOTE = ("converted from the authors' checkpoint; the authors' repository carries no license, "
+                          "so these weights are under the authors' terms (`license: other`), not wssl-zoo's "
+                          "apache-2.0, which covers the code")
+INSTALL = 'pip install "wssl-zoo @ git+https://github.com/wssl-zoo/wssl-zoo"'
+# Hub task ids and short names per metric-key prefix (model-index only)
+_HUB_TASKS = {"bbox_": ("object-detection", "detection", "mAP"), "segm_": ("image-segmentation", "instance segmentation", "mAP")}
+_HUB_METRIC_NAMES = {"top1": "top-1", "top5": "top-5"}
 
 
 # ---------------------------------------------------------------------------- measured results
@@ -86,70 +99,160 @@ def measured_results(entry: ZooEntry, results_dir: Path | None = None) -> list[d
 # ---------------------------------------------------------------------------- metadata
 
 
-def _yaml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+def comparable(record: dict) -> bool:
+    """Whether a ``zoo/results`` record goes into a model-index: an evaluation on full data under a
+    paper's protocol (a ``+`` in the protocol name marks overrides such as ``+train_subset=10000`` or a
+    reduced detection schedule; a protocol whose ``source`` is ``wssl-zoo: ...``, like the cached
+    ``fast`` probe, is ours, not a paper's), and not a pretraining monitor (``pretrain_eval`` repeats the
+    kNN/linear protocols) or a spectrum (effective rank is no accuracy)."""
+    if record.get("kind") == "pretrain_eval" or record.get("task") in ("spectrum", None, ""):
+        return False
+    proto = record.get("protocol", {})
+    own = isinstance(proto, dict) and str(proto.get("source", "")).startswith("wssl-zoo")
+    return "+" not in _protocol_name(record) and not own
 
 
-def _task_type(task: str, metric: str) -> tuple[str, str]:
-    if task in ("coco", "voc", "detection") or metric.startswith(("bbox_", "segm_")):
-        return ("instance-segmentation", "mAP") if metric.startswith("segm_") else ("object-detection", "mAP")
-    return "image-classification", "accuracy"
+def _hub_result(record: dict, row: dict):
+    from huggingface_hub import EvalResult
+
+    ds = row["dataset"]
+    prefix = next((k for k in _HUB_TASKS if row["metric"].startswith(k)), None)
+    if prefix:
+        ttype, tname, mtype = _HUB_TASKS[prefix]
+        metric = row["metric"][len(prefix):]
+    else:
+        ttype, tname, mtype = "image-classification", row["task"], "accuracy"
+        metric = _HUB_METRIC_NAMES.get(row["metric"], row["metric"])
+    # huggingface_hub merges results of one task type and dataset under the first one's task name,
+    # so the protocol goes into the (short) metric name
+    proto = f"{row['protocol']} " if row["protocol"] else ""
+    return EvalResult(task_type=ttype, task_name=tname if prefix else None, dataset_type=HUB_DATASETS.get(ds, ds),
+                      dataset_name=DATASET_NAMES.get(ds, ds), metric_type=mtype, metric_name=f"{proto}{metric}",
+                      metric_value=round(row["value"], 4), source_name=f"wssl-zoo zoo/results/{record['file']}",
+                      source_url="https://github.com/wssl-zoo/wssl-zoo")
 
 
-def model_index(name: str, measured: list[dict]) -> list[str]:
-    """The ``model-index`` YAML lines (Hub metadata) for the measured results; empty without any."""
-    results = []
-    for record in measured:
-        for row in metric_rows(record):
-            ttype, mtype = _task_type(row["task"], row["metric"])
-            ds = row["dataset"]
-            results += [
-                "  - task:", f"      type: {ttype}", f"      name: {_yaml_str(row['task'] or ttype)}",
-                "    dataset:", f"      type: {_yaml_str(HUB_DATASETS.get(ds, ds))}",
-                f"      name: {_yaml_str(DATASET_NAMES.get(ds, ds))}",
-                "    metrics:", f"    - type: {mtype}", f"      value: {round(row['value'], 4)}",
-                f"      name: {_yaml_str(row['metric'] + (' (' + row['protocol'] + ')' if row['protocol'] else ''))}",
-                "    source:", f"      name: {_yaml_str('wssl-zoo zoo/results/' + record['file'])}",
-                "      url: https://github.com/wssl-zoo/wssl-zoo",
-            ]
-    if not results:
-        return []
-    return ["model-index:", f"- name: {name}", "  results:", *results]
+def card_data(name: str, *, stem: str, method: str, dataset: str, converted: bool, measured: list[dict]):
+    """The Hub metadata (``huggingface_hub.ModelCardData``) of a card; ``measured`` are zoo/results records."""
+    from huggingface_hub import ModelCardData
+
+    results = [_hub_result(r, row) for r in measured if comparable(r) for row in metric_rows(r)]
+    license_ = CONVERTED_LICENSE if converted else dict(license=LICENSE)
+    return ModelCardData(
+        library_name="timm" if stem == "imagenet" else None, **license_,
+        tags=["image-feature-extraction", "self-supervised-learning", method, "whitening", "wssl-zoo"],
+        datasets=[HUB_DATASETS.get(dataset, dataset)] if dataset else None, pipeline_tag="image-feature-extraction",
+        model_name=name if results else None, eval_results=results or None)
 
 
-def _front_matter(e: ZooEntry, measured: list[dict]) -> list[str]:
-    ds = e.training.get("dataset", "")
-    return ["---", "library_name: timm", f"license: {LICENSE}", "tags:", "- image-feature-extraction",
-            "- self-supervised-learning", f"- {e.method}", "- whitening", "- wssl-zoo", "datasets:",
-            f"- {HUB_DATASETS.get(ds, ds)}", "pipeline_tag: image-feature-extraction",
-            *model_index(e.name, measured), "---", ""]
+def _front_matter(data) -> list[str]:
+    return ["---", *data.to_yaml().splitlines(), "---", ""]
+
+
+def uploaded(folder: Path) -> dict[str, Any]:
+    """What the files of a model directory say about the weights: ``epochs``, ``dataset``,
+    ``recipe`` (name), ``train`` (the resolved recipe of ``train_config.json``), ``options``,
+    ``convert`` (``convert.json``) and the ``config.json`` section ``wssl_zoo``."""
+    from .modelio import read_config
+
+    def _json(name: str) -> dict:
+        path = folder / name
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+    section = read_config(folder).get("wssl_zoo", {})
+    train_cfg, conv = _json("train_config.json"), _json("convert.json")
+    train = train_cfg.get("recipe", {})
+    return dict(epochs=train.get("epochs"), dataset=train.get("dataset") or conv.get("dataset") or section.get("dataset", ""),
+                recipe=train.get("name", ""), method=train.get("method") or conv.get("method") or section.get("method"),
+                train=train, options=train_cfg.get("options", {}), convert=conv, section=section)
+
+
+def _training_lines(up: dict[str, Any], entry: ZooEntry | None) -> list[str]:
+    """The "How it was trained" section from the uploaded files (not the registry entry)."""
+    lines = ["## How it was trained", ""]
+    conv, train = up["convert"], up["train"]
+    if conv:
+        url = (entry.official.get("url") if entry is not None else "") or ""
+        where = f" ({url})" if url else ""
+        lines += [f"Converted from the authors' checkpoint `{conv.get('source_file')}`{where}, sha256 "
+                  f"`{conv.get('source_sha256')}`, by `wssl-zoo convert --from {conv.get('layout')}` "
+                  f"(`convert.json` in this repo records the key mapping and the feature check against "
+                  f"torchvision). The authors trained it; its recipe is theirs"
+                  + (f": {entry.training.get('epochs')} epochs on "
+                     f"{DATASET_NAMES.get(entry.training.get('dataset', ''), entry.training.get('dataset', ''))}, "
+                     f"as {entry.training.get('source', 'their repository')}" if entry is not None else "")
+                  + ".", "", f"License: {CONVERTED_LICENSE_NOTE}.", ""]
+        return lines
+    if train:
+        ds = DATASET_NAMES.get(up["dataset"], up["dataset"])
+        subset = up["options"].get("train_subset")
+        data = f"{ds} ({subset} training images)" if subset else f"{ds} (the full training set)"
+        lines += [f"Pretrained for **{up['epochs']} epochs** on {data} by `wssl-zoo pretrain` with recipe "
+                  f"`{up['recipe']}`: " + ", ".join(f"{k} {v}" for k, v in sorted(train.items())
+                                                   if k not in ("name", "epochs", "dataset", "source", "description", "notes")
+                                                   and not isinstance(v, (dict, list)) and v not in (None, "")) + ".",
+                  f"Source of the recipe: {train.get('source', '')}." if train.get("source") else "",
+                  "`train_config.json`, `summary.json` and `log.jsonl` in this repo hold the whole run.", ""]
+        if entry is not None and up["epochs"] != entry.training.get("epochs"):
+            lines += [f"The registry entry `{entry.name}` describes the {entry.training.get('epochs')}-epoch recipe; "
+                      f"these weights had {up['epochs']} epochs, so the entry's paper numbers are not theirs.", ""]
+        return lines
+    lines += ["No `train_config.json` or `convert.json` was uploaded: how these weights were made is not recorded.", ""]
+    return lines
+
+
+def _published_notes(notes: str) -> str:
+    """An entry's notes without the sentences saying its weights are not published (true before)."""
+    kept = [s for s in re.split(r"(?<=\.)\s+", notes.strip()) if s and "not published" not in s]
+    return " ".join(kept)
 
 
 # ---------------------------------------------------------------------------- cards
 
 
-def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None = None) -> str:
+def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None = None,
+                folder: Path | None = None) -> str:
     """The card of ``entry`` (Markdown with Hub front matter).
 
-    ``for_hub`` renders the README of the Hub repo being published: its load instructions use
-    the repo without a revision (the commit does not exist yet when the README is written).
+    ``for_hub`` renders the README of the Hub repo being published from ``folder`` (the staged
+    files): its training section and license come from the uploaded ``train_config.json`` /
+    ``convert.json``, its load snippet names the repo (the commit does not exist yet), and the
+    entry's "not published yet" note is left out.
     """
     e = entry
     measured = measured_results(e, results_dir)
-    lines = _front_matter(e, measured)
-    lines += [f"# {e.name}", "", e.description, ""]
+    up = uploaded(folder) if folder is not None else None
+    converted = bool(up and up["convert"])
+    dataset = (up["dataset"] if up else "") or e.training.get("dataset", "")
+    lines = _front_matter(card_data(e.name, stem=e.stem, method=e.method, dataset=dataset, converted=converted,
+                                    measured=measured))
+    lines += [f"# {e.name}", "", e.description if up is None else f"timm `{e.arch}` ({e.stem} stem) weights "
+              f"published for the wssl-zoo registry entry `{e.name}` ({e.method}).", ""]
+    # an uploaded run's own projector and loss settings, else the entry's
+    proj = (up["train"].get("projector") if up else None) or e.projector
+    loss = (up["train"].get("loss") if up else None) or e.loss
     lines += ["## What it is", "",
               f"- Method: **{e.method}** — {e.variant}.",
               f"- Backbone: timm `{e.arch}` ({e.stem} stem), {e.img_size} px input, {e.feature_dim}-d pooled features.",
-              f"- Projector used in pretraining: {e.projector['num_layers']} layers, hidden {e.projector['hidden_dim']}, "
-              f"output {e.projector['out_dim']}.",
-              f"- Loss parameters: `{dict(e.loss)}`.", ""]
-    lines += ["## How it was trained", "",
-              f"Recipe `{e.recipe}` (`wssl-zoo pretrain --recipe {e.recipe} --show` prints every value): "
-              + ", ".join(f"{k} {v}" for k, v in e.training.items() if k != "source") + ".",
-              f"Source of the recipe: {e.training.get('source', '')}.", ""]
-    lines += ["## Results", "", "Paper-reported numbers are the authors' own; measured numbers come from runs of "
-              "these weights recorded in `zoo/results` (each record holds the command that reproduces it).", "",
+              f"- Projector used in pretraining: {proj['num_layers']} layers, hidden {proj['hidden_dim']}, "
+              f"output {proj['out_dim']}.",
+              f"- Loss parameters: `{dict(loss)}`.", ""]
+    if up is not None:
+        lines += _training_lines(up, e)
+    else:
+        lines += ["## How it was trained", "",
+                  f"Recipe `{e.recipe}` (`wssl-zoo pretrain --recipe {e.recipe} --show` prints every value): "
+                  + ", ".join(f"{k} {v}" for k, v in e.training.items() if k != "source") + ".",
+                  f"Source of the recipe: {e.training.get('source', '')}.", ""]
+    lines += ["## Results", "", "Paper-reported numbers are the authors' own, for the entry's recipe; measured numbers "
+              "come from runs of these weights recorded in `zoo/results` (each record holds the command that "
+              "reproduces it). The Hub metadata lists only measured results under a paper protocol on full data "
+              "without overrides.", "",
               "| task | dataset | epochs | value | provenance |", "|---|---|---|---|---|"]
     for r in e.paper_results:
         note = f" ({r.note})" if r.note else ""
@@ -168,10 +271,14 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
     timm_ok = e.stem == "imagenet"
     if for_hub or e.hub.published:
         rev = "" if for_hub else f"@{e.hub.revision}"
-        lines += ["```python", "import wssl_zoo", f'backbone = wssl_zoo.load("{e.name}")  # pinned revision, sha256-checked']
+        lines += ["```bash", INSTALL, "```", "", "```python", "import wssl_zoo",
+                  f'backbone = wssl_zoo.load("hf-hub:{e.hub.repo_id}{rev}")'
+                  + ("  # append @<commit> to pin a revision" if for_hub else "  # sha256-checked")]
+        if not for_hub:
+            lines.append(f'backbone = wssl_zoo.load("{e.name}")  # the same, through the registry entry')
         if timm_ok:
-            lines += ["import timm",
-                      f'backbone = timm.create_model("hf-hub:{e.hub.repo_id}{rev}", pretrained=True, num_classes=0)']
+            lines += ["import timm  # fine-tuning: any num_classes / in_chans, as for every timm checkpoint",
+                      f'model = timm.create_model("hf-hub:{e.hub.repo_id}{rev}", pretrained=True, num_classes=10)']
         lines += ["```", ""]
         if not for_hub:
             lines += [f"Pinned: `{e.hub.repo_id}` at commit `{e.hub.revision}`; files and sha256:", ""]
@@ -179,8 +286,9 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
                       for name, digest in e.hub.files.items()]
             lines.append("")
         if not timm_ok:
-            lines += [f"The {e.stem} stem (3x3 first convolution) is not a timm architecture variant: load it "
-                      "with `wssl_zoo.load`, which rebuilds the stem.", ""]
+            lines += [f"The {e.stem} stem (3x3 stride-1 first convolution) is not a timm architecture, so this repo "
+                      "is not tagged `library_name: timm` and `timm.create_model` refuses it with an error naming "
+                      "`wssl_zoo.load`, which rebuilds the stem.", ""]
         lines[-1:] = []
     else:
         lines += ["The weights are **not published yet**: `wssl_zoo.load(" + repr(e.name) + ")` raises an error that says so.",
@@ -192,43 +300,36 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
                       f"wssl-zoo publish runs/{e.name} --repo {e.hub.repo_id}", "```"]
     lines += ["", "## Limitations", "",
               "- A self-supervised backbone: it has no classifier; evaluate it with a probe or fine-tuning.",
-              f"- Trained on {DATASET_NAMES.get(e.training.get('dataset', ''), e.training.get('dataset', ''))} only; "
+              f"- Trained on {DATASET_NAMES.get(dataset, dataset)} only; "
               "features transfer less well to very different images."]
-    if e.notes:
-        lines.append(f"- {e.notes}")
+    notes = _published_notes(e.notes) if (for_hub or e.hub.published) else e.notes
+    if notes:
+        lines.append(f"- {notes}")
     lines += ["", "## Citation", "", "```bibtex", e.citation.strip(), "```", ""]
     return "\n".join(lines)
 
 
 def render_generic_card(folder: Path, repo_id: str) -> str:
     """A card for a model directory that belongs to no registry entry, from its own files."""
-    from .modelio import read_config
+    from .modelio import config_arch, read_config
 
     config = read_config(folder)
-    section = config.get("wssl_zoo", {})
-    train = {}
-    if (folder / "train_config.json").is_file():
-        train = json.loads((folder / "train_config.json").read_text()).get("recipe", {})
-    method = train.get("method") or section.get("method") or "unknown"
-    dataset = train.get("dataset") or section.get("dataset", "")
+    up = uploaded(folder)
+    stem = up["section"].get("stem", "imagenet")
+    method, dataset = up["method"] or "unknown", up["dataset"]
     cfg = config.get("pretrained_cfg", {})
-    lines = ["---", "library_name: timm", f"license: {LICENSE}", "tags:", "- image-feature-extraction",
-             "- self-supervised-learning", f"- {method}", "- wssl-zoo"]
-    if dataset:
-        lines += ["datasets:", f"- {HUB_DATASETS.get(dataset, dataset)}"]
-    lines += ["pipeline_tag: image-feature-extraction", "---", "", f"# {repo_id.split('/')[1]}", "",
-              f"A timm `{config['architecture']}` backbone ({section.get('stem', 'imagenet')} stem) pretrained with "
+    lines = _front_matter(card_data(repo_id.split("/")[1], stem=stem, method=method, dataset=dataset,
+                                    converted=bool(up["convert"]), measured=[]))
+    lines += [f"# {repo_id.split('/')[1]}", "",
+              f"A timm `{config_arch(config)}` backbone ({stem} stem) pretrained with "
               f"**{method}**" + (f" on {DATASET_NAMES.get(dataset, dataset)}" if dataset else "") + ", published by wssl-zoo.",
               "", f"- Input: {cfg.get('input_size')}, mean {cfg.get('mean')}, std {cfg.get('std')}.", ""]
-    if train:
-        lines += ["## How it was trained", "", f"Recipe `{train.get('name', '')}`: "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(train.items()) if not isinstance(v, (dict, list))) + ".",
-                  "`train_config.json`, `summary.json` and `log.jsonl` in this repo hold the whole run.", ""]
-    if (folder / "convert.json").is_file():
-        conv = json.loads((folder / "convert.json").read_text())
-        lines += ["## Provenance", "", f"Converted from the authors' checkpoint `{conv.get('source_file')}` "
-                  f"(sha256 `{conv.get('source_sha256')}`) by `wssl-zoo convert --from {conv.get('layout')}`.", ""]
-    lines += ["## How to load it", "", "```python", "import wssl_zoo", f'backbone = wssl_zoo.load("hf-hub:{repo_id}")', "```", ""]
+    lines += _training_lines(up, None)
+    lines += ["## How to load it", "", "```bash", INSTALL, "```", "", "```python", "import wssl_zoo",
+              f'backbone = wssl_zoo.load("hf-hub:{repo_id}")  # append @<commit> to pin a revision']
+    if stem == "imagenet":
+        lines += ["import timm", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True, num_classes=10)']
+    lines += ["```", ""]
     return "\n".join(lines)
 
 

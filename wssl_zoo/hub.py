@@ -217,8 +217,10 @@ def _find_entry(source_dir: Path | None, repo_id: str, entry_name: str | None) -
 
 def _check_matches_entry(config: dict, entry: ZooEntry, source: str) -> None:
     stem = config.get("wssl_zoo", {}).get("stem", "imagenet")
-    if config.get("architecture") != entry.arch or stem != entry.stem:
-        raise ValueError(f"{source} holds a {config.get('architecture')} ({stem} stem) but the registry entry "
+    from .modelio import config_arch
+
+    if config_arch(config) != entry.arch or stem != entry.stem:
+        raise ValueError(f"{source} holds a {config_arch(config)} ({stem} stem) but the registry entry "
                          f"{entry.name!r} is a {entry.arch} ({entry.stem} stem); pass the right --entry")
 
 
@@ -281,7 +283,7 @@ def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None
     if entry is not None:
         pinned = {k: v for k, v in hashes.items() if k in PINNED_FILES}
         draft = dataclasses.replace(entry, hub=HubInfo(repo_id=repo_id, revision="", files=pinned))
-        card = render_card(draft, for_hub=True, results_dir=cards_results_dir)
+        card = render_card(draft, for_hub=True, results_dir=cards_results_dir, folder=folder)
     else:
         card = render_generic_card(folder, repo_id)
     (folder / "README.md").write_text(card)
@@ -293,32 +295,34 @@ def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None
 
 def update_registry_hub(path: Path, repo_id: str, revision: str, files: dict[str, str],
                         sizes: dict[str, int]) -> None:
-    """Rewrite the ``[hub]`` tables of a registry TOML file in place (atomically), keeping the rest.
+    """Set the ``[hub]`` table of a registry TOML file (``repo_id``, ``revision``, ``[hub.files]``,
+    ``[hub.sizes]``) in place, atomically, with ``tomlkit``: every other table, comment and the
+    layout of the file are kept.
 
     The new text is parsed and validated as a registry entry before it replaces the file.
     """
+    import tomlkit
+
     from .modelio import atomic_write_bytes
     from .registry import RegistryError, _parse_entry
 
     if not _COMMIT.match(revision):
         raise ValueError(f"revision {revision!r} is not a 40-hex commit sha")
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == "[hub]"), None)
-    if start is None:
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except tomlkit.exceptions.ParseError as exc:
+        raise RegistryError(f"{path}: not valid TOML ({exc})") from None
+    hub = doc.get("hub")
+    if not isinstance(hub, dict):
         raise RegistryError(f"{path}: no [hub] table to update")
-    end = start + 1
-    while end < len(lines):
-        stripped = lines[end].strip()
-        if stripped.startswith("[") and not stripped.startswith(("[hub.", "[hub]")):
-            break
-        end += 1
-    block = [
-        "[hub]\n", f'repo_id = "{repo_id}"\n', f'revision = "{revision}"\n', "\n", "[hub.files]\n",
-        *[f'"{name}" = "{digest}"\n' for name, digest in files.items()], "\n", "[hub.sizes]\n",
-        *[f'"{name}" = {sizes[name]}\n' for name in files], "\n",
-    ]
-    new_text = "".join(lines[:start] + block + lines[end:])
+    hub["repo_id"] = repo_id
+    hub["revision"] = revision
+    for key, values in (("files", dict(files)), ("sizes", {name: int(sizes[name]) for name in files})):
+        table = tomlkit.table()
+        for name, value in values.items():
+            table[name] = value
+        hub[key] = table
+    new_text = tomlkit.dumps(doc)
     with tempfile.TemporaryDirectory() as tmp:  # validate before replacing
         probe = Path(tmp) / path.name
         probe.write_text(new_text, encoding="utf-8")

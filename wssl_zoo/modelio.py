@@ -3,17 +3,26 @@
 A model directory holds
 
 - ``model.safetensors``: the backbone's state dict with timm key names;
-- ``config.json``: timm's Hub config (``architecture``, ``num_features``, ``pretrained_cfg`` with
-  mean, std, input size and crop) plus a ``wssl_zoo`` section (stem, format version, provenance),
-  so ``timm.create_model("hf-hub:org/name", pretrained=True, num_classes=0)`` reads it;
+- ``config.json``: written by timm's own ``save_config_for_hf`` (``architecture``, ``num_features``,
+  ``model_args``, ``pretrained_cfg`` with mean, std, input size, crop, interpolation, ``first_conv``
+  and ``classifier``) plus a ``wssl_zoo`` section (architecture, stem, format version, provenance).
+  The ``pretrained_cfg`` describes this checkpoint only: nothing of timm's default checkpoint for
+  the architecture (its hub id, URL, tag, license, test size) is kept. For the ``imagenet`` stem
+  ``timm.create_model("hf-hub:org/name", pretrained=True, num_classes=N, in_chans=C)`` (or
+  ``features_only=True``) and ``timm.data.resolve_data_config`` work as for any timm checkpoint.
+  The ``cifar``/``small`` stems are not timm architectures: their top-level ``architecture`` is a
+  sentence that timm refuses with ``RuntimeError: Unknown model (...)`` naming ``wssl_zoo.load``,
+  so timm never builds a network with another stem and loads these weights into it;
 - optionally ``projector.safetensors``.
 
-Every file is written atomically (temporary file in the same folder, fsync, rename).
+Every file is written atomically (temporary file in the same folder, fsync, rename) with the
+mode a plain ``open`` gives (0666 less the umask, 0644 under the usual umask 022).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -26,6 +35,18 @@ from torch import nn
 
 FORMAT_VERSION = 1
 from .registry import STEMS as _STEMS  # the stems of wssl_zoo.encoders.create_backbone
+# pretrained_cfg keys that describe the saved checkpoint (timm derives the rest from the model);
+# everything else in timm's default cfg (url, hf_hub_id, tag, license, test_input_size, ...)
+# belongs to another checkpoint of the architecture.
+_OWN_CFG_KEYS = ("architecture", "input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode",
+                 "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "custom_load")
+
+
+def timm_refusal_name(arch: str, stem: str) -> str:
+    """The top-level ``architecture`` of a small-stem config.json: not a timm model name, so
+    ``timm.create_model("hf-hub:...")`` stops with ``Unknown model (<this sentence>)``."""
+    return (f"{arch} with the wssl-zoo {stem} stem (3x3 stride-1 conv1) is not a timm architecture: "
+            f"load it with wssl_zoo.load")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -41,6 +62,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows, else set and restored)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Open a binary file that appears at ``path`` only when the ``with`` block completes.
@@ -54,6 +86,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give what open() would
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -91,15 +124,17 @@ def save_model_dir(out_dir, backbone: nn.Module, *, arch: str, stem: str, mean, 
     Args:
         out_dir: the folder (created if needed); files already there are replaced one by one.
         backbone: a timm backbone (``num_classes=0``); its ``state_dict()`` is saved with timm's key
-            names, so ``timm.create_model(arch, pretrained=True, num_classes=0,
-            pretrained_cfg_overlay=dict(file=...))`` loads it (for the imagenet stem).
+            names and its ``config.json`` by timm's ``save_config_for_hf`` (see the module docstring).
         arch, stem: how to rebuild it (``wssl_zoo.encoders.create_backbone(arch, stem)``).
         mean, std, img_size: the evaluation preprocessing (3 values each; input (3, img_size, img_size)).
-        crop_pct, interpolation: timm's eval crop; default 0.875 / bicubic for the imagenet stem and
-            1.0 / bilinear for the small-image stems (images are used at their native size).
+        crop_pct, interpolation: timm's eval crop; default 0.875 for the imagenet stem and 1.0 for the
+            small-image stems (images are used at their native size), bilinear for all, as
+            ``wssl_zoo.data.transforms.eval_transform`` resizes ImageNet-size images.
         projector: the pretraining projector, saved to ``projector.safetensors`` when given.
         extra_meta: JSON-serialisable provenance added to the ``wssl_zoo`` section of config.json.
     """
+    from timm.models._hub import save_config_for_hf
+
     if stem not in _STEMS:
         raise ValueError(f"save_model_dir: unknown stem {stem!r}; choose one of {list(_STEMS)}")
     if len(tuple(mean)) != 3 or len(tuple(std)) != 3:
@@ -107,36 +142,35 @@ def save_model_dir(out_dir, backbone: nn.Module, *, arch: str, stem: str, mean, 
     if crop_pct is None:
         crop_pct = 0.875 if stem == "imagenet" else 1.0
     if interpolation is None:
-        interpolation = "bicubic" if stem == "imagenet" else "bilinear"
-    reserved = {"format_version", "stem"} & set(extra_meta or {})
+        interpolation = "bilinear"
+    reserved = {"format_version", "stem", "architecture"} & set(extra_meta or {})
     if reserved:
         raise ValueError(f"save_model_dir: extra_meta may not set {sorted(reserved)}")
-    out = Path(out_dir)
-    config = {
-        "architecture": arch,
-        "num_classes": 0,
-        "num_features": int(getattr(backbone, "num_features", 0)),
-        "global_pool": "avg",
-        "pretrained_cfg": {
-            "input_size": [3, int(img_size), int(img_size)],
-            "mean": [float(m) for m in mean],
-            "std": [float(s) for s in std],
-            "crop_pct": float(crop_pct),
-            "interpolation": interpolation,
-            "num_classes": 0,
-        },
-        "wssl_zoo": {"format_version": FORMAT_VERSION, "stem": stem, **(extra_meta or {})},
-    }
+    section = {"format_version": FORMAT_VERSION, "architecture": arch, "stem": stem, **(extra_meta or {})}
     try:
-        text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        json.dumps(section, allow_nan=False)
     except (TypeError, ValueError) as exc:  # checked before any file is written
         raise ValueError(f"save_model_dir: extra_meta is not JSON-serialisable ({exc})") from None
+    # timm's helper reads model.pretrained_cfg; give it a view of the backbone whose cfg holds only
+    # what describes this checkpoint (not timm's default checkpoint of the architecture).
+    view = copy.copy(backbone)
+    own = {k: v for k, v in (getattr(backbone, "pretrained_cfg", None) or {}).items() if k in _OWN_CFG_KEYS}
+    own["architecture"] = arch if stem == "imagenet" else timm_refusal_name(arch, stem)
+    own.setdefault("input_size", (3, int(img_size), int(img_size)))
+    view.pretrained_cfg = own
+    data_config = dict(input_size=(3, int(img_size), int(img_size)), mean=tuple(float(m) for m in mean),
+                       std=tuple(float(x) for x in std), crop_pct=float(crop_pct), interpolation=interpolation)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_config_for_hf(view, str(Path(tmp) / "config.json"), model_config={"wssl_zoo": section},
+                           data_config=data_config)
+        text = (Path(tmp) / "config.json").read_bytes()
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save_tensors(backbone.state_dict(), out / "model.safetensors")
     if projector is not None:
         _save_tensors(projector.state_dict(), out / "projector.safetensors")
     # config.json last: a directory with a config.json has its weights.
-    atomic_write_bytes(out / "config.json", text.encode())
+    atomic_write_bytes(out / "config.json", text)
     return out
 
 
@@ -151,6 +185,12 @@ def read_config(model_dir) -> dict[str, Any]:
     if not isinstance(config.get("architecture"), str):
         raise ValueError(f"{path}: key 'architecture' is missing")
     return config
+
+
+def config_arch(config: dict[str, Any]) -> str:
+    """The timm architecture of a config.json: the ``wssl_zoo`` section's (small stems write a
+    sentence timm refuses at the top level), else timm's top-level ``architecture``."""
+    return config.get("wssl_zoo", {}).get("architecture", config["architecture"])
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -176,11 +216,14 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     return model
 
 
-def load_weights_file(path, arch: str, stem: str = "imagenet", map_location="cpu") -> nn.Module:
+def load_weights_file(path, arch: str, stem: str = "imagenet", map_location="cpu", *,
+                      drop_keys: tuple[str, ...] = (), **timm_kwargs) -> nn.Module:
     """A backbone of ``arch``/``stem`` with the weights of a bare ``.safetensors`` file, eval mode.
 
     Loading is strict: a ValueError names the file and lists missing, unexpected and mis-shaped
-    keys; a tensor holding NaN or Inf is refused by name.
+    keys; a tensor holding NaN or Inf is refused by name. ``drop_keys`` are removed from the file's
+    state dict first (a timm classifier's ``fc.weight``/``fc.bias``); ``timm_kwargs`` go to
+    :func:`wssl_zoo.encoders.create_backbone` (``in_chans``, ``img_size``, ...).
     """
     from safetensors.torch import load_file
 
@@ -193,16 +236,35 @@ def load_weights_file(path, arch: str, stem: str = "imagenet", map_location="cpu
         state = load_file(str(path), device=str(map_location))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several error types
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-    model = create_backbone(arch, stem)
+    for key in drop_keys:
+        state.pop(key, None)
+    model = create_backbone(arch, stem, **timm_kwargs)
     return load_state_into(model, state, str(path)).eval()
+
+
+# model_args of a timm config.json that create_backbone sets itself or refuses
+_NOT_PASSED_ARGS = ("num_classes", "pretrained", "features_only", "pretrained_cfg", "pretrained_cfg_overlay")
+
+
+def _classifier_keys(config: dict[str, Any], model_cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The state-dict keys of a plain timm checkpoint's classifier (none when num_classes is 0)."""
+    cfg = config.get("pretrained_cfg", {})
+    if not config.get("num_classes", cfg.get("num_classes", 0)):
+        return ()
+    names = cfg.get("classifier", model_cfg.get("classifier")) or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{name}.{part}" for name in names for part in ("weight", "bias"))
 
 
 def load_model_dir(path, map_location="cpu") -> nn.Module:
     """The backbone stored in a model directory, eval mode.
 
     ``path`` is the directory or a ``.safetensors`` file in it (its ``config.json`` says the
-    architecture and stem; for a file without one use :func:`load_weights_file`). The returned
-    model's ``pretrained_cfg`` holds the directory's preprocessing (mean, std, input size, crop).
+    architecture and stem; for a file without one use :func:`load_weights_file`). A plain timm
+    directory (no ``wssl_zoo`` section, e.g. a supervised ``timm/...`` Hub repo) loads too: its
+    classifier is dropped (logged as a warning on the ``wssl_zoo`` logger) and the backbone
+    returns pooled features like every other. The returned model's ``pretrained_cfg`` is the
+    directory's (mean, std, input size, crop, interpolation), with no field of another checkpoint.
     """
     path = Path(path)
     if path.is_file():
@@ -225,8 +287,24 @@ def load_model_dir(path, map_location="cpu") -> nn.Module:
     stem = section.get("stem", "imagenet")  # a plain timm Hub config has no wssl_zoo section
     if stem not in _STEMS:
         raise ValueError(f"{folder / 'config.json'}: wssl_zoo stem {stem!r} is not one of {list(_STEMS)}")
-    model = load_weights_file(weights, config["architecture"], stem, map_location)
-    model.pretrained_cfg = dict(model.pretrained_cfg or {}, **config.get("pretrained_cfg", {}))
+    arch = config_arch(config)
+    kwargs = {k: v for k, v in config.get("model_args", {}).items() if k not in _NOT_PASSED_ARGS}
+    import timm
+
+    default = timm.get_pretrained_cfg(arch.split(".")[0]) if timm.is_model(arch) else None
+    default_cfg = default.to_dict() if default is not None else {}
+    drop = () if section else _classifier_keys(config, default_cfg)
+    model = load_weights_file(weights, arch, stem, map_location, drop_keys=drop, **kwargs)
+    if drop:
+        import logging
+
+        logging.getLogger("wssl_zoo").warning(
+            "%s: plain timm checkpoint of %s; its classifier (%s) was dropped, the backbone returns "
+            "pooled features", folder, arch, ", ".join(drop))
+    own = {k: v for k, v in (model.pretrained_cfg or {}).items() if k in ("first_conv", "classifier")}
+    own.update({k: v for k, v in config.get("pretrained_cfg", {}).items() if k in _OWN_CFG_KEYS})
+    own.update(architecture=arch, num_classes=0)
+    model.pretrained_cfg = own
     return model
 
 

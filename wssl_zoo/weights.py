@@ -162,7 +162,7 @@ def _random_backbone(arch: str, stem: str, seed: int) -> nn.Module:
 
 
 def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry | None) -> ResolvedWeights:
-    from .modelio import read_config, sha256_file
+    from .modelio import config_arch, read_config, sha256_file
 
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -184,7 +184,7 @@ def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry |
         raise ValueError(f"{folder / 'config.json'}: pretrained_cfg.input_size is not [C, H, W]") from None
     mean = tuple(float(v) for v in pcfg["mean"]) if pcfg.get("mean") else None
     std = tuple(float(v) for v in pcfg["std"]) if pcfg.get("std") else None
-    return ResolvedWeights(spec=spec, kind=kind, label=label, arch=config["architecture"],
+    return ResolvedWeights(spec=spec, kind=kind, label=label, arch=config_arch(config),
                            stem=section.get("stem", "imagenet"), method=section.get("method"), img_size=img_size,
                            weights_sha256=sha256_file(weights), mean=mean, std=std, folder=folder,
                            weights_file=weights, entry=entry, config=config)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..data.transforms import derive_seed
     from ..evaluation import heldout_metrics
     from ..encoders import create_backbone
-    from ..modelio import read_config, sha256_file
+    from ..modelio import config_arch, read_config, sha256_file
     from .checkpoint import atomic_write_text
 
     p = argparse.ArgumentParser(prog="python -m wssl_zoo.pretrain.evaluate", description=__doc__,
@@ -52,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trained = load(model_dir).to(device)
     torch.manual_seed(derive_seed(train_cfg["options"]["seed"], 2))
-    random_init = create_backbone(cfg["architecture"], cfg["wssl_zoo"]["stem"]).eval().to(device)
+    random_init = create_backbone(config_arch(cfg), cfg["wssl_zoo"]["stem"]).eval().to(device)
     metrics = {name: heldout_metrics(m, args.dataset, args.data, img, args.bank, args.queries, args.seed, device, args.workers,
                               method=train_cfg["recipe"]["method"])
                for name, m in (("pretrained", trained), ("random_init", random_init))}
     record = dict(
         kind="pretrain_eval", model=str(model_dir), recipe=train_cfg["recipe"]["name"],
-        method=train_cfg["recipe"]["method"], arch=cfg["architecture"], stem=cfg["wssl_zoo"]["stem"],
+        method=train_cfg["recipe"]["method"], arch=config_arch(cfg), stem=cfg["wssl_zoo"]["stem"],
         weights_sha256=sha256_file(model_dir / "model.safetensors"), dataset=args.dataset,
         protocol=dict(name="knn_and_linear_on_features", version=1,
                       knn="cosine majority vote, k=5 and k=20",

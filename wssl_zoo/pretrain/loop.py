@@ -484,7 +484,7 @@ def _export_model(out: Path, core: nn.Module, recipe: Recipe, mean, std, opts: R
     save_model_dir(
         out, core.backbone, arch=recipe.arch, stem=recipe.stem, mean=tuple(mean), std=tuple(std),
         img_size=recipe.img_size, crop_pct=1.0 if small else 0.875,
-        interpolation="bilinear" if small else "bicubic", projector=core.projector,
+        interpolation="bilinear", projector=core.projector,
         extra_meta=dict(method=recipe.method, recipe=recipe.name, dataset=recipe.dataset,
                         epochs=recipe.epochs, seed=opts.seed, source="wssl-zoo pretrain"),
     )
