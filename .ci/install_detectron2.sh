@@ -4,7 +4,8 @@
 #   bash .ci/install_detectron2.sh            # after the project install, in the same venv (.ci/run does this)
 # PyPI has no detectron2 wheel for current Pythons, and its sdists (pb1-detectron2 0.6) lack the C++
 # sources; the Python package works without them once an `_C.py` with the three functions
-# `default_setup` asks for sits beside it (no rotated boxes, deformable conv or fast COCOeval).
+# `default_setup` asks for sits beside it (no rotated boxes, deformable conv or fast COCOeval), and with
+# `Image.LINEAR` written as `Image.BILINEAR` (its value) for Pillow >= 10.
 # Never fails: when something is missing it prints why and exits 0, and those tests then skip.
 set -uo pipefail
 PY=${PYTHON:-python}
@@ -27,12 +28,15 @@ tar xzf "$SDIST" -C "$TMP" || skip "could not unpack $SDIST"
 SRC=$(dirname "$(ls -d "$TMP"/*/detectron2/__init__.py | head -1)")
 [ -f "$SRC/config/defaults.py" ] || skip "$SDIST has no detectron2 package folder"
 "$PY" -m pip install --quiet "fvcore==0.1.5.post20221221" "iopath==0.1.9" yacs tabulate termcolor cloudpickle \
-  omegaconf hydra-core tensorboard || skip "could not install detectron2's dependencies (fvcore, iopath, yacs, ...)"
+  omegaconf hydra-core tensorboard pycocotools || skip "could not install detectron2's dependencies (fvcore, iopath, yacs, ...)"
 rm -rf "$SP/detectron2"
 cp -r "$SRC" "$SP/detectron2"
+# Pillow 10 removed Image.LINEAR, an alias of Image.BILINEAR that detectron2 0.6 uses as a default argument
+# (so at import time); detectron2's later sources write BILINEAR. Same value, so same behaviour.
+grep -rl "Image\.LINEAR" "$SP/detectron2" | xargs -r sed -i 's/Image\.LINEAR/Image.BILINEAR/g'
 printf 'def get_compiler_version():\n    return "none"\n\n\ndef get_cuda_version():\n    return "none"\n\n\ndef has_cuda():\n    return False\n' \
   > "$SP/detectron2/_C.py"
-if ! "$PY" -c "from detectron2.config import get_cfg; from detectron2.modeling import build_model; build_model(get_cfg())" 2>"$TMP/err"; then
+if ! "$PY" -c "from detectron2.config import get_cfg; from detectron2.modeling import build_model; c = get_cfg(); c.MODEL.DEVICE = 'cpu'; build_model(c)" 2>"$TMP/err"; then
   rm -rf "$SP/detectron2"
   skip "detectron2 $VERSION does not import here ($(tail -1 "$TMP/err")); removed it again"
 fi
