@@ -43,9 +43,12 @@ def detectron2_defaults():
     try:
         from detectron2.config import get_cfg
     except ImportError:
-        pass
-    else:
-        return get_cfg()
+        return snapshot_defaults()
+    return get_cfg()
+
+
+def snapshot_defaults():
+    """:data:`SNAPSHOT` as a yacs ``CfgNode`` with tuples restored (needs ``yacs``)."""
     try:
         from yacs.config import CfgNode
     except ImportError:

@@ -26,7 +26,7 @@ from typing import Any
 
 DATA_KEY = "wssl-zoo:data"
 INSTALL_HINT = "pip install 'wssl-zoo[plot]' (or pip install matplotlib)"
-CURVES = (("loss", "training loss", "linear"), ("lr", "learning rate", "linear"),
+CURVES = (("loss", "training loss", "linear"), ("lr", "learning rate (last step of the epoch)", "linear"),
           ("knn_top1", "kNN monitor top-1 (%)", "linear"), ("effective_rank", "effective rank (backbone)", "linear"))
 
 
@@ -166,6 +166,9 @@ def plot_training_curves(run: str | Path, out: str | Path | None = None, title: 
 # ---------------------------------------------------------------------------- spectrum
 
 
+SPECTRUM_FLOOR = 1e-7  # the spectrum axis ends 7 decades below the largest share
+
+
 def spectrum_series(spectra: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
     """``{feature kind: {model label: eigenvalues / their sum}}`` (descending, as given).
     ``spectra`` is ``{feature kind: {model label: eigenvalues}}``, e.g. ``{"backbone": {"INTL":
@@ -185,7 +188,8 @@ def spectrum_series(spectra: dict[str, dict[str, list[float]]]) -> dict[str, dic
 def plot_spectrum(spectra: dict[str, dict[str, list[float]]], out: str | Path, title: str = "") -> Path:
     """Draw :func:`spectrum_series` of ``spectra``: one axis per feature kind, eigenvalue index
     (1 = largest) against its share of the total variance on a log scale; the random-init
-    baseline (any label starting with ``random``) dashed grey. Writes ``out``; returns it."""
+    baseline (any label starting with ``random``) dashed grey; the axis stops :data:`SPECTRUM_FLOOR`
+    below the largest share (smaller values are round-off). Writes ``out``; returns it."""
     series = spectrum_series(spectra)
     fig = _figure(5 * len(series) + 1, 4.2)
     axes = fig.subplots(1, len(series), squeeze=False)[0]
@@ -194,9 +198,14 @@ def plot_spectrum(spectra: dict[str, dict[str, list[float]]], out: str | Path, t
         for label, share in models.items():
             baseline = label.startswith("random")
             xs = list(range(1, len(share) + 1))
+            p = [v for v in share if v > 0]
+            rank = math.exp(-sum(v * math.log(v) for v in p))  # effective rank: exp(entropy of the shares)
             ax.plot(xs, share, linewidth=1.6, linestyle="--" if baseline else "-",
-                    color="0.45" if baseline else next(colors), label=f"{label} ({len(share)}-d)")
+                    color="0.45" if baseline else next(colors),
+                    label=f"{label} ({len(share)}-d, effective rank {rank:.1f})")
         ax.set_yscale("log", nonpositive="mask")
+        top = max(max(share) for share in models.values())
+        ax.set_ylim(top * SPECTRUM_FLOOR, top * 2)  # below: round-off of a rank-deficient covariance
         ax.set_xscale("log")
         ax.set_xlabel("eigenvalue index (1 = largest)")
         ax.set_ylabel("eigenvalue / sum of eigenvalues")
