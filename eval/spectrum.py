@@ -88,11 +88,15 @@ def run(args, command: str) -> int:
     png = Path(args.plot) if args.plot else path.with_suffix(".png")
     from wssl_zoo.plots import INSTALL_HINT, have_matplotlib
 
+    from wssl_zoo.evaluation import dist_rank_world
+
+    if dist_rank_world()[0] != 0:
+        return 0  # under torchrun rank 0 writes the record and the plot
     if have_matplotlib():
         plot_record(record, png)
     else:
         png = f"no plot (matplotlib is not installed: {INSTALL_HINT})"
-    extra = f", random-init baseline backbone {baseline['backbone_effective_rank']:.2f}" if baseline else ""
+    extra = f", baseline {baseline['model_label']} backbone {baseline['backbone_effective_rank']:.2f}" if baseline else ""
     print(", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + extra + f" -> {path}, {png}")
     return 0
 
