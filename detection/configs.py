@@ -1,9 +1,13 @@
-"""The detection protocols: detectron2 YAML configs, loaded and validated without detectron2.
+"""The detection protocols: detectron2 YAML configs, loaded through detectron2's config system.
 
 ``load_config(name_or_path)`` reads ``detection/configs/NAME.yaml`` (or a path), merges its
-``_BASE_`` chain, fills detectron2's defaults for every key the schema knows, and refuses any key
-the schema does not know (naming the key and the file). Values written as Python tuples in
-detectron2's YAML (``(640, 672, 704)``) are parsed as tuples, as detectron2's yacs does.
+``_BASE_`` chain onto detectron2's defaults with yacs' ``CfgNode`` (so unknown keys and wrong
+types are refused as detectron2 refuses them, naming the key and the file) and returns a plain
+nested dict. The defaults are detectron2's own ``get_cfg()`` when detectron2 is importable, and
+otherwise :data:`SNAPSHOT`: ``get_cfg().dump()`` of detectron2 0.6, checked against the real
+thing by ``tests/test_detectron2_real.py`` wherever detectron2 is installed (``.ci/run`` installs
+it). Values written as Python tuples in detectron2's YAML (``(640, 672, 704)``) are parsed as
+tuples, as yacs does.
 
 ``to_torchvision(cfg)`` maps the detectron2 semantics onto :class:`TrainSettings` for the
 torchvision backend.
@@ -12,7 +16,6 @@ torchvision backend.
 from __future__ import annotations
 
 import ast
-import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,50 +28,72 @@ class ConfigError(ValueError):
     """A config file, key or value is wrong; the message names it."""
 
 
-# detectron2's defaults (detectron2/config/defaults.py) for the keys these protocols use.
-DEFAULTS: dict[str, Any] = {
-    "MODEL": {
-        "META_ARCHITECTURE": "GeneralizedRCNN",
-        "WEIGHTS": "",
-        "MASK_ON": False,
-        "DEVICE": "cuda",
-        "PIXEL_MEAN": [103.530, 116.280, 123.675],
-        "PIXEL_STD": [1.0, 1.0, 1.0],
-        "BACKBONE": {"NAME": "build_resnet_backbone", "FREEZE_AT": 2},
-        "RESNETS": {"DEPTH": 50, "NORM": "FrozenBN", "STRIDE_IN_1X1": True, "OUT_FEATURES": ["res4"],
-                    "NUM_GROUPS": 1, "WIDTH_PER_GROUP": 64, "RES2_OUT_CHANNELS": 256,
-                    "STEM_OUT_CHANNELS": 64, "RES5_DILATION": 1},
-        "FPN": {"IN_FEATURES": [], "OUT_CHANNELS": 256, "NORM": "", "FUSE_TYPE": "sum"},
-        "ANCHOR_GENERATOR": {"SIZES": [[32, 64, 128, 256, 512]], "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]},
-        "RPN": {"IN_FEATURES": ["res4"], "BATCH_SIZE_PER_IMAGE": 256, "POSITIVE_FRACTION": 0.5,
-                "PRE_NMS_TOPK_TRAIN": 12000, "PRE_NMS_TOPK_TEST": 6000, "POST_NMS_TOPK_TRAIN": 2000,
-                "POST_NMS_TOPK_TEST": 1000, "NMS_THRESH": 0.7, "IOU_THRESHOLDS": [0.3, 0.7]},
-        "ROI_HEADS": {"NAME": "Res5ROIHeads", "NUM_CLASSES": 80, "IN_FEATURES": ["res4"],
-                      "BATCH_SIZE_PER_IMAGE": 512, "POSITIVE_FRACTION": 0.25, "SCORE_THRESH_TEST": 0.05,
-                      "NMS_THRESH_TEST": 0.5, "IOU_THRESHOLDS": [0.5]},
-        "ROI_BOX_HEAD": {"NAME": "", "NUM_FC": 0, "FC_DIM": 1024, "NUM_CONV": 0, "CONV_DIM": 256,
-                         "NORM": "", "POOLER_RESOLUTION": 14, "POOLER_SAMPLING_RATIO": 0,
-                         "POOLER_TYPE": "ROIAlignV2"},
-        "ROI_MASK_HEAD": {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 0, "CONV_DIM": 256, "NORM": "",
-                          "POOLER_RESOLUTION": 14, "POOLER_SAMPLING_RATIO": 0, "POOLER_TYPE": "ROIAlignV2"},
-    },
-    "INPUT": {"MIN_SIZE_TRAIN": (800,), "MIN_SIZE_TRAIN_SAMPLING": "choice", "MAX_SIZE_TRAIN": 1333,
-              "MIN_SIZE_TEST": 800, "MAX_SIZE_TEST": 1333, "FORMAT": "BGR", "MASK_FORMAT": "polygon",
-              "RANDOM_FLIP": "horizontal"},
-    "DATASETS": {"TRAIN": (), "TEST": ()},
-    "DATALOADER": {"NUM_WORKERS": 4, "FILTER_EMPTY_ANNOTATIONS": True, "ASPECT_RATIO_GROUPING": True},
-    "SOLVER": {"IMS_PER_BATCH": 16, "BASE_LR": 0.001, "MAX_ITER": 40000, "STEPS": (30000,), "GAMMA": 0.1,
-               "MOMENTUM": 0.9, "WEIGHT_DECAY": 0.0001, "WEIGHT_DECAY_NORM": 0.0,
-               "WARMUP_FACTOR": 0.001, "WARMUP_ITERS": 1000, "WARMUP_METHOD": "linear",
-               "CHECKPOINT_PERIOD": 5000, "AMP": {"ENABLED": False}},
-    "TEST": {"EVAL_PERIOD": 0, "DETECTIONS_PER_IMAGE": 100, "PRECISE_BN": {"ENABLED": False, "NUM_ITER": 200}},
-    "OUTPUT_DIR": "./output",
-    "SEED": -1,
-    "VERSION": 2,
-}
+SNAPSHOT = CONFIG_DIR / "_detectron2-0.6-defaults.yaml"
+# Every MODEL.RESNETS.NORM detectron2 0.6 accepts (detectron2.layers.get_norm; "" = no norm).
+NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N")
+# What the torchvision backend does for each: BN variants train with batch statistics (synchronised
+# across processes when distributed on CUDA), FrozenBN keeps them; the others need detectron2.
+TORCHVISION_NORMS = {"FrozenBN": "FrozenBN", "BN": "BN", "SyncBN": "SyncBN", "nnSyncBN": "SyncBN",
+                     "naiveSyncBN": "SyncBN", "naiveSyncBN_N": "SyncBN"}
+
+
+def detectron2_defaults():
+    """detectron2's default config as a yacs ``CfgNode``: ``detectron2.config.get_cfg()`` when
+    detectron2 is importable, else the checked :data:`SNAPSHOT` (needs ``yacs``)."""
+    try:
+        from detectron2.config import get_cfg
+    except ImportError:
+        return snapshot_defaults()
+    return get_cfg()
+
+
+def snapshot_defaults():
+    """:data:`SNAPSHOT` as a yacs ``CfgNode`` with tuples restored (needs ``yacs``)."""
+    try:
+        from yacs.config import CfgNode
+    except ImportError:
+        raise ConfigError("detection configs need yacs (detectron2's config system): pip install yacs") from None
+    with open(SNAPSHOT) as fh:
+        node = CfgNode.load_cfg(fh)
+
+    def tuples(n) -> None:  # yacs decodes "(a, b)" only when merging; the defaults hold real tuples
+        for key, value in n.items():
+            if isinstance(value, dict):
+                tuples(value)
+            else:
+                n[key] = _literal(value)
+
+    tuples(node)
+    return node
+
+
+_SNAPSHOT_HEAD = (
+    "# detectron2 {version}'s defaults, get_cfg() (detectron2/config/defaults.py), tuples written as \"(a, b)\" strings\n"
+    "# as detectron2's own YAMLs do (yacs reads them back as tuples). Used by detection/configs.py only where\n"
+    "# detectron2 is absent; tests/test_detectron2_real.py checks it equals get_cfg() wherever detectron2 is\n"
+    "# installed (.ci/install_detectron2.sh). Regenerate there: python -m detection.configs --dump-defaults > FILE\n")
+
+
+def snapshot_text(node, version: str) -> str:
+    """The :data:`SNAPSHOT` text of a defaults CfgNode (sorted keys, tuples as literals)."""
+    import yaml
+
+    def literal(n):
+        if isinstance(n, dict):
+            return {k: literal(v) for k, v in n.items()}
+        return repr(n) if isinstance(n, tuple) else n
+
+    return _SNAPSHOT_HEAD.format(version=version) + yaml.safe_dump(literal(node), sort_keys=True,
+                                                                   default_flow_style=False)
+
+
+def _plain(node) -> Any:
+    """A CfgNode as nested plain dicts (values unchanged)."""
+    return {k: _plain(v) for k, v in node.items()} if isinstance(node, dict) else node
+
 
 _CHOICES = {
-    "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "SyncBN"),
+    "MODEL.RESNETS.NORM": NORMS,
     "MODEL.ROI_HEADS.NAME": ("Res5ROIHeads", "Res5ROIHeadsExtraNorm", "StandardROIHeads"),
     "MODEL.BACKBONE.NAME": ("build_resnet_backbone", "build_resnet_fpn_backbone"),
     "INPUT.FORMAT": ("RGB", "BGR"),
@@ -114,23 +139,21 @@ def config_path(name_or_path: str | Path) -> Path:
     path = Path(text).expanduser()
     if path.is_file():
         return path
-    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("Base-"))
+    known = sorted(p.stem for p in shipped_configs() if not p.stem.startswith("Base-"))
     raise ConfigError(f"config {text!r}: no such file or protocol; known protocols: {', '.join(known)}")
 
 
-def _merge(base: dict, new: dict, source: Path, prefix: str = "") -> None:
-    for key, value in new.items():
-        dotted = f"{prefix}{key}"
-        if key == "_BASE_" and not prefix:
-            continue
-        if key not in base:
-            raise ConfigError(f"{source}: unknown config key {dotted!r}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: config key {dotted!r} must be a mapping, got {value!r}")
-            _merge(base[key], value, source, dotted + ".")
-        else:
-            base[key] = _literal(value)
+def _merge(cfg, data: dict, source: Path | str) -> None:
+    """Merge ``data`` (one YAML file's mapping, ``_BASE_`` already followed) into the CfgNode ``cfg``
+    with yacs' rules: the key must exist, the type must match (tuples and lists interchange)."""
+    node = type(cfg)({k: v for k, v in data.items() if k != "_BASE_"})
+    try:
+        cfg.merge_from_other_cfg(node)
+    except KeyError as exc:
+        key = str(exc.args[0]).split(":", 1)[-1].strip() if exc.args else "?"
+        raise ConfigError(f"{source}: unknown config key {key!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
@@ -196,25 +219,30 @@ def validate(cfg: dict, source: str = "config") -> dict:
     return cfg
 
 
-def set_value(cfg: dict, dotted: str, value: Any, source: str = "--set") -> None:
-    """Override one dotted key (the schema must know it); string values are parsed as YAML."""
+def set_value(cfg, dotted: str, value: Any, source: str = "--set") -> None:
+    """Override one dotted key of the CfgNode ``cfg`` (it must exist); string values are parsed
+    as YAML (then as a Python tuple literal), and yacs checks the type."""
     import yaml
 
-    parts = dotted.split(".")
     node = cfg
-    for i, part in enumerate(parts):
+    for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             raise ConfigError(f"{source}: unknown config key {dotted!r}")
-        if i < len(parts) - 1:
-            node = node[part]
-    if isinstance(node[parts[-1]], dict):
+        node = node[part]
+    if isinstance(node, dict):
         raise ConfigError(f"{source}: {dotted!r} is a section, not a value")
     if isinstance(value, str):
         try:
             value = yaml.safe_load(value) if value.strip() else value
         except yaml.YAMLError:
             pass
-    node[parts[-1]] = _literal(value)
+    nested: dict = {}
+    leaf = nested
+    *parents, last = dotted.split(".")
+    for part in parents:
+        leaf = leaf.setdefault(part, {})
+    leaf[last] = _literal(value)
+    _merge(cfg, nested, f"{source} {dotted}")
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> dict:
@@ -224,14 +252,15 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     ``_NAME`` (protocol name) and ``_PATH``.
     """
     path = config_path(name_or_path)
-    cfg = copy.deepcopy(DEFAULTS)
+    node = detectron2_defaults()
     for source, data in _chain(path):
-        _merge(cfg, data, source)
+        _merge(node, data, source)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        set_value(cfg, key.strip(), value)
+        set_value(node, key.strip(), value)
+    cfg = _plain(node)
     validate(cfg, str(path))
     cfg["_NAME"] = path.stem
     cfg["_PATH"] = str(path)
@@ -239,7 +268,8 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
 
 
 def shipped_configs() -> list[Path]:
-    return sorted(CONFIG_DIR.glob("*.yaml"))
+    """The protocol YAMLs and their bases (not the defaults snapshot, whose name starts with _)."""
+    return sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
 
 
 @dataclass
@@ -264,7 +294,7 @@ class TrainSettings:
     max_size_train: int
     min_size_test: int
     max_size_test: int
-    norm: str                   # FrozenBN | BN | SyncBN
+    norm: str                   # FrozenBN | BN | SyncBN (TORCHVISION_NORMS of MODEL.RESNETS.NORM)
     freeze_at: int
     extra_norm: bool            # Res5ROIHeadsExtraNorm
     pixel_mean: tuple[float, float, float]   # RGB, 0-255
@@ -320,6 +350,10 @@ def to_torchvision(cfg: dict) -> TrainSettings:
     if i["FORMAT"] != "RGB":
         raise ConfigError(f"{cfg.get('_PATH', 'config')}: INPUT.FORMAT {i['FORMAT']!r}: the torchvision backend "
                           "feeds RGB images (wssl-zoo backbones are RGB); set INPUT.FORMAT RGB")
+    norm = m["RESNETS"]["NORM"]
+    if norm not in TORCHVISION_NORMS:
+        raise ConfigError(f"{cfg.get('_PATH', 'config')}: MODEL.RESNETS.NORM {norm!r}: detectron2 accepts it, the "
+                          f"torchvision backend does {', '.join(TORCHVISION_NORMS)}; use --backend detectron2")
     fpn = m["BACKBONE"]["NAME"] == "build_resnet_fpn_backbone"
     mins = tuple(i["MIN_SIZE_TRAIN"])
     if i["MIN_SIZE_TRAIN_SAMPLING"] == "range":
@@ -345,7 +379,7 @@ def to_torchvision(cfg: dict) -> TrainSettings:
         max_size_train=int(i["MAX_SIZE_TRAIN"]),
         min_size_test=int(i["MIN_SIZE_TEST"]),
         max_size_test=int(i["MAX_SIZE_TEST"]),
-        norm=str(m["RESNETS"]["NORM"]),
+        norm=TORCHVISION_NORMS[norm],
         freeze_at=int(m["BACKBONE"]["FREEZE_AT"]),
         extra_norm=m["ROI_HEADS"]["NAME"] == "Res5ROIHeadsExtraNorm",
         pixel_mean=tuple(float(x) for x in m["PIXEL_MEAN"]),
@@ -379,3 +413,14 @@ def to_torchvision(cfg: dict) -> TrainSettings:
         mask_conv_dim=int(m["ROI_MASK_HEAD"]["CONV_DIM"]),
         random_flip=i["RANDOM_FLIP"] == "horizontal",
     )
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--dump-defaults"]:
+        sys.exit("usage: python -m detection.configs --dump-defaults   (needs detectron2; prints the SNAPSHOT text)")
+    import detectron2
+    from detectron2.config import get_cfg
+
+    sys.stdout.write(snapshot_text(get_cfg(), detectron2.__version__))

@@ -3,6 +3,10 @@
     python -m eval.report                      # LEADERBOARD.md + docs/leaderboard.png, README section, MODEL_CARDS/
     python -m eval.report --check              # exit 1 if any of them is out of date (what CI can run)
 
+The PNG (matplotlib, the ``[plot]`` extra) shows the same cells as small multiples, one axis per
+metric kind (accuracy %, AP, effective rank). ``--check`` compares the Markdown byte for byte and,
+for the PNG, the plotted data stored inside it (``wssl_zoo.plots.png_data``), not its pixels.
+
 Rows are models, columns are (task, protocol, dataset); a cell is the mean over seeds (± std
 when there are several) of top-1 accuracy (linear, k-NN, semi-supervised) or box AP
 (detection). Records whose protocol carries overrides (``+epochs=2``...) are shown with the
@@ -18,7 +22,6 @@ from pathlib import Path
 
 from wssl_zoo.paths import workspace
 
-from ._png import PALETTE, Canvas, text_width
 from .records import RESULTS_DIR, aggregate, is_full_evaluation, read_records
 
 REPO = workspace()  # see wssl_zoo.paths: the checkout, else $WSSL_ZOO_HOME or the current directory
@@ -95,34 +98,50 @@ def render_leaderboard(records: list[dict], skipped: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_plot(records: list[dict]) -> bytes:
-    """A grouped horizontal bar chart (one group per column, one bar per model) as PNG bytes."""
+METRIC_KINDS = (("top-1 accuracy (%)", [0, 100]), ("box AP", [0, 100]), ("effective rank", None))
+PLOT_TITLE = "wssl-zoo leaderboard (zoo/results; one axis per metric kind)"
+
+
+def metric_kind(metric: str) -> tuple[str, list[float] | None]:
+    """(axis label, x limits or None) of a headline metric: accuracies, APs and effective ranks
+    never share an axis."""
+    if metric.startswith("top"):
+        return METRIC_KINDS[0]
+    if metric.startswith(("bbox_AP", "segm_AP")):
+        return ("box AP" if metric.startswith("bbox") else "mask AP") + (" (AP50)" if metric.endswith("AP50") else ""), [0, 100]
+    if metric.endswith("effective_rank"):
+        return METRIC_KINDS[2]
+    return metric, None
+
+
+def plot_data(records: list[dict]) -> list[dict]:
+    """The leaderboard as plotted: one panel per metric kind (in :data:`METRIC_KINDS` order, then
+    any other), each ``{"kind", "xlim", "rows": [{"column", "bars": [{"model", "mean", "std"}]}]}``
+    with the columns and models of :func:`table_cells` (deterministic, JSON-ready)."""
     models, columns, cells = table_cells(records) if records else ([], [], {})
-    label_w = max([text_width(c) for c in columns] + [text_width(m) + 20 for m in models] + [200]) + 20
-    bar_h, gap, plot_w = 14, 16, 400
-    height = 40 + sum(len([m for m in models if (m, c) in cells]) * bar_h + gap + 16 for c in columns) + 30 + 20 * len(models)
-    canvas = Canvas(label_w + plot_w + 80, max(height, 80))
-    canvas.text(10, 10, "WSSL-ZOO LEADERBOARD (TOP-1 % / AP)")
-    y = 40
-    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
+    panels: dict[str, dict] = {}
     for column in columns:
-        canvas.text(10, y, column)
-        y += 16
-        for model in models:
-            c = cells.get((model, column))
-            if c is None:
-                continue
-            w = int(plot_w * max(0.0, min(c["mean"], 100.0)) / 100.0)
-            canvas.rect(label_w, y, label_w + w, y + bar_h - 2, colors[model])
-            canvas.text(label_w + w + 6, y + 2, f"{c['mean']:.1f}")
-            y += bar_h
-        y += gap
-    canvas.line(label_w, 36, label_w, y, (0, 0, 0))
-    for model in models:  # legend
-        canvas.rect(10, y + 2, 24, y + 12, colors[model])
-        canvas.text(30, y + 2, model)
-        y += 20
-    return canvas.png()
+        bars = [dict(model=m, mean=round(float(cells[m, column]["mean"]), 6), std=round(float(cells[m, column]["std"]), 6))
+                for m in models if (m, column) in cells]
+        kind, xlim = metric_kind(cells[next(m for m in models if (m, column) in cells), column]["metric"])
+        panels.setdefault(kind, dict(kind=kind, xlim=xlim, rows=[]))["rows"].append(dict(column=column, bars=bars))
+    order = [k for k, _ in METRIC_KINDS]
+    return sorted(panels.values(), key=lambda p: (order.index(p["kind"]) if p["kind"] in order else len(order), p["kind"]))
+
+
+def render_plot(records: list[dict], path: str | Path) -> Path:
+    """Draw :func:`plot_data` of ``records`` as small multiples (matplotlib) into the PNG ``path``."""
+    from wssl_zoo.plots import plot_panels
+
+    return plot_panels(plot_data(records), path, title=PLOT_TITLE)
+
+
+def plot_is_current(records: list[dict], path: str | Path) -> bool:
+    """Whether the PNG at ``path`` was drawn from :func:`plot_data` of ``records`` (the data stored
+    in the PNG is compared, not its pixels: no matplotlib needed, any matplotlib version)."""
+    from wssl_zoo.plots import same_data
+
+    return same_data(path, dict(title=PLOT_TITLE, panels=plot_data(records)))
 
 
 def update_readme(path: str | Path, records: list[dict] | None = None, skipped_count: int = 0) -> bool:
@@ -148,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-dir", default=str(RESULTS_DIR), help="records to render (default: zoo/results)")
     p.add_argument("--markdown", default=str(REPO / "LEADERBOARD.md"), help="leaderboard file (default: LEADERBOARD.md)")
-    p.add_argument("--plot", default=str(REPO / "docs" / "leaderboard.png"), help="PNG plot (default: docs/leaderboard.png)")
+    p.add_argument("--plot", default=str(REPO / "docs" / "leaderboard.png"), help="PNG plot (default: docs/leaderboard.png; '' to skip)")
     p.add_argument("--readme", default=str(REPO / "README.md"), help="README whose leaderboard section is refreshed "
                    "('' to skip)")
     p.add_argument("--no-cards", action="store_true", help="do not re-render MODEL_CARDS/")
@@ -165,25 +184,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, why in skipped:
         print(f"skipped {name}: {why} (not the protocol's full evaluation)", file=sys.stderr)
-    outputs = {Path(args.markdown): ("# Leaderboard\n\nGenerated by `python -m eval.report` from `zoo/results`; "
-                                     "do not edit.\n\n" + render_leaderboard(records, len(skipped))).encode(),
-               Path(args.plot): render_plot(records)}
-    stale = [p for p, data in outputs.items() if not p.is_file() or p.read_bytes() != data]
+    markdown = Path(args.markdown)
+    text = ("# Leaderboard\n\nGenerated by `python -m eval.report` from `zoo/results`; "
+            "do not edit.\n\n" + render_leaderboard(records, len(skipped))).encode()
+    plot = Path(args.plot) if args.plot else None
     if args.check:
+        stale = [] if markdown.is_file() and markdown.read_bytes() == text else [markdown]
+        if plot is not None and not plot_is_current(records, plot):
+            stale.append(plot)
         if args.readme:
-            text = Path(args.readme).read_text()
-            if START in text and (text.split(START, 1)[1].split(END, 1)[0]
-                                  != "\n" + render_leaderboard(records, len(skipped))):
+            readme = Path(args.readme).read_text()
+            if START in readme and (readme.split(START, 1)[1].split(END, 1)[0]
+                                    != "\n" + render_leaderboard(records, len(skipped))):
                 stale.append(Path(args.readme))
         for p in stale:
             print(f"out of date: {p} (run python -m eval.report)")
         return 1 if stale else 0
     from wssl_zoo.modelio import atomic_write_bytes
+    from wssl_zoo.plots import INSTALL_HINT, have_matplotlib
 
-    for path, data in outputs.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
-        print(f"wrote {path}")
+    atomic_write_bytes(markdown, text)
+    print(f"wrote {markdown}")
+    if plot is not None:
+        if have_matplotlib():
+            print(f"wrote {render_plot(records, plot)}")
+        else:
+            print(f"skipped {plot}: matplotlib is not installed ({INSTALL_HINT})")
     if args.readme:
         changed = update_readme(args.readme, records, len(skipped))
         print(f"{'updated' if changed else 'unchanged'}: leaderboard section of {args.readme}")

@@ -6,7 +6,8 @@ projector outputs: the property the three whitening papers are about.
 
 Writes a record (``task: spectrum``; metrics ``backbone_effective_rank``,
 ``projector_effective_rank``, and the fraction of variance in the top 1 % of directions) with the
-eigenvalues, and a PNG of the normalised log-spectra (``--plot``).
+eigenvalues, the same for a random-init baseline of the same architecture on the same images
+(``--baseline``), and a PNG of both spectra (``--plot``; matplotlib, the ``[plot]`` extra).
 """
 
 from __future__ import annotations
@@ -23,34 +24,12 @@ from wssl_zoo.evaluation import effective_rank, spectrum
 from ._cli import add_common, record_path, run_main
 
 
-def plot(spectra: dict[str, torch.Tensor], path: Path) -> None:
-    from wssl_zoo.modelio import atomic_write_bytes
-
-    from ._png import PALETTE, Canvas
-
-    w, h, left, top, plot_w, plot_h = 560, 360, 60, 40, 460, 260
-    canvas = Canvas(w, h)
-    canvas.text(10, 10, "LOG10 EIGENVALUE / MAX  VS  RANK / DIM")
-    canvas.line(left, top, left, top + plot_h, (0, 0, 0))
-    canvas.line(left, top + plot_h, left + plot_w, top + plot_h, (0, 0, 0))
-    floor = -8.0
-    for tick in range(0, int(floor) - 1, -2):
-        y = top + plot_h * tick / floor
-        canvas.text(10, int(y) - 4, str(tick))
-    for i, (name, ev) in enumerate(spectra.items()):
-        ev = (ev / ev[0]).clamp_min(10 ** floor).log10()
-        color = PALETTE[i % len(PALETTE)]
-        prev = None
-        for j, v in enumerate(ev.tolist()):
-            x = left + plot_w * j / max(1, len(ev) - 1)
-            y = top + plot_h * v / floor
-            if prev:
-                canvas.line(prev[0], prev[1], x, y, color, width=2)
-            prev = (x, y)
-        canvas.rect(left + 10, top + plot_h + 20 + 14 * i, left + 24, top + plot_h + 30 + 14 * i, color)
-        canvas.text(left + 30, top + plot_h + 20 + 14 * i, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, canvas.png())
+def baseline_spec(info, choice: str) -> str | None:
+    """The model spec of the random-init baseline: ``auto`` = ``random:ARCH:STEM:SIZE`` of the
+    evaluated model (None when it is random init itself), ``none`` = no baseline, else ``choice``."""
+    if choice == "none" or (choice == "auto" and info.spec.startswith("random:")):
+        return None
+    return f"random:{info.arch}:{info.stem}:{info.img_size}" if choice == "auto" else choice
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.add_argument("--split", default="train", choices=["train", "test"], help="whose features (default: %(default)s)")
     p.add_argument("--max-samples", type=int, default=10000, help="use the first N features (default: %(default)s)")
-    p.add_argument("--plot", metavar="PNG", help="plot file (default: the record's path with .png)")
+    p.add_argument("--baseline", default="auto", metavar="SPEC",
+                   help="model whose spectrum is drawn beside it, on the same images: auto (random init of the same "
+                        "architecture, stem and input size), none, or any --model spec (default: %(default)s)")
+    p.add_argument("--plot", metavar="PNG", help="plot file (default: the record's path with .png; needs matplotlib)")
     return p
 
 
@@ -73,13 +55,23 @@ def run(args, command: str) -> int:
     x, _, meta = cached_features(info, args.dataset, args.data, args.split, device, args.cache_dir,
                                  workers=args.workers, progress=not args.no_progress)
     gen = torch.Generator().manual_seed(args.seed)
-    if len(x) > args.max_samples:
-        x = x[torch.randperm(len(x), generator=gen)[: args.max_samples]]
+    keep = torch.randperm(len(x), generator=gen)[: args.max_samples] if len(x) > args.max_samples else None
+    if keep is not None:
+        x = x[keep]
     spectra = {"backbone": spectrum(x)}
     projector = info.weights.build_projector()
     if projector is not None:
         with torch.no_grad():
             spectra["projector"] = spectrum(torch.cat([projector(chunk) for chunk in x.split(1024)]))
+    baseline = None
+    spec = baseline_spec(info, args.baseline)
+    if spec is not None:  # the same images (same subsample) through the baseline's backbone
+        base = resolve_model(spec, args.seed)
+        bx, _, _ = cached_features(base, args.dataset, args.data, args.split, device, args.cache_dir,
+                                   workers=args.workers, progress=not args.no_progress)
+        ev = spectrum(bx if keep is None else bx[keep])
+        baseline = dict(model=base.spec, model_label=base.label, weights_sha256=base.weights_sha256,
+                        backbone_effective_rank=effective_rank(ev), eigenvalues=dict(backbone=_rounded(ev)))
     metrics = {}
     for name, ev in spectra.items():
         metrics[f"{name}_effective_rank"] = effective_rank(ev)
@@ -90,12 +82,49 @@ def run(args, command: str) -> int:
                          dataset=dict(name=args.dataset, root=str(args.data), fingerprint=meta["fingerprint"]),
                          seed=args.seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
                          extra=dict(model_label=info.label, samples=len(x),
-                                    eigenvalues={k: [float(f"{v:.6g}") for v in ev.tolist()] for k, ev in spectra.items()}))
+                                    eigenvalues={k: _rounded(ev) for k, ev in spectra.items()},
+                                    **({"baseline": baseline} if baseline else {})))
     path = write_record(record, record_path(args, "spectrum", info.label, "spectrum", args.seed, record))
     png = Path(args.plot) if args.plot else path.with_suffix(".png")
-    plot(spectra, png)
-    print(", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f" -> {path}, {png}")
+    from wssl_zoo.plots import INSTALL_HINT, have_matplotlib
+
+    from wssl_zoo.evaluation import dist_rank_world
+
+    if dist_rank_world()[0] != 0:
+        return 0  # under torchrun rank 0 writes the record and the plot
+    if have_matplotlib():
+        plot_record(record, png)
+    else:
+        png = f"no plot (matplotlib is not installed: {INSTALL_HINT})"
+    extra = f", baseline {baseline['model_label']} backbone {baseline['backbone_effective_rank']:.2f}" if baseline else ""
+    print(", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + extra + f" -> {path}, {png}")
     return 0
+
+
+def _rounded(ev: torch.Tensor) -> list[float]:
+    return [float(f"{v:.6g}") for v in ev.tolist()]
+
+
+def record_spectra(record: dict) -> dict[str, dict[str, list[float]]]:
+    """``{feature kind: {model label: eigenvalues}}`` of a spectrum record, its baseline included
+    (what :func:`wssl_zoo.plots.plot_spectrum` draws)."""
+    label = record.get("model_label") or record["model"]
+    spectra = {kind: {label: ev} for kind, ev in record["eigenvalues"].items()}
+    base = record.get("baseline")
+    if base:
+        base_label = base["model_label"] if base["model_label"].startswith("random") else f"random init: {base['model_label']}"
+        for kind, ev in base["eigenvalues"].items():
+            spectra.setdefault(kind, {})[base_label] = ev
+    return spectra
+
+
+def plot_record(record: dict, path: str | Path) -> Path:
+    """Draw the spectra of a spectrum record (model and baseline) into the PNG ``path``."""
+    from wssl_zoo.plots import plot_spectrum
+
+    title = (f"covariance spectrum, {record['dataset']['name']} {record['protocol']['split']} "
+             f"({record.get('samples', '?')} images)")
+    return plot_spectrum(record_spectra(record), path, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """The ``wssl-zoo`` command: ``list``, ``info``, ``card``, ``download``, ``publish``, ``convert``,
-``pretrain``, ``demo``.
+``pretrain``, ``demo``, ``plot``.
 
 Subcommands register as (name, help, add_arguments, run) in :data:`SUBCOMMANDS`; errors raised
 by wssl-zoo (ValueError, KeyError, FileNotFoundError) print one line and exit with status 2.
@@ -290,6 +290,24 @@ def _convert_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Draw the training curves of a pretraining run (loss, learning rate, kNN monitor and "
+                     "effective rank per epoch) from RUN/log.jsonl. Needs matplotlib: pip install 'wssl-zoo[plot]'.")
+    p.add_argument("run", metavar="RUN", help="the run's output folder (--out of pretrain) or its log.jsonl")
+    p.add_argument("--out", metavar="FILE", help="PNG to write (default: RUN/training_curves.png)")
+    p.add_argument("--title", help="figure title (default: the run folder's name)")
+
+
+def _plot_run(args: argparse.Namespace) -> int:
+    from .plots import plot_training_curves, training_curves
+
+    path = plot_training_curves(args.run, args.out, title=args.title)
+    curves = training_curves(args.run)
+    last = {k: v[-1] for k, v in curves.items()}
+    print(f"wrote {path}: " + ", ".join(f"{k} {v[1]:.4g} (epoch {v[0]:.0f})" for k, v in last.items()))
+    return 0
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("list", "the registered models as a table", _list_args, _list_run),
     Subcommand("info", "one registry entry: recipe, files, paper results (no download)", _info_args, _info_run),
@@ -301,6 +319,7 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("convert", "convert the authors' checkpoint into a model directory", _convert_args, _convert_run),
     Subcommand("pretrain", "pretrain with a paper recipe (python -m wssl_zoo.pretrain)", _pretrain_args, _pretrain_run),
     Subcommand("demo", "pretrain a small model offline and compare it with random init", _demo_args, _demo_run),
+    Subcommand("plot", "draw a pretraining run's training curves from its log.jsonl (matplotlib)", _plot_args, _plot_run),
 ]
 
 

@@ -221,7 +221,8 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
 
     The output directory ends as a loadable model (``wssl_zoo.load(OUT)``): ``model.safetensors``
     and ``config.json`` (the Hub format), ``projector.safetensors``, ``train_config.json`` (the
-    resolved recipe and options), ``log.jsonl``, ``summary.json`` and ``checkpoints/last.pt``.
+    resolved recipe and options), ``log.jsonl``, ``summary.json`` and ``checkpoints/last.pt``; with
+    matplotlib, ``training_curves.png`` is redrawn from ``log.jsonl`` after each monitor epoch.
     """
     from ..data.datasets import balanced_subset, build_dataset, dataset_stats
     from ..data.transforms import SeededViews, build_view_transform, derive_seed
@@ -430,6 +431,8 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         if is_main:
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            if "knn_top1" in record:
+                _plot_curves(log_path)
             if writer is not None:
                 for key, value in record.items():
                     if key != "epoch":
@@ -450,6 +453,19 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     if world > 1:
         dist.barrier()
     return summary
+
+
+def _plot_curves(log_path: Path) -> None:
+    """Redraw OUT/training_curves.png from the log (only if matplotlib is importable; a plot never
+    stops a run: a failure is a warning)."""
+    from ..plots import have_matplotlib, plot_training_curves
+
+    if not have_matplotlib():
+        return
+    try:
+        plot_training_curves(log_path)
+    except Exception as exc:  # noqa: BLE001 - any plotting failure is only worth a warning
+        warnings.warn(f"{log_path.parent / 'training_curves.png'} not drawn: {type(exc).__name__}: {exc}")
 
 
 def _monitor_sets(train_set, name, opts: RunOptions, recipe: Recipe, balanced_subset):
