@@ -10,7 +10,8 @@ Prints a Markdown table (RESULTS.md-ready), one row per (configuration, device):
 milliseconds of forward+backward for the loop and for wssl-zoo, the speed-up (loop time /
 wssl-zoo time), the FLOPs the loss needs (:func:`loss_flops`), the GFLOP/s wssl-zoo achieves
 and their share of the matmul peak measured in the same process on the same device
-(:func:`matmul_peak`), so the share stays meaningful on a loaded machine.
+(:func:`matmul_peak`, measured again right after each configuration), so the share stays
+meaningful on a loaded machine.
 """
 
 from __future__ import annotations
@@ -152,7 +153,6 @@ def run_benchmark(devices: list[str], repeats: int, warmup: int, only: str | Non
     rows = []
     for device_name in devices:
         device = torch.device(device_name)
-        peak, peak_n = matmul_peak(device, repeats=max(repeats, 7))
         for cfg in CONFIGS:
             if scale > 1:
                 params = {k: (v // scale if k == "w_size" else v) for k, v in cfg.params.items()}
@@ -164,6 +164,9 @@ def run_benchmark(devices: list[str], repeats: int, warmup: int, only: str | Non
             batched = build_loss(cfg.method, **cfg.params)
             t_batched = time_fn(lambda t: batched(list(t.unbind(0))), x, repeats, warmup)
             t_loop = time_fn(_loop_on(device, cfg.method, cfg.params), x, repeats, warmup)
+            # The peak right after this configuration's timings: on a shared machine the load changes
+            # from minute to minute, and the share is only meaningful against the same moment.
+            peak, peak_n = matmul_peak(device, repeats=max(repeats, 7))
             flops = loss_flops(cfg)
             rows.append(
                 dict(config=cfg.name, device=device_name, views=cfg.views, batch=cfg.batch,
