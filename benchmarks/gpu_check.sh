@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/prepare_gpu_carry.sh          # here, with network: fills .carry/ (git-ignored)
 #   bash benchmarks/gpu_check.sh [--out DIR]      # there, on one H100/H200, no network: < 8 min
-#   bash benchmarks/gpu_check.sh --dry-run        # any CPU: every part at tiny size, a minute or two
+#   bash benchmarks/gpu_check.sh --dry-run        # any CPU: every part at tiny size (4 min on a busy 2-core box)
 #
 # Writes one Markdown file per table into DIR (default runs/gpu_check_<UTC time>), each with the date,
 # the machine (nvidia-smi and torch's device name) and the command that produced it, RESULTS.md-ready:
