@@ -249,7 +249,7 @@ for recipe in wmse_cifar10_2views intl_cifar10; do
   t0=$(date +%s)
   if timeout $(( TRAIN_SECONDS * 3 + 120 )) "${cmd[@]}" >>"$LOG" 2>&1; then
     wall=$(( $(date +%s) - t0 ))
-    knn="$OUT/records/knn_${recipe}.json"
+    knn="$OUT/records/knn_${recipe}"  # a folder: eval.knn writes one record per protocol
     lin="$OUT/records/linear_fast_${recipe}.json"
     EV=(--model "$run" --dataset cifar10 --data "$CIFAR" --device "$DEVICE" --no-progress
         --workers "$([ "$DRY" = 1 ] && echo 1 || echo "$NPROC")" --cache-dir "$OUT/cache")
@@ -265,10 +265,15 @@ def top1(path):
         return f"{json.loads(Path(path).read_text())['metrics']['top1']:.2f}"
     except (OSError, ValueError, KeyError, TypeError):
         return "FAILED"
-# eval.knn writes one record per protocol: <out stem>_<protocol>.json
-knns = sorted(Path(knn).parent.glob(Path(knn).stem + "_*.json"))
-knn_cell = ", ".join(f"{p.stem.rsplit('_', 1)[1]}: {top1(p)}" for p in knns) or "FAILED"
-names = ", ".join(f"`records/{p.name}`" for p in [*knns, Path(lin)])
+def protocol(path):
+    try:
+        proto = json.loads(Path(path).read_text())["protocol"]
+        return proto["name"] if isinstance(proto, dict) else str(proto)
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(path).stem
+knns = sorted(Path(knn).glob("*.json"))  # one record per kNN protocol
+knn_cell = ", ".join(f"{protocol(p)}: {top1(p)}" for p in knns) or "FAILED"
+names = ", ".join(f"`{p.relative_to(Path(knn).parent.parent)}`" for p in [*knns, Path(lin)])
 print(f"| {recipe} | {epochs} | {wall} | {knn_cell} | {top1(lin)} | {names} |")
 EOF
   else
