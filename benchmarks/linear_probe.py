@@ -30,6 +30,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def _shown(path: Path) -> str:
+    """A record path as the table shows it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model spec (see python -m eval.linear --help)")
@@ -65,7 +71,7 @@ def main() -> int:
             return 1
         t_fast = time.perf_counter() - start
         fast = json.loads(out.read_text())
-    rows.append(("fast (cached features, cold cache: extraction included)", t_fast, t_fast, fast, out.name))
+    rows.append(("fast (cached features, cold cache: extraction included)", t_fast, t_fast, fast, _shown(out)))
     epochs = [] if args.aug_epochs == args.full_epochs else ["--epochs", str(args.aug_epochs)]
     name = args.aug_protocol + (f"+epochs={args.aug_epochs}" if epochs else "") + suffix
     out = default_record_path("linear", info.label, name, args.dataset, 0, args.results_dir)
@@ -75,7 +81,7 @@ def main() -> int:
     t_aug = time.perf_counter() - start
     aug = json.loads(out.read_text())
     full = t_aug / args.aug_epochs * args.full_epochs
-    rows.append((f"{args.aug_protocol} augmented, {args.aug_epochs} epochs (measured)", t_aug, full, aug, out.name))
+    rows.append((f"{args.aug_protocol} augmented, {args.aug_epochs} epochs (measured)", t_aug, full, aug, _shown(out)))
     device = pick_device(args.device)
     train = f"{fast['train_samples']:,} training images" + (" (class-balanced subset)" if args.train_subset else "")
     print(f"\nlinear probe, {info.label} on {args.dataset} ({train}, {fast['test_samples']:,} test), {device.type} "
@@ -86,7 +92,10 @@ def main() -> int:
         extrapolated = not label.startswith("fast") and args.aug_epochs != args.full_epochs
         note = f" (extrapolated to {args.full_epochs} epochs)" if extrapolated else ""
         print(f"| {label} | {measured:.0f} | {full_time:.0f}{note} | {rec['metrics']['top1']:.2f} | "
-              f"{rec['metrics'].get('top5', float('nan')):.2f} | `zoo/results/{record}` |")
+              f"{rec['metrics'].get('top5', float('nan')):.2f} | `{record}` |")
+    images = fast["train_samples"] + fast["test_samples"]
+    print(f"\nfast, cold cache: {images:,} images in {t_fast:.1f} s = {images / t_fast:.0f} img/s, feature extraction "
+          "of both splits and the probe's training together (a lower bound on the extraction's img/s)")
     how = (f"extrapolated from {args.aug_epochs} measured epochs" if args.aug_epochs != args.full_epochs
            else "all epochs measured")
     print(f"\nspeed-up of fast over the {args.full_epochs}-epoch augmented protocol: {full / t_fast:.1f}x ({how}); "

@@ -194,8 +194,11 @@ def iternorm_matrix(
         gram = symmetric_gram(flat, dim - 1)  # (B, N, N)
         inv_trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1).reciprocal().view(-1, 1, 1)
         gram_norm = gram * inv_trace
-        proj = torch.eye(n, dtype=x.dtype, device=x.device).expand_as(gram)
-        for _ in range(iterations):
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        # The first step from P_0 = I is 1.5 I - 0.5 Sn: the same numbers as the general step (every
+        # product with I is exact), without its three N x N products and their backward.
+        proj = torch.add(eye * 1.5, gram_norm, alpha=-0.5)
+        for _ in range(iterations - 1):
             proj = torch.baddbmm(
                 proj, torch.linalg.matrix_power(proj, 3), gram_norm, beta=1.5, alpha=-0.5
             )

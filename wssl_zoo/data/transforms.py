@@ -367,7 +367,9 @@ class SeededViews(Dataset):
         seed = derive_seed(self.seed, self.epoch, index)
         python_state = random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only: torch.manual_seed would also (lazily) seed every accelerator
+            # backend, which costs milliseconds per image and is not restored by fork_rng.
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             try:
                 views = self.transform(image)
