@@ -80,7 +80,7 @@ def build_cfg(args, weights: Path, fragment: Path):
     from detectron2.config import get_cfg
 
     from .configs import config_path
-    from .train import prepare_config
+    from .job import prepare_config
 
     ours, suffix = prepare_config(args)  # validates, applies --max-iter/--ims-per-batch/--set
     cfg = get_cfg()
@@ -142,10 +142,10 @@ def run(args, argv: list[str]) -> int:
     from detectron2.engine import launch
 
     from .export import export_detectron2, load_backbone
-    from .train import PROTOCOL_VERSION, _fingerprint, write_record
+    from .job import PROTOCOL_VERSION, _fingerprint, write_record
 
     t0 = time.perf_counter()
-    from .train import claim_out
+    from .job import claim_out
 
     out = Path(args.out)
     claim_out(args, out)

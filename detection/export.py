@@ -39,7 +39,6 @@ RGB``, ``MODEL.RESNETS.STRIDE_IN_1X1: False`` (timm puts the stride in the 3x3 c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import pickle

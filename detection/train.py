@@ -14,7 +14,6 @@ Errors are one line naming the offending file, key or value, with exit status 2.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -23,7 +22,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-PROTOCOL_VERSION = 1
+from .job import (  # noqa: F401  (re-exported: the shared part of both backends)
+    PROTOCOL_VERSION, UsageError, _fingerprint, claim_out, prepare_config, warn_cpu_size, write_record,
+)
+
 D2_INSTALL = ("detectron2 is not installed. Install it from source for your torch/CUDA "
               "(python -m pip install 'git+https://github.com/facebookresearch/detectron2.git'; needs a C++ "
               "compiler and the CUDA toolkit; see https://detectron2.readthedocs.io/en/latest/tutorials/install.html), "
@@ -94,94 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not write a record (default: write one)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar with ETA (default: shown)")
     return p
-
-
-class UsageError(ValueError):
-    pass
-
-
-def _scaled(value: int, factor: float) -> int:
-    return max(1, int(round(value * factor)))
-
-
-def prepare_config(args) -> tuple[dict, list[str]]:
-    """The merged config with the command-line overrides; returns (cfg, protocol-name suffixes)."""
-    from .configs import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    suffix = [f"set:{o}" for o in args.overrides]
-    set_keys = {o.split("=", 1)[0].strip() for o in args.overrides}
-    solver = cfg["SOLVER"]
-    if args.max_iter is not None:
-        if args.max_iter <= 0:
-            raise UsageError(f"--max-iter {args.max_iter}: must be positive")
-        factor = args.max_iter / solver["MAX_ITER"]
-        if "SOLVER.STEPS" not in set_keys:
-            solver["STEPS"] = tuple(s for s in (_scaled(x, factor) for x in solver["STEPS"]) if s < args.max_iter)
-        if "SOLVER.WARMUP_ITERS" not in set_keys:
-            solver["WARMUP_ITERS"] = min(args.max_iter, int(round(solver["WARMUP_ITERS"] * factor)))
-        solver["MAX_ITER"] = args.max_iter
-        suffix.append(f"max_iter={args.max_iter}")
-    if args.ims_per_batch is not None:
-        if args.ims_per_batch <= 0:
-            raise UsageError(f"--ims-per-batch {args.ims_per_batch}: must be positive")
-        solver["IMS_PER_BATCH"] = args.ims_per_batch
-        suffix.append(f"ims_per_batch={args.ims_per_batch}")
-    if args.num_workers is not None:
-        cfg["DATALOADER"]["NUM_WORKERS"] = args.num_workers
-    else:  # the config's number of workers, but never more than this machine has CPUs
-        from wssl_zoo.cliargs import default_workers
-
-        cfg["DATALOADER"]["NUM_WORKERS"] = min(int(cfg["DATALOADER"]["NUM_WORKERS"]), default_workers())
-    if args.amp is not None:
-        solver["AMP"]["ENABLED"] = args.amp != "none"
-    return cfg, suffix
-
-
-def claim_out(args, out: Path) -> None:
-    """Make ``--out`` this job's folder (see :mod:`wssl_zoo.outdir`): refused when it holds
-    anything but this job's earlier output, unless ``--resume`` or ``--overwrite``."""
-    from wssl_zoo.outdir import claim
-
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite exclude each other")
-    job = dict(model=args.model, config=args.config, overrides=list(args.overrides), max_iter=args.max_iter,
-               ims_per_batch=args.ims_per_batch, seed=args.seed, data=str(args.coco_root or args.voc_root))
-    claim(out, "detection.train", job, overwrite=args.overwrite, resume=args.resume or args.eval_only, hint="resume")
-
-
-def warn_cpu_size(ims_per_batch: int, max_iter: int, min_size: int) -> None:
-    """One warning when a GPU-sized config is about to run on the CPU, with the flags that shrink it."""
-    if ims_per_batch > 4 or max_iter > 2000 or min_size > 512:  # line 0: one line, no source line below
-        warnings.warn_explicit(
-            f"detection on the CPU with a GPU-sized config (SOLVER.IMS_PER_BATCH={ims_per_batch}, "
-            f"SOLVER.MAX_ITER={max_iter}, INPUT.MIN_SIZE_TRAIN up to {min_size}): one iteration can take minutes "
-            f"and tens of GB; make it small with --ims-per-batch 2 --max-iter 100 "
-            f"--set 'INPUT.MIN_SIZE_TRAIN=(256,)' --set INPUT.MAX_SIZE_TRAIN=480 --set INPUT.MIN_SIZE_TEST=256 "
-            f"--set INPUT.MAX_SIZE_TEST=480 (see docs/detection.md)", UserWarning, "detection.train", 0)
-
-
-def _fingerprint(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).name.encode())
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
-
-
-def write_record(*, path: Path | None, results_dir: str | None, label: str, task: str, model: str,
-                 weights_sha256: str, protocol: dict, dataset: dict, seed: int, metrics: dict, wall_seconds: float,
-                 command: str, extra: dict) -> Path:
-    """Write the detection record with the one record writer (:mod:`wssl_zoo.records`) to ``path``
-    (``--record``), else under ``results_dir`` (``--results-dir``, see :func:`wssl_zoo.paths.results_dir`)
-    with the identity-hashed default name; NaN / None metrics become ``undefined_metrics``."""
-    from wssl_zoo.paths import results_dir as _results_dir
-    from wssl_zoo.records import make_record, record_file
-    from wssl_zoo.records import write_record as _write
-
-    rec = make_record(task=task, model=model, weights_sha256=weights_sha256, protocol=protocol, dataset=dataset,
-                      seed=seed, metrics=metrics, wall_seconds=wall_seconds, command=command, extra=extra)
-    return _write(rec, path or record_file(rec, label, _results_dir(results_dir)))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,7 +8,6 @@ by wssl-zoo (ValueError, KeyError, FileNotFoundError) print one line and exit wi
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
