@@ -237,7 +237,7 @@ def linear_missing_model(w, a):
 def knn_mismatched_weights(w, a):
     m = shutil.copytree(a / "model", w / "m")
     cfg = json.loads((m / "config.json").read_text())
-    cfg["architecture"] = "resnet34"  # the weights are a resnet18's
+    cfg["architecture"] = cfg["wssl_zoo"]["architecture"] = "resnet34"  # the weights are a resnet18's
     (m / "config.json").write_text(json.dumps(cfg))
     return _eval("eval.knn"), ["--model", str(m), "--data", str(a / "images"), "--workers", "0", "--no-progress",
                                "--cache-dir", str(w / "cache")], "does not match the architecture"
