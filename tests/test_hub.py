@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -58,17 +59,21 @@ def features(model: torch.nn.Module, size: int = 32) -> torch.Tensor:
         return model.eval()(x)
 
 
+def _point_the_client_at(server: HubServer, cache: Path, mp: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    mp.setattr(constants, "ENDPOINT", server.url)
+    mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    mp.setattr(constants, "HF_HUB_CACHE", str(cache))
+    mp.setattr(constants, "HF_HUB_OFFLINE", False)
+    mp.setenv("HF_TOKEN", server.token)
+
+
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """A running local Hub; the client's endpoint, cache and token point at it and at tmp_path."""
-    from huggingface_hub import constants
-
     with HubServer() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_TOKEN", server.token)
+        _point_the_client_at(server, tmp_path / "hf-cache", monkeypatch)
         yield server
 
 
@@ -83,12 +88,34 @@ def registry(tmp_path, monkeypatch):
     clear_cache()
 
 
+@pytest.fixture(scope="module")
+def _published_once(tmp_path_factory):
+    """One publish of the cwrgp_resnet18_cifar10 entry per module (a 45 MB upload): the Hub's repos,
+    the pinned TOML, the cards and the run directory, for ``published`` to restore in each test."""
+    root = tmp_path_factory.mktemp("published")
+    folder = root / "registry"
+    shutil.copytree(default_registry_dir(), folder)
+    with pytest.MonkeyPatch.context() as mp, HubServer() as server:
+        _point_the_client_at(server, root / "hf-cache", mp)
+        mp.setenv("WSSL_ZOO_REGISTRY", str(folder))
+        clear_cache()
+        model = make_run_dir(root / "run")
+        result = publish(str(root / "run"), REPO_ID, cards_dir=root / "cards", progress=lambda *a: None)
+        repos, counter = server.repos, server._counter
+    clear_cache()
+    return root, model, result, repos, counter
+
+
 @pytest.fixture
-def published(tmp_path, hub, registry):
-    """The cwrgp_resnet18_cifar10 entry published from a run directory; returns (model, result)."""
-    run = tmp_path / "run"
-    model = make_run_dir(run)
-    result = publish(str(run), REPO_ID, cards_dir=tmp_path / "cards", progress=lambda *a: None)
+def published(_published_once, tmp_path, hub, registry):
+    """The cwrgp_resnet18_cifar10 entry published from ``tmp_path/run`` into this test's Hub and
+    registry (restored from the module's one publish); returns (model, result)."""
+    root, model, result, repos, counter = _published_once
+    hub.repos.update(copy.deepcopy(repos))  # bytes are shared, commits and branches are this test's own
+    hub._counter = counter
+    shutil.copyfile(root / "registry" / f"{ENTRY}.toml", registry / f"{ENTRY}.toml")
+    shutil.copytree(root / "cards", tmp_path / "cards")
+    shutil.copytree(root / "run", tmp_path / "run")
     clear_cache()
     return model, result
 
@@ -359,6 +386,7 @@ def test_publish_a_registry_name_mirrors_its_verified_files(published, hub, tmp_
     assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))
 
 
+@pytest.mark.slow
 def test_the_readme_two_commands_turn_an_authors_checkpoint_into_a_pinned_entry(tmp_path, hub, registry):
     """`wssl-zoo convert` then `wssl-zoo publish`, on a checkpoint in INTL_M's layout (ResNet-50)."""
     import timm
