@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def _state_sha256(model: nn.Module) -> str:
     for key, value in sorted(model.state_dict().items()):
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _tensors_sha256(*tensors: torch.Tensor) -> str:
+    """sha256 over the raw bytes of ``tensors`` (the feature cache's integrity check)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -149,6 +158,7 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
                     cache: str | None = None, batch_size: int = 256, workers: int = 2,
                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``(X, y, meta)``; ``meta["cache_hit"]`` says whether the features came from the cache."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save
 
     from wssl_zoo.data.datasets import TransformedDataset
@@ -166,15 +176,22 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
     if path.is_file():
         try:
             data = load_file(str(path))
-            return data["features"], data["labels"], dict(meta, cache_hit=True)
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+            x, y = data["features"], data["labels"]
+            with safe_open(str(path), "pt") as fh:
+                stored = (fh.metadata() or {}).get("sha256")
+            if stored != _tensors_sha256(x, y) or len(x) != len(base) or len(y) != len(base):
+                raise ValueError("its checksum or row count does not match")
+            return x, y, dict(meta, cache_hit=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed
+            warnings.warn(f"{path}: damaged feature cache entry ({exc}); recomputing it")
             path.unlink(missing_ok=True)
     x, y = extract(info.model, TransformedDataset(base, transform), device, batch_size, workers, progress,
                    desc=f"{split} features")
     if _dist()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, save({"features": x.contiguous(), "labels": y.contiguous()},
-                                      metadata={"key": key_src}))
+        x, y = x.contiguous(), y.contiguous()
+        atomic_write_bytes(path, save({"features": x, "labels": y},
+                                      metadata={"key": key_src, "sha256": _tensors_sha256(x, y)}))
     return x, y, dict(meta, cache_hit=False)
 
 
