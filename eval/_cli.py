@@ -11,6 +11,8 @@ from typing import Callable
 def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--model", required=True, help="registry name or alias, model directory, hf-hub:org/name[@rev], "
                    "or random:ARCH[:STEM[:SIZE]] for a random-init baseline")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="accept an hf-hub: --model without SHA256SUMS (its weights are not checked)")
     p.add_argument("--data", required=data_required, metavar="ROOT",
                    help="ImageNet layout (ROOT/train/<class>/ and ROOT/val/<class>/ or ROOT/test/<class>/), "
                    "or torchvision's folder with --dataset")

@@ -54,9 +54,10 @@ def _tensors_sha256(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def resolve_model(spec: str, seed: int = 0) -> ModelInfo:
+def resolve_model(spec: str, seed: int = 0, verify: bool = True) -> ModelInfo:
     """``spec``: a registry name/alias, a model directory, ``hf-hub:org/name[@rev]``, or
-    ``random:ARCH[:STEM[:SIZE]]`` (random init from ``seed``, the baseline every table needs)."""
+    ``random:ARCH[:STEM[:SIZE]]`` (random init from ``seed``, the baseline every table needs).
+    ``verify=False`` accepts an ``hf-hub:`` repo without ``SHA256SUMS``."""
     import wssl_zoo
     from wssl_zoo.hub import resolve_local
     from wssl_zoo.modelio import load_model_dir, read_config, sha256_file
@@ -69,7 +70,7 @@ def resolve_model(spec: str, seed: int = 0) -> ModelInfo:
         torch.manual_seed(seed)
         model = wssl_zoo.create(arch, stem=stem)
         return ModelInfo(model, spec, f"random-{arch}-{stem}-{size}px", _state_sha256(model), arch, stem, None, size, None)
-    folder = resolve_local(spec)
+    folder = resolve_local(spec, verify=verify)
     if folder.is_file():
         folder = folder.parent
     model = load_model_dir(folder)

@@ -407,3 +407,49 @@ def test_the_readme_two_commands_turn_an_authors_checkpoint_into_a_pinned_entry(
     assert torch.allclose(features(ours, 64), expected, atol=1e-4)
     assert torch.equal(features(theirs, 64), features(ours, 64))
     assert "convert.json" in hub.repos["wssl-zoo/intl_resnet50"].commits[entry.hub.revision].files
+
+
+# ---------------------------------------------------------------------------- failure paths
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("failure", ["upload fails", "read-back mismatch"])
+def test_a_failed_publish_pins_nothing_and_leaves_the_registry_byte_identical(tmp_path, hub, registry, failure):
+    run = tmp_path / "run"
+    make_run_dir(run)
+    before = _tree_bytes(registry)
+    if failure == "upload fails":
+        hub.fail_commits = True
+        expected = (HubError, r"upload to wssl-zoo/cwrgp_resnet18_cifar10 failed.*nothing was pinned")
+    else:
+        hub.corrupt_uploads["model.safetensors"] = b"\0" * 64  # the Hub serves other bytes than were sent
+        expected = (HashMismatchError, r"'model.safetensors'.*does not match")
+    with pytest.raises(expected[0], match=expected[1]):
+        publish(str(run), REPO_ID, cards_dir=tmp_path / "cards", progress=lambda *a: None)
+    assert _tree_bytes(registry) == before
+    assert not (tmp_path / "cards").exists()
+    clear_cache()
+    assert not get_entry(ENTRY).hub.published
+
+
+def test_a_repo_without_sha256sums_is_refused_unless_unverified_weights_are_accepted(tmp_path, hub, registry, capsys):
+    run = tmp_path / "run"
+    model = make_run_dir(run)
+    hub.create_repo("someone/plain")
+    hub.commit_files("someone/plain", {n: (run / n).read_bytes() for n in ("config.json", "model.safetensors")})
+    message = r"someone/plain@[0-9a-f]{40}: no SHA256SUMS file.*verify=False \(--allow-unverified"
+    with pytest.raises(HubError, match=message):
+        wssl_zoo.load("hf-hub:someone/plain")
+    assert torch.equal(features(wssl_zoo.load("hf-hub:someone/plain", verify=False)), features(model))
+    assert main(["download", "hf-hub:someone/plain"]) == 2
+    err = capsys.readouterr().err
+    assert "no SHA256SUMS file" in err and "--allow-unverified" in err and len(err.strip().splitlines()) == 1
+    assert main(["download", "--allow-unverified", "hf-hub:someone/plain"]) == 0
+    from eval.features import resolve_model
+
+    with pytest.raises(HubError, match="no SHA256SUMS"):
+        resolve_model("hf-hub:someone/plain")
+    assert resolve_model("hf-hub:someone/plain", verify=False).arch == "resnet18"

@@ -53,12 +53,13 @@ def _not_published(entry: ZooEntry) -> WeightsNotPublishedError:
     )
 
 
-def load(name_or_path: str | Path) -> nn.Module:
+def load(name_or_path: str | Path, verify: bool = True) -> nn.Module:
     """A trained backbone in eval mode.
 
     ``name_or_path`` is a local model directory or ``.safetensors`` file with its
     ``config.json``, a registry name or alias (its published weights, at the pinned revision,
-    sha256-checked), or ``hf-hub:org/name[@revision]``.
+    sha256-checked), or ``hf-hub:org/name[@revision]`` (checked against the repo's ``SHA256SUMS``;
+    a repo without one is refused unless ``verify=False``).
     """
     from .modelio import load_model_dir
 
@@ -69,7 +70,7 @@ def load(name_or_path: str | Path) -> nn.Module:
     if spec.startswith("hf-hub:"):
         from .hub import download_repo
 
-        return load_model_dir(download_repo(spec))
+        return load_model_dir(download_repo(spec, verify=verify))
     try:
         entry = get_entry(spec)
     except UnknownModelError as exc:
