@@ -12,6 +12,9 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     from wssl_zoo import cliargs
 
     cliargs.add_model(p)
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="accept an hf-hub: --model without SHA256SUMS, e.g. a plain timm repo (its weights are "
+                   "not checked)")
     p.add_argument("--data", required=data_required, metavar="ROOT",
                    help="ImageNet layout (ROOT/train/<class>/ and ROOT/val/<class>/ or ROOT/test/<class>/), "
                    "or torchvision's folder with --dataset")

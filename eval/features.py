@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from wssl_zoo.evaluation import dist_rank_world
 from wssl_zoo.evaluation import extract_features as extract
+from wssl_zoo.modelio import tensors_sha256
 from wssl_zoo.weights import ResolvedWeights, resolve
 
 from .records import dataset_fingerprint
@@ -40,10 +42,11 @@ class ModelInfo:
     folder = property(lambda self: self.weights.folder)
 
 
-def resolve_model(spec: str, seed: int = 0) -> ModelInfo:
+def resolve_model(spec: str, seed: int = 0, verify: bool = True) -> ModelInfo:
     """``spec``: anything :func:`wssl_zoo.weights.resolve` takes (registry name/alias, model
-    directory, ``hf-hub:org/name[@rev]``, ``random:ARCH[:STEM[:SIZE]]`` drawn from ``seed``)."""
-    weights = resolve(spec, seed)
+    directory, ``hf-hub:org/name[@rev]``, ``random:ARCH[:STEM[:SIZE]]`` drawn from ``seed``);
+    ``verify=False`` accepts an ``hf-hub:`` repo without ``SHA256SUMS``."""
+    weights = resolve(spec, seed, verify=verify)
     return ModelInfo(weights, weights.build())
 
 
@@ -76,6 +79,7 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
                     cache: str | None = None, batch_size: int = 256, workers: int = 2,
                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``(X, y, meta)``; ``meta["cache_hit"]`` says whether the features came from the cache."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save
 
     from wssl_zoo.data.datasets import TransformedDataset
@@ -93,15 +97,22 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
     if path.is_file():
         try:
             data = load_file(str(path))
-            return data["features"], data["labels"], dict(meta, cache_hit=True)
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+            x, y = data["features"], data["labels"]
+            with safe_open(str(path), "pt") as fh:
+                stored = (fh.metadata() or {}).get("sha256")
+            if stored != tensors_sha256(x, y) or len(x) != len(base) or len(y) != len(base):
+                raise ValueError("its checksum or row count does not match")
+            return x, y, dict(meta, cache_hit=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed
+            warnings.warn(f"{path}: damaged feature cache entry ({exc}); recomputing it")
             path.unlink(missing_ok=True)
     x, y = extract(info.model, TransformedDataset(base, transform), device, batch_size, workers, progress,
                    desc=f"{split} features")
     if dist_rank_world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, save({"features": x.contiguous(), "labels": y.contiguous()},
-                                      metadata={"key": key_src}))
+        x, y = x.contiguous(), y.contiguous()
+        atomic_write_bytes(path, save({"features": x, "labels": y},
+                                      metadata={"key": key_src, "sha256": tensors_sha256(x, y)}))
     return x, y, dict(meta, cache_hit=False)
 
 

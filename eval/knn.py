@@ -44,7 +44,7 @@ def run(args, command: str) -> int:
     check_out(args, len([n for n in args.protocols.split(",") if n.strip()]) * args.seeds)
     device = pick_device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):  # k-NN is deterministic; seeds only matter for random-init baselines
-        info = resolve_model(args.model, seed)
+        info = resolve_model(args.model, seed, verify=not args.allow_unverified)
         start = time.perf_counter()
         xtr, ytr, meta = cached_features(info, args.dataset, args.data, "train", device, args.cache_dir,
                                          workers=args.workers, progress=not args.no_progress)

@@ -163,7 +163,7 @@ def evaluate(args, command: str, seed: int) -> dict:
     protocol, proto_record = with_overrides(get_protocol(args.protocol, "linear"), epochs=args.epochs, lr=args.lr,
                                             batch_size=args.batch_size)
     device = pick_device(args.device)
-    info = resolve_model(args.model, seed)
+    info = resolve_model(args.model, seed, verify=not args.allow_unverified)
     start = time.perf_counter()
     extra = {}
     if protocol.features == "cached":

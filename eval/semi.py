@@ -244,7 +244,7 @@ def run(args, command: str) -> int:
     for seed in range(args.seed, args.seed + args.seeds):
         protocol, proto_record = with_overrides(get_protocol(args.protocol, "semi"), epochs=args.epochs,
                                                 batch_size=args.batch_size)
-        info = resolve_model(args.model, seed)
+        info = resolve_model(args.model, seed, verify=not args.allow_unverified)
         start = time.perf_counter()
         metrics = finetune(protocol, info, args.dataset, args.data, indices, args.split, seed, device, args.workers,
                            not args.no_progress, epochs=args.epochs)

@@ -50,7 +50,7 @@ def run(args, command: str) -> int:
     from .records import make_record, write_record
 
     device = pick_device(args.device)
-    info = resolve_model(args.model, args.seed)
+    info = resolve_model(args.model, args.seed, verify=not args.allow_unverified)
     start = time.perf_counter()
     x, _, meta = cached_features(info, args.dataset, args.data, args.split, device, args.cache_dir,
                                  workers=args.workers, progress=not args.no_progress)

@@ -35,3 +35,53 @@ def shared_data_dir() -> Path:
 def _adhoc_results(tmp_path, monkeypatch):
     """Ad-hoc records of a test go to its own folder, never to the checkout's ./results."""
     monkeypatch.setenv("WSSL_ZOO_RESULTS", str(tmp_path / "results"))
+
+
+def _set_hub_state(folder: Path, published: bool) -> None:
+    """Rewrite every entry's ``[hub]`` table in the registry copy ``folder``: unpublished (empty
+    revision and hashes) or pinned to a made-up commit with made-up hashes and sizes."""
+    import tomlkit
+
+    for path in sorted(folder.glob("*.toml")):
+        doc = tomlkit.parse(path.read_text())
+        hub = doc["hub"]
+        names = ("model.safetensors", "config.json")
+        hub["revision"] = "c" * 40 if published else ""
+        hub["files"] = {n: ("ab" * 32 if published else "") for n in names}
+        if published:
+            hub["sizes"] = {n: 1000 for n in names}
+        elif "sizes" in hub:
+            del hub["sizes"]
+        path.write_text(tomlkit.dumps(doc))
+
+
+def _registry_in_state(tmp_path: Path, monkeypatch, published: bool) -> Path:
+    import shutil
+
+    from wssl_zoo.registry import clear_cache, default_registry_dir
+
+    folder = tmp_path / ("published-registry" if published else "unpublished-registry")
+    shutil.copytree(default_registry_dir(), folder)
+    _set_hub_state(folder, published)
+    monkeypatch.setenv("WSSL_ZOO_REGISTRY", str(folder))
+    clear_cache()
+    return folder
+
+
+@pytest.fixture
+def unpublished_registry(tmp_path, monkeypatch):
+    """A registry copy in which no entry is published, whatever the shipped registry pins, so that
+    the behaviour of unpublished entries stays tested after the first publish."""
+    from wssl_zoo.registry import clear_cache
+
+    yield _registry_in_state(tmp_path, monkeypatch, published=False)
+    clear_cache()
+
+
+@pytest.fixture
+def published_registry(tmp_path, monkeypatch):
+    """A registry copy in which every entry is pinned (to made-up hashes: nothing can download)."""
+    from wssl_zoo.registry import clear_cache
+
+    yield _registry_in_state(tmp_path, monkeypatch, published=True)
+    clear_cache()

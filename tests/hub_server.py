@@ -59,6 +59,8 @@ class HubServer:
         self.tampered: dict[tuple[str, str, str], bytes] = {}  # (repo, commit, path) -> served bytes
         self.truncate_next: dict[str, int] = {}  # path -> how many more downloads to cut short
         self.requests: list[tuple[str, str]] = []
+        self.fail_commits = False  # answer every commit with a server error (a failed upload)
+        self.corrupt_uploads: dict[str, bytes] = {}  # path -> bytes served instead, in every new commit
         self.lock = threading.Lock()
         self._counter = 0
         handler = type("Handler", (_Handler,), {"hub": self})
@@ -316,8 +318,12 @@ class _Handler(BaseHTTPRequestHandler):
                         return self._error(400, "BadRequest", f"this test Hub takes inline files only, not {item['key']}")
                 if revision not in repo.branches:
                     return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                if self.hub.fail_commits:
+                    return self._error(400, "BadRequest", "the storage backend rejected the commit")
                 with self.hub.lock:
                     commit = self.hub._commit(repo, revision, added, deleted, message)
+                    for p, data in self.hub.corrupt_uploads.items():
+                        self.hub.tampered[(repo_id, commit.oid, p)] = data
                 return self._json(200, {"commitUrl": f"{self.hub.url}/{repo_id}/commit/{commit.oid}",
                                         "commitOid": commit.oid, "pullRequestUrl": None})
         self._error(404, "EntryNotFound", f"no route for POST {path}")

@@ -261,7 +261,7 @@ def test_create_by_registry_name_alias_and_timm_name():
 
 
 @pytest.mark.parametrize("name", ["wmse_resnet50", "cwrgp_r50", "intl_r50", "wmse_r18_c10", "cwrgp_resnet18_cifar10", "intl_r18_c10"])
-def test_registered_but_unpublished_weights_say_how_to_make_them(name):
+def test_registered_but_unpublished_weights_say_how_to_make_them(name, unpublished_registry):
     entry = wssl_zoo.get_entry(name)
     with pytest.raises(WeightsNotPublishedError) as info:
         wssl_zoo.load(name)
@@ -274,7 +274,7 @@ def test_registered_but_unpublished_weights_say_how_to_make_them(name):
         assert entry.official["url"] in msg
 
 
-def test_unpublished_error_says_how_to_convert_the_authors_checkpoint():
+def test_unpublished_error_says_how_to_convert_the_authors_checkpoint(unpublished_registry):
     with pytest.raises(WeightsNotPublishedError, match=r"wssl-zoo convert --from official-cwrgp CKPT --entry cwrgp_resnet50 --out runs/cwrgp_resnet50"):
         wssl_zoo.load("cwrgp_r50")
 
@@ -289,7 +289,7 @@ def test_unknown_name_lists_close_names():
 # ------------------------------------------------------------------ CLI
 
 
-def test_cli_list(capsys):
+def test_cli_list(capsys, unpublished_registry):
     assert main(["list"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| model | aliases | method | arch (stem) | trained on | epochs | paper linear top-1 | weights |")
@@ -302,7 +302,18 @@ def test_cli_list(capsys):
     assert "intl" not in capsys.readouterr().out
 
 
-def test_cli_info_shows_every_field_without_downloading(capsys, monkeypatch):
+def test_cli_list_and_info_of_published_entries(capsys, published_registry):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "not published yet" not in out
+    assert "| [wssl-zoo/intl_resnet50](https://huggingface.co/wssl-zoo/intl_resnet50) |" in out
+    assert main(["info", "intl_r50"]) == 0
+    out = capsys.readouterr().out
+    assert "weights published: yes" in out and f"@ {'c' * 40}" in out
+    assert f"model.safetensors: sha256 {'ab' * 32}, 1,000 bytes" in out
+
+
+def test_cli_info_shows_every_field_without_downloading(capsys, monkeypatch, unpublished_registry):
     def no_download(*args, **kwargs):
         raise AssertionError("info must not download")
 

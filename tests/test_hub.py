@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -58,17 +59,21 @@ def features(model: torch.nn.Module, size: int = 32) -> torch.Tensor:
         return model.eval()(x)
 
 
+def _point_the_client_at(server: HubServer, cache: Path, mp: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    mp.setattr(constants, "ENDPOINT", server.url)
+    mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    mp.setattr(constants, "HF_HUB_CACHE", str(cache))
+    mp.setattr(constants, "HF_HUB_OFFLINE", False)
+    mp.setenv("HF_TOKEN", server.token)
+
+
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """A running local Hub; the client's endpoint, cache and token point at it and at tmp_path."""
-    from huggingface_hub import constants
-
     with HubServer() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_TOKEN", server.token)
+        _point_the_client_at(server, tmp_path / "hf-cache", monkeypatch)
         yield server
 
 
@@ -83,12 +88,34 @@ def registry(tmp_path, monkeypatch):
     clear_cache()
 
 
+@pytest.fixture(scope="module")
+def _published_once(tmp_path_factory):
+    """One publish of the cwrgp_resnet18_cifar10 entry per module (a 45 MB upload): the Hub's repos,
+    the pinned TOML, the cards and the run directory, for ``published`` to restore in each test."""
+    root = tmp_path_factory.mktemp("published")
+    folder = root / "registry"
+    shutil.copytree(default_registry_dir(), folder)
+    with pytest.MonkeyPatch.context() as mp, HubServer() as server:
+        _point_the_client_at(server, root / "hf-cache", mp)
+        mp.setenv("WSSL_ZOO_REGISTRY", str(folder))
+        clear_cache()
+        model = make_run_dir(root / "run")
+        result = publish(str(root / "run"), REPO_ID, cards_dir=root / "cards", progress=lambda *a: None)
+        repos, counter = server.repos, server._counter
+    clear_cache()
+    return root, model, result, repos, counter
+
+
 @pytest.fixture
-def published(tmp_path, hub, registry):
-    """The cwrgp_resnet18_cifar10 entry published from a run directory; returns (model, result)."""
-    run = tmp_path / "run"
-    model = make_run_dir(run)
-    result = publish(str(run), REPO_ID, cards_dir=tmp_path / "cards", progress=lambda *a: None)
+def published(_published_once, tmp_path, hub, registry):
+    """The cwrgp_resnet18_cifar10 entry published from ``tmp_path/run`` into this test's Hub and
+    registry (restored from the module's one publish); returns (model, result)."""
+    root, model, result, repos, counter = _published_once
+    hub.repos.update(copy.deepcopy(repos))  # bytes are shared, commits and branches are this test's own
+    hub._counter = counter
+    shutil.copyfile(root / "registry" / f"{ENTRY}.toml", registry / f"{ENTRY}.toml")
+    shutil.copytree(root / "cards", tmp_path / "cards")
+    shutil.copytree(root / "run", tmp_path / "run")
     clear_cache()
     return model, result
 
@@ -324,7 +351,7 @@ def test_wssl_zoo_loads_a_plain_timm_repo_without_its_classifier(tmp_path, hub, 
     hub.create_repo("timm/r18-sup")
     commit = hub.commit_files("timm/r18-sup", {p.name: p.read_bytes() for p in (tmp_path / "timm").iterdir()})
     with caplog.at_level("WARNING", logger="wssl_zoo"):
-        ours = wssl_zoo.load(f"hf-hub:timm/r18-sup@{commit}")
+        ours = wssl_zoo.load(f"hf-hub:timm/r18-sup@{commit}", verify=False)  # a plain timm repo: no SHA256SUMS
     assert "classifier (fc.weight, fc.bias) was dropped" in caplog.text
     supervised.reset_classifier(0)
     assert torch.equal(features(ours, 64), features(supervised, 64))
@@ -502,6 +529,7 @@ def test_publish_a_registry_name_mirrors_its_verified_files(published, hub, tmp_
     assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))
 
 
+@pytest.mark.slow
 def test_the_readme_two_commands_turn_an_authors_checkpoint_into_a_pinned_entry(tmp_path, hub, registry):
     """`wssl-zoo convert` then `wssl-zoo publish`, on a checkpoint in INTL_M's layout (ResNet-50)."""
     import timm
@@ -530,3 +558,49 @@ def test_the_readme_two_commands_turn_an_authors_checkpoint_into_a_pinned_entry(
     assert "Converted from the authors' checkpoint `intl_800ep.pth.tar`" in card.text
     assert entry.official["url"] in card.text and "the authors' repository carries no license" in card.text
     assert "sha256 `" + sha256_file(ckpt) + "`" in card.text and "not published" not in card.text
+
+
+# ---------------------------------------------------------------------------- failure paths
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("failure", ["upload fails", "read-back mismatch"])
+def test_a_failed_publish_pins_nothing_and_leaves_the_registry_byte_identical(tmp_path, hub, registry, failure):
+    run = tmp_path / "run"
+    make_run_dir(run)
+    before = _tree_bytes(registry)
+    if failure == "upload fails":
+        hub.fail_commits = True
+        expected = (HubError, r"upload to wssl-zoo/cwrgp_resnet18_cifar10 failed.*nothing was pinned")
+    else:
+        hub.corrupt_uploads["model.safetensors"] = b"\0" * 64  # the Hub serves other bytes than were sent
+        expected = (HashMismatchError, r"'model.safetensors'.*does not match")
+    with pytest.raises(expected[0], match=expected[1]):
+        publish(str(run), REPO_ID, cards_dir=tmp_path / "cards", progress=lambda *a: None)
+    assert _tree_bytes(registry) == before
+    assert not (tmp_path / "cards").exists()
+    clear_cache()
+    assert not get_entry(ENTRY).hub.published
+
+
+def test_a_repo_without_sha256sums_is_refused_unless_unverified_weights_are_accepted(tmp_path, hub, registry, capsys):
+    run = tmp_path / "run"
+    model = make_run_dir(run)
+    hub.create_repo("someone/plain")
+    hub.commit_files("someone/plain", {n: (run / n).read_bytes() for n in ("config.json", "model.safetensors")})
+    message = r"someone/plain@[0-9a-f]{40}: no SHA256SUMS file.*verify=False \(--allow-unverified"
+    with pytest.raises(HubError, match=message):
+        wssl_zoo.load("hf-hub:someone/plain")
+    assert torch.equal(features(wssl_zoo.load("hf-hub:someone/plain", verify=False)), features(model))
+    assert main(["download", "hf-hub:someone/plain"]) == 2
+    err = capsys.readouterr().err
+    assert "no SHA256SUMS file" in err and "--allow-unverified" in err and len(err.strip().splitlines()) == 1
+    assert main(["download", "--allow-unverified", "hf-hub:someone/plain"]) == 0
+    from eval.features import resolve_model
+
+    with pytest.raises(HubError, match="no SHA256SUMS"):
+        resolve_model("hf-hub:someone/plain")
+    assert resolve_model("hf-hub:someone/plain", verify=False).arch == "resnet18"

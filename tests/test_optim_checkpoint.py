@@ -21,6 +21,7 @@ from wssl_zoo.pretrain.schedules import (
     WarmupCosineEpoch,
     WarmupStep,
     WMSESchedule,
+    WMSEStep,
     apply_lr,
     build_schedule,
     cov_weight_at,
@@ -240,6 +241,12 @@ def test_wmse_schedule_named_values():
     assert s.lr_at(175 * 100) == 1e-3 * 0.2 * 0.2 and s.lr_at(200 * 100 - 1) == 1e-3 * 0.2 * 0.2
 
 
+def test_wmse_step_is_the_wmse_schedule_and_ignores_milestones_before_the_run():
+    assert build_schedule("wmse", base_lr=1.0, epochs=2, steps_per_epoch=10).__class__ is WMSEStep
+    # drops (50, 25) with 2 epochs give milestones -48 and -23: never reached, the lr stays put
+    assert WMSEStep(1e-3, epochs=2, steps_per_epoch=10, warmup_steps=0).lr_at(15) == 1e-3
+
+
 def test_warmup_step_values():
     s = WarmupStep(0.4, warmup_steps=10, milestones=(50, 30), gamma=0.1)
     assert s.lr_at(0) == 0.4 * (1 / 10) and s.lr_at(9) == 0.4
@@ -311,6 +318,15 @@ def test_atomic_save_survives_a_crash_midway(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ck.atomic_save({"a": torch.zeros(4)}, path)
     monkeypatch.setattr(torch, "save", real_save)
+    import wssl_zoo.modelio as modelio
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(modelio.os, "fsync", failing_fsync)  # the crash comes after all bytes were written
+    with pytest.raises(OSError, match="disk full"):
+        ck.atomic_save({"a": torch.zeros(4)}, path)
+    monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(4))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
     ck.atomic_save({"a": torch.zeros(4)}, path)

@@ -67,8 +67,13 @@ def test_every_entry_parses_and_validates():
         assert e.stem == ("imagenet" if imagenet else "cifar")
         assert e.img_size == (224 if imagenet else 32)
         assert e.mean == ((0.485, 0.456, 0.406) if imagenet else (0.4914, 0.4822, 0.4465))
-        assert e.hub.repo_id == f"wssl-zoo/{name}" and e.hub.revision == "" and not e.hub.published
-        assert set(e.hub.files) == {"model.safetensors", "config.json"}
+        assert e.hub.repo_id.endswith(f"/{name}")
+        if e.hub.published:  # pinned by `wssl-zoo publish`: a commit and a sha256 per file
+            assert len(e.hub.revision) == 40 and all(c in "0123456789abcdef" for c in e.hub.revision)
+            assert {"model.safetensors", "config.json"} <= set(e.hub.files)
+            assert all(len(h) == 64 for h in e.hub.files.values())
+        else:
+            assert e.hub.revision == "" and set(e.hub.files) == {"model.safetensors", "config.json"}
         assert e.citation.startswith("@") and e.official.get("url") or e.official.get("note")
         assert e.training["source"].startswith("https://github.com/") and " @ " in e.training["source"]
 
@@ -185,8 +190,12 @@ def test_entries_are_frozen():
 
 @pytest.fixture
 def registry_copy(tmp_path) -> Path:
+    """A copy of the registry with every entry unpublished (the edits below start from that state)."""
+    from conftest import _set_hub_state
+
     folder = tmp_path / "models"
     shutil.copytree(default_registry_dir(), folder)
+    _set_hub_state(folder, published=False)
     clear_cache()
     return folder
 
@@ -324,4 +333,5 @@ def test_model_cards_are_up_to_date_and_labelled():
         timm_line = "\nlibrary_name: timm\n" in text.split("\n---\n")[0]
         assert text.startswith("---\n") and timm_line == (get_entry(name).stem == "imagenet") and "## Citation" in text
     card = render_card(get_entry("intl_r50"))
-    assert "| 76.6 | paper: reported by the authors" in card and "not published yet" in card
+    assert "| 76.6 | paper: reported by the authors" in card
+    assert ("not published yet" in card) is (not get_entry("intl_r50").hub.published)

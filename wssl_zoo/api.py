@@ -34,12 +34,13 @@ def create(name: str, stem: str | None = None) -> nn.Module:
     return create_backbone(arch, stem or default_stem).eval()
 
 
-def load(name_or_path: str | Path, seed: int = 0) -> nn.Module:
+def load(name_or_path: str | Path, seed: int = 0, verify: bool = True) -> nn.Module:
     """A trained backbone in eval mode: :func:`wssl_zoo.weights.resolve` plus ``build()``.
 
     ``name_or_path`` is a local model directory or ``.safetensors`` file with its
     ``config.json``, a registry name or alias (its published weights, at the pinned revision,
-    sha256-checked), ``hf-hub:org/name[@revision]`` (a repo in our format or any plain timm repo
+    sha256-checked), ``hf-hub:org/name[@revision]`` (checked against the repo's ``SHA256SUMS``; a repo without
+    one, such as a plain timm repo, is refused unless ``verify=False``; a repo in our format or any plain timm repo
     with ``model.safetensors``: a supervised baseline's classifier is dropped, with a warning on
     the ``wssl_zoo`` logger, and the backbone returns pooled features like ours), or
     ``random:ARCH[:STEM[:SIZE]]`` (random init drawn from ``seed``). :func:`wssl_zoo.weights.resolve`
@@ -47,4 +48,4 @@ def load(name_or_path: str | Path, seed: int = 0) -> nn.Module:
     """
     from .weights import resolve
 
-    return resolve(name_or_path, seed).build()
+    return resolve(name_or_path, seed, verify=verify).build()

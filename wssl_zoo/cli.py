@@ -196,6 +196,8 @@ def _card_run(args: argparse.Namespace) -> int:
 def _download_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="+", metavar="NAME",
                    help="registry names or aliases (pinned revision, sha256-checked) or hf-hub:org/name[@rev]")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="accept an hf-hub: repo without SHA256SUMS (its files are not checked)")
 
 
 def _download_run(args: argparse.Namespace) -> int:
@@ -203,7 +205,7 @@ def _download_run(args: argparse.Namespace) -> int:
 
     for name in args.names:
         if name.startswith("hf-hub:"):
-            folder = download_repo(name)
+            folder = download_repo(name, verify=not args.allow_unverified)
             print(f"{name}: {folder}")
             continue
         e = get_entry(name)

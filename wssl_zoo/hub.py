@@ -151,11 +151,12 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def download_repo(spec: str) -> Path:
+def download_repo(spec: str, verify: bool = True) -> Path:
     """Download a model repo in our format (``hf-hub:org/name[@rev]``); returns its snapshot folder.
 
     The repo's ``SHA256SUMS`` (written by ``wssl-zoo publish``) is checked for every file it lists
-    that is downloaded. A repo without it (a plain timm repo) is loaded unverified.
+    that is downloaded. A repo without it (a plain timm repo) is refused unless ``verify=False``
+    (``--allow-unverified`` on the command line), which loads it unverified.
     """
     repo_id, revision = parse_spec(spec)
     config = _fetch(repo_id, "config.json", revision)
@@ -165,6 +166,9 @@ def download_repo(spec: str) -> Path:
     except HubError as exc:
         if "no such file" not in str(exc):
             raise
+        if verify:
+            raise HubError(f"{repo_id}@{commit}: no {SUMS_FILE} file, so its weights cannot be verified; "
+                           "pass verify=False (--allow-unverified on the command line) to load them unverified") from None
         sums = {}
     else:
         sums = _parse_sums(sums_path.read_text(), f"{repo_id}@{commit} {SUMS_FILE}")

@@ -318,6 +318,14 @@ def tensor_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def tensors_sha256(*tensors: torch.Tensor) -> str:
+    """The hex sha256 of the raw bytes of ``tensors`` in order (the feature cache's integrity check)."""
+    digest = hashlib.sha256()
+    for value in tensors:
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file, read in chunks (checkpoints can be larger than memory)."""
     digest = hashlib.sha256()

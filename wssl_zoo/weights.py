@@ -190,9 +190,10 @@ def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry |
                            weights_file=weights, entry=entry, config=config)
 
 
-def resolve(spec: str | Path, seed: int = 0) -> ResolvedWeights:
+def resolve(spec: str | Path, seed: int = 0, verify: bool = True) -> ResolvedWeights:
     """The :class:`ResolvedWeights` of ``spec`` (see the module docstring); downloads (verified)
-    what a Hub or registry spec needs. ``seed`` draws ``random:`` weights.
+    what a Hub or registry spec needs. ``seed`` draws ``random:`` weights; ``verify=False`` accepts
+    an ``hf-hub:`` repo without ``SHA256SUMS`` (e.g. a plain timm repo), whose weights are then unchecked.
 
     Raises FileNotFoundError for a path that does not exist, :class:`UnknownModelError` (listing
     the closest names) for an unknown name, :class:`WeightsNotPublishedError` for a registered
@@ -213,7 +214,7 @@ def resolve(spec: str | Path, seed: int = 0) -> ResolvedWeights:
     if text.startswith("hf-hub:"):
         from .hub import download_repo
 
-        return _from_folder(text, "hub", download_repo(text), label, None)
+        return _from_folder(text, "hub", download_repo(text, verify=verify), label, None)
     try:
         entry = get_entry(text)
     except UnknownModelError:

@@ -287,6 +287,9 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         persistent_workers=opts.workers > 0,
     )
     steps_per_epoch = sampler.steps
+    # what a resumed run must see again for the rest of the run to be the one it continues
+    data_id = dict(dataset=name, samples=len(train_set), classes=list(train_set.classes),
+                   subset=len(indices), seed=opts.seed)
 
     # ------------------------------------------------------------ model and optimiser
     torch.manual_seed(derive_seed(opts.seed, 2))
@@ -312,6 +315,16 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
                 f"--resume: the recipe differs from the one {resume_from} was trained with; "
                 "resume with the same recipe and overrides (see train_config.json)"
             )
+        saved_data = state.extra.get("data")
+        if saved_data and saved_data != json.loads(json.dumps(data_id)):
+            changed = sorted(k for k in data_id if saved_data.get(k) != data_id[k])
+            raise ValueError(
+                f"--resume: the training data differs from the data {resume_from} was trained on "
+                f"({', '.join(changed)}); resume with the same --data, --train-subset and --seed"
+            )
+        if is_main:
+            print(f"resuming from {resume_from} at epoch {start_epoch + 1}, step {start_step} "
+                  f"(global step {state.step})", flush=True)
     core = model
     if world > 1:
         if device.type == "cuda":
@@ -353,7 +366,7 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
         ckpt_lib.save_checkpoint(out, ckpt_lib.TrainState(
             epoch=epoch, step=global_step, model=core.state_dict(), optimizer=optimizer.state_dict(),
             scaler=scaler.state_dict() if scaler.is_enabled() else {},
-            extra=dict(step_in_epoch=step_in_epoch, recipe=recipe.to_dict()),
+            extra=dict(step_in_epoch=step_in_epoch, recipe=recipe.to_dict(), data=data_id),
         ))
 
     # ------------------------------------------------------------ train
