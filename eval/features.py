@@ -41,6 +41,28 @@ class ModelInfo:
     img_size = property(lambda self: self.weights.img_size)
     folder = property(lambda self: self.weights.folder)
 
+    @property
+    def recipe(self) -> str | None:
+        """The pretraining recipe (config.json's ``wssl_zoo.recipe``, else the registry entry's);
+        eval.protocols.protocol_for_model picks the authors' protocol values by it."""
+        from pathlib import Path
+
+        if self.folder is not None and (Path(self.folder) / "config.json").is_file():
+            from wssl_zoo.modelio import read_config
+
+            recipe = read_config(self.folder).get("wssl_zoo", {}).get("recipe")
+            if recipe:
+                return recipe
+        spec = self.spec
+        if spec.startswith(("random:", "hf-hub:")) or Path(spec).exists():
+            return None
+        from wssl_zoo.registry import get_entry
+
+        try:
+            return get_entry(spec).recipe or None
+        except Exception:  # not a registry name
+            return None
+
 
 def resolve_model(spec: str, seed: int = 0, verify: bool = True) -> ModelInfo:
     """``spec``: anything :func:`wssl_zoo.weights.resolve` takes (registry name/alias, model

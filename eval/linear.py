@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._cli import add_common, check_out, record_path, run_main
-from .protocols import LinearProtocol, get_protocol, with_overrides
+from .protocols import LinearProtocol, get_protocol, protocol_for_model, with_overrides
 
 
 def _optimizer(protocol: LinearProtocol, params) -> torch.optim.Optimizer:
@@ -160,10 +160,11 @@ def evaluate(args, command: str, seed: int) -> dict:
     from .features import cached_features, pick_device, resolve_model
     from .records import dataset_fingerprint, make_record, write_record
 
-    protocol, proto_record = with_overrides(get_protocol(args.protocol, "linear"), epochs=args.epochs, lr=args.lr,
-                                            batch_size=args.batch_size)
     device = pick_device(args.device)
     info = resolve_model(args.model, seed, verify=not args.allow_unverified)
+    # an authors' protocol takes the values for the model it evaluates (e.g. intl -> intl_plain)
+    protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "linear"),
+                                            epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     start = time.perf_counter()
     extra = {}
     if protocol.features == "cached":

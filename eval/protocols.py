@@ -9,12 +9,16 @@ github.com/winci-ai/CW-RGP @ 5bbf6ed4df35):
 
 - INTL ``evaluate.py`` + ``cfg.py`` + ``scripts/ep100_multi-crop_ema.sh``: frozen backbone (BN in
   eval mode), fc initialised N(0, 0.01) / 0, SGD momentum 0.9 with weight decay 0 (hard-coded),
-  no Nesterov, ``--lr-classifier 0.4`` x bs/256 at ``--bs 256`` (the ep800 script uses 0.2),
+  no Nesterov, ``--lr-classifier 0.4`` x bs/256 at ``--bs 256`` for the multi-crop + EMA models
+  (``scripts/ep{100,200,400,800}_multi-crop_ema.sh:14``), 0.2 for the plain 800-epoch model and
+  ImageNet-100 (``scripts/ep800.sh:13``, ``scripts/in100.sh:16``, the ``cfg.py:138`` default):
+  protocol ``intl_plain``, which :func:`protocol_for_model` picks for those models,
   100 epochs, ``--schedule step`` (the default): MultiStepLR at epochs 60 and 80, gamma 0.1,
   stepped per epoch; RandomResizedCrop(224) + flip for training, Resize(256) + CenterCrop(224) for
   validation. Semi-supervised (``--weights finetune --train-percent 1|10``, SimCLR's subset
   files in ``src/percent/``): 20 epochs, backbone lr 0.004 and classifier lr 0.2 (x bs/256,
-  bs 256), model in train mode (BN batch statistics), SGD momentum 0.9, weight decay 0. The
+  bs 256; the plain 800-epoch model: backbone lr 0.006, ``scripts/ep800.sh:21``, protocol
+  ``semi_intl_plain``), model in train mode (BN batch statistics), SGD momentum 0.9, weight decay 0. The
   published commands pass no ``--schedule``, so the default step schedule applies, whose
   milestones (60, 80) lie beyond epoch 20: the learning rates are constant (``--schedule cos``
   would give a per-epoch half cosine).
@@ -104,6 +108,9 @@ PROTOCOLS = {p.name: p for p in (
     LinearProtocol("intl", 1, "augmented", "sgd", 0.4, 100, 256, schedule="step", milestones=(60, 80),
                    source="winci-ai/INTL@0aa69af20a26 evaluate.py, cfg.py, scripts/ep100_multi-crop_ema.sh "
                           "(--weights freeze --schedule step --lr-classifier 0.4 --bs 256)"),
+    LinearProtocol("intl_plain", 1, "augmented", "sgd", 0.2, 100, 256, schedule="step", milestones=(60, 80),
+                   source="winci-ai/INTL@0aa69af20a26 evaluate.py, cfg.py:138, scripts/ep800.sh:11-15, "
+                          "scripts/in100.sh:14-18 (--lr-classifier 0.2: the plain 800-epoch model and ImageNet-100)"),
     LinearProtocol("cwrgp", 1, "augmented", "lars", 0.4, 100, 1024, schedule="cosine",
                    source="winci-ai/CW-RGP@5bbf6ed4df35 ImageNet/lincls.py, ImageNet/cfg.py "
                           "(--lars, --lr_eval 0.1 x --bs_eval 1024/256, --wd_eval 0)"),
@@ -122,9 +129,31 @@ PROTOCOLS = {p.name: p for p in (
                  source="winci-ai/INTL@0aa69af20a26 evaluate.py, cfg.py, scripts/ep100_multi-crop_ema.sh "
                         "(--weights finetune --train-percent 1|10 --epochs 20 --lr-backbone 0.004 "
                         "--lr-classifier 0.2, default --schedule step: constant over 20 epochs); v1 used a cosine"),
+    SemiProtocol("semi_intl_plain", 1, 20, 20, 20, 256, 0.006, 0.2, schedule="step", milestones=(60, 80),
+                 source="winci-ai/INTL@0aa69af20a26 evaluate.py, cfg.py, scripts/ep800.sh:18-25 "
+                        "(the plain 800-epoch model: --lr-backbone 0.006 --lr-classifier 0.2; constant lr)"),
     SemiProtocol("semi_simclr", 1, 60, 60, 30, 256, 0.05, 0.05, nesterov=True, schedule="none",
                  source="SimCLR (Chen et al. 2020), appendix B.5"),
 )}
+
+
+# Authors' protocols whose values depend on the model evaluated: protocol -> {recipe: variant}.
+# INTL's plain (no multi-crop, no EMA) models use other learning rates than the multi-crop + EMA
+# models the ``intl`` / ``semi_intl`` protocols carry (winci-ai/INTL@0aa69af20a26 scripts/*.sh).
+MODEL_VARIANTS = {
+    "intl": {"intl_imagenet": "intl_plain", "intl_imagenet100": "intl_plain"},
+    "semi_intl": {"intl_imagenet": "semi_intl_plain"},
+}
+
+
+def protocol_for_model(name: str, recipe: str | None) -> str:
+    """The protocol to run when ``name`` is asked for a model pretrained with ``recipe`` (the
+    recipe name a model directory's ``config.json`` or registry entry records; None: unknown).
+
+    >>> protocol_for_model("intl", "intl_imagenet"), protocol_for_model("intl", "intl_m_imagenet")
+    ('intl_plain', 'intl')
+    """
+    return MODEL_VARIANTS.get(name, {}).get(recipe or "", name)
 
 
 def get_protocol(name: str, kind: str | None = None):

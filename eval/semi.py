@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._cli import add_common, check_out, record_path, run_main
-from .protocols import get_protocol, with_overrides
+from .protocols import get_protocol, protocol_for_model, with_overrides
 
 IMAGENET_COUNTS = {"1pct": 12811, "10pct": 128116}
 _SIMCLR_NAME = re.compile(r"^(n\d{8})_[^/\s]+$")
@@ -242,9 +242,9 @@ def run(args, command: str) -> int:
     indices = read_split_file(args.split_file, args.split, train)
     device = pick_device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):
-        protocol, proto_record = with_overrides(get_protocol(args.protocol, "semi"), epochs=args.epochs,
-                                                batch_size=args.batch_size)
         info = resolve_model(args.model, seed, verify=not args.allow_unverified)
+        protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "semi"),
+                                                epochs=args.epochs, batch_size=args.batch_size)
         start = time.perf_counter()
         metrics = finetune(protocol, info, args.dataset, args.data, indices, args.split, seed, device, args.workers,
                            not args.no_progress, epochs=args.epochs)

@@ -307,6 +307,8 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
                  source_sha256=provenance["source_sha256"])
     if e is not None:
         extra["registry_name"] = e.name
+        if e.recipe:
+            extra["recipe"] = e.recipe  # eval.protocols.protocol_for_model picks the authors' values by it
     from .modelio import atomic_write_bytes
 
     from .outdir import claim

@@ -23,12 +23,22 @@ from ._common import (
 )
 
 
-def channel_covariance_loss(h: torch.Tensor) -> torch.Tensor:
+def channel_covariance_loss(h: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """The ImageNet CW-RGP covariance term, summed over views.
 
     For each view (N, D): centre every sample over its channels, ``C = y y^T / (D - 1)`` (N, N),
     and take ``sum(offdiag(C)^2) / N``. h: (V, N, D) -> scalar.
+
+    ``block``: compute the term on consecutive blocks of ``block`` samples and average over the
+    blocks, as the authors' per-GPU computation on 128 samples averaged by DDP
+    (CW-RGP ``ImageNet/methods/cwrgp.py:34-36``, ``methods/losses.py:15-23``), so the value does
+    not depend on how the batch is split across processes. ``None``: one block of all N samples.
     """
+    if block is not None:
+        num_views, n, dim = h.shape
+        if n % block:
+            raise ValueError(f"CWRGPLoss: cov_block={block} does not divide the per-process batch N={n}")
+        return channel_covariance_loss(h.reshape(num_views * (n // block), block, dim)) / (n // block)
     n, dim = h.shape[-2], h.shape[-1]
     y = h - h.mean(dim=-1, keepdim=True)
     cov = symmetric_gram(y, dim - 1)
@@ -56,6 +66,8 @@ class CWRGPLoss(ViewLoss):
         random_groups: shuffle the channels before grouping (the "RG" of CW-RGP).
         eps: shrinkage of the Gram matrices towards the identity.
         cov_weight: weight of the covariance term (0.01 for the 200-epoch ImageNet recipe).
+        cov_block: samples per covariance block (128 in the ImageNet recipes: the authors' per-GPU
+            batch); None computes the term over the whole local batch.
         normalize: L2-normalise the whitened vectors before the MSE.
         gather_distributed: whiten over the global batch gathered from all DDP ranks.
     """
@@ -68,6 +80,7 @@ class CWRGPLoss(ViewLoss):
         random_groups: bool = True,
         eps: float = 0.0,
         cov_weight: float = 0.0,
+        cov_block: int | None = None,
         normalize: bool = True,
         gather_distributed: bool = False,
     ):
@@ -80,6 +93,7 @@ class CWRGPLoss(ViewLoss):
         if float(cov_weight) < 0:
             raise ValueError(f"CWRGPLoss: cov_weight must be >= 0, got {cov_weight!r}")
         self.cov_weight = float(cov_weight)
+        self.cov_block = None if cov_block is None else check_positive_int(cov_block, "cov_block", "CWRGPLoss")
         self.normalize = bool(normalize)
         self.gather_distributed = bool(gather_distributed)
 
@@ -87,6 +101,7 @@ class CWRGPLoss(ViewLoss):
         return (
             f"w_size={self.w_size}, w_iter={self.w_iter}, groups={self.groups}, "
             f"random_groups={self.random_groups}, eps={self.eps}, cov_weight={self.cov_weight}, "
+            f"cov_block={self.cov_block}, "
             f"normalize={self.normalize}, gather_distributed={self.gather_distributed}"
         )
 
@@ -122,5 +137,5 @@ class CWRGPLoss(ViewLoss):
             loss = loss + pairwise_view_loss(z.reshape(num_views, n, dim), self.normalize)
         loss = loss / (self.w_iter * num_views * (num_views - 1) // 2)
         if self.cov_weight != 0:
-            loss = loss + self.cov_weight * channel_covariance_loss(h)
+            loss = loss + self.cov_weight * channel_covariance_loss(h, self.cov_block)
         return loss

@@ -157,7 +157,7 @@ def build_model(recipe: Recipe, gather: bool) -> nn.Module:
     from ..heads import Projector
     from ..losses import build_loss
 
-    backbone = create_backbone(recipe.arch, recipe.stem)
+    backbone = create_backbone(recipe.arch, recipe.stem, zero_init_last=recipe.zero_init_residual)
     p = recipe.projector
     projector = Projector(
         backbone.num_features, p["hidden_dim"], p["out_dim"], p["num_layers"],
@@ -224,7 +224,7 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     resolved recipe and options), ``log.jsonl``, ``summary.json`` and ``checkpoints/last.pt``; with
     matplotlib, ``training_curves.png`` is redrawn from ``log.jsonl`` after each monitor epoch.
     """
-    from ..data.datasets import balanced_subset, build_dataset, dataset_stats
+    from ..data.datasets import balanced_subset, build_dataset
     from ..data.transforms import SeededViews, build_view_transform, derive_seed
     from . import checkpoint as ckpt_lib
     from ..evaluation import extract_features, feature_effective_rank, knn_accuracy
@@ -264,9 +264,11 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
 
     # ------------------------------------------------------------ data
     train_set = build_dataset(name, opts.data, "train+unlabeled" if name == "stl10" else "train")
-    mean, std = dataset_stats(recipe.dataset if name != "imagefolder" else "imagenet", recipe.method)
     view_tf = build_view_transform(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views,
                                    multi_crop=recipe.multi_crop)
+    # The statistics the views are normalised with (Tiny-ImageNet's own for tiny_imagenet, which is
+    # stored as an image folder): config.json records these, so every probe normalises the same way.
+    mean, std = view_tf.mean, view_tf.std
     indices = list(range(len(train_set)))
     if opts.train_subset:
         per_class = max(1, opts.train_subset // max(1, len(train_set.classes)))
@@ -510,10 +512,13 @@ def _export_model(out: Path, core: nn.Module, recipe: Recipe, mean, std, opts: R
     from ..modelio import save_model_dir
 
     small = recipe.img_size <= 96
+    crop_pct, interpolation = (1.0, "bilinear") if small else (0.875, "bicubic")
+    if recipe.dataset == "stl10" and recipe.img_size < 96:
+        # W-MSE datasets/stl10.py:13-16 (CW-RGP's copy): Resize(70, bicubic) + CenterCrop(64)
+        crop_pct, interpolation = recipe.img_size / round(recipe.img_size * 70 / 64), "bicubic"
     save_model_dir(
         out, core.backbone, arch=recipe.arch, stem=recipe.stem, mean=tuple(mean), std=tuple(std),
-        img_size=recipe.img_size, crop_pct=1.0 if small else 0.875,
-        interpolation="bilinear", projector=core.projector,
+        img_size=recipe.img_size, crop_pct=crop_pct, interpolation=interpolation, projector=core.projector,
         extra_meta=dict(method=recipe.method, recipe=recipe.name, dataset=recipe.dataset,
                         epochs=recipe.epochs, seed=opts.seed, source="wssl-zoo pretrain"),
     )

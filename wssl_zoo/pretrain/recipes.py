@@ -66,6 +66,12 @@ class Recipe:
     cov_stop_epoch: int | None = None  # CW-RGP ImageNet: covariance term off from this epoch
     knn_k: int = 5
     eval_every: int = 5
+    # torchvision's zero_init_residual (timm's zero_init_last): the last BN of every residual branch
+    # starts at weight 0. The authors set it per method and arch (see wssl_zoo.methods).
+    zero_init_residual: bool = False
+    # The authors' training precision: "fp32", or "fp16" (torch.cuda.amp autocast + GradScaler).
+    # Ours is `wssl-zoo pretrain --amp` (default none = fp32; `--amp fp16` is the authors' setting).
+    authors_precision: str = "fp32"
     notes: str = ""
 
     @property
@@ -147,6 +153,8 @@ class Recipe:
                 raise ValueError(f"{where}: ema_momentum needs loss.momentum=true (INTL_M)")
         if self.multi_crop and self.method != "intl":
             bad("multi_crop", "is only defined for INTL")
+        if self.authors_precision not in ("fp32", "fp16"):
+            bad("authors_precision", "must be 'fp32' or 'fp16'")
         if self.cov_stop_epoch is not None and self.method != "cwrgp":
             bad("cov_stop_epoch", "is only defined for CW-RGP")
         for key in ("hidden_dim", "out_dim", "num_layers"):
@@ -195,6 +203,7 @@ def _cwrgp(name, dataset, views, batch, epochs, lr, emb, w_size, groups, w_iter=
         projector=dict(hidden_dim=head, out_dim=emb, num_layers=2, hidden_bias=True, last_bias=True),
         optimizer="adam", weight_decay=1e-6, schedule="wmse", warmup_steps=500,
         lr_drops=(50, 25), drop_gamma=0.2, knn_k=5, eval_every=10,
+        zero_init_residual=True,  # base/model.py:21 models.<arch>(zero_init_residual=True)
     )
 
 
@@ -206,7 +215,8 @@ def _build_recipes() -> dict[str, Recipe]:
                        command=f"--dataset {ds} --epoch 1000 --lr 3e-3 --num_samples 4 --bs 256 --emb 64 --w_size 128"))
         r.append(_wmse(f"wmse_{ds}_2views", ds, 2, 512, 1000, 3e-3, 64, 128,
                        command=f"--dataset {ds} --epoch 1000 --lr 3e-3 --emb 64 --w_size 128"))
-    for ds, epochs, img in (("stl10", 2000, 96), ("tiny_imagenet", 1000, 64)):
+    # datasets/stl10.py:22 and datasets/tiny_in.py:16: aug_transform(64, ...) for both
+    for ds, epochs, img in (("stl10", 2000, 64), ("tiny_imagenet", 1000, 64)):
         tag = "tiny_in" if ds == "tiny_imagenet" else ds
         r.append(_wmse(f"wmse_{ds}", ds, 4, 256, epochs, 2e-3, 128, 256, img=img, stem="small",
                        command=f"--dataset {tag} --epoch {epochs} --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256"))
@@ -229,9 +239,10 @@ def _build_recipes() -> dict[str, Recipe]:
                     command="--dataset cifar10 --epochs 1000 --lr 3e-3 --bs 256 --w_size 64 --group 4 --w_iter 4"))
     r.append(_cwrgp("cwrgp_cifar100_2views", "cifar100", 2, 512, 1000, 3e-3, 512, 64, 4,
                     command="--dataset cifar100 --epochs 1000 --lr 3e-3 --w_size 64 --group 4"))
-    r.append(_cwrgp("cwrgp_stl10", "stl10", 4, 256, 2000, 2e-3, 512, 64, 4, img=96, stem="small",
+    # base/datasets/stl10.py: aug_transform(64, ...) (W-MSE's), test Resize(70, bicubic) + CenterCrop(64)
+    r.append(_cwrgp("cwrgp_stl10", "stl10", 4, 256, 2000, 2e-3, 512, 64, 4, img=64, stem="small",
                     command="--dataset stl10 --epochs 2000 --lr 2e-3 --num_samples 4 --bs 256 --w_size 64 --group 4"))
-    r.append(_cwrgp("cwrgp_stl10_2views", "stl10", 2, 512, 2000, 2e-3, 512, 64, 4, img=96, stem="small",
+    r.append(_cwrgp("cwrgp_stl10_2views", "stl10", 2, 512, 2000, 2e-3, 512, 64, 4, img=64, stem="small",
                     command="--dataset stl10 --epochs 2000 --lr 2e-3 --w_size 64 --group 4"))
     r.append(_cwrgp("cwrgp_tiny_imagenet", "tiny_imagenet", 4, 256, 1000, 2e-3, 1024, 128, 2, head=2048, img=64, stem="small",
                     command="--dataset tiny_in --epochs 1000 --lr 2e-3 --num_samples 4 --bs 256 --emb 1024 --w_size 128 --group 2 --head_size 2048"))
@@ -245,10 +256,14 @@ def _build_recipes() -> dict[str, Recipe]:
                    "ImageNet/cfg.py defaults; ImageNet/train.py (SGD, warm-up, cosine per epoch)",
             description=f"CW-RGP 4 on ImageNet-1k, {epochs} epochs, covariance term until epoch {cov_stop}",
             epochs=epochs, batch_size=512, lr=0.05, arch="resnet50", stem="imagenet", img_size=224, num_views=4,
-            loss=dict(w_size=128, w_iter=1, groups=2, random_groups=True, eps=0.0, cov_weight=cov_w),
+            # cov_block: ImageNet/methods/cwrgp.py:34-36 compute the covariance term per GPU on its
+            # 512 / 4 GPUs = 128 samples (ImageNet/train.py:99); DDP averages it over the GPUs.
+            loss=dict(w_size=128, w_iter=1, groups=2, random_groups=True, eps=0.0, cov_weight=cov_w,
+                      cov_block=128),
             projector=dict(hidden_dim=2048, out_dim=1024, num_layers=3, hidden_bias=True, last_bias=True),
             optimizer="sgd", lr_scaling="batch/256", weight_decay=1e-4, exclude_bias_norm_wd=False,
             schedule="warmup_cosine_epoch", warmup_steps=500, cov_stop_epoch=cov_stop, knn_k=5, eval_every=10,
+            zero_init_residual=True,  # ImageNet/model.py:21 models.<arch>(zero_init_residual=True)
         ))
     # ---------------------------------------------------------------- INTL
     for ds in ("cifar10", "cifar100"):
@@ -261,6 +276,8 @@ def _build_recipes() -> dict[str, Recipe]:
             projector=dict(hidden_dim=2048, out_dim=2048, num_layers=3, hidden_bias=False, last_bias=True),
             optimizer="sgd", lr_scaling="batch/256", weight_decay=1e-4, exclude_bias_norm_wd=False,
             schedule="warmup_cosine", warmup_epochs=2, knn_k=5, eval_every=5,
+            zero_init_residual=False,  # src/model.py:18-22: zero_init only when arch != resnet18
+            authors_precision="fp32",  # cifar/main.py trains without autocast
         ))
     r.append(Recipe(
         name="intl_imagenet100", method="intl", dataset="imagenet100",
@@ -271,12 +288,16 @@ def _build_recipes() -> dict[str, Recipe]:
         projector=dict(hidden_dim=4096, out_dim=8192, num_layers=3, hidden_bias=False, last_bias=True),
         optimizer="sgd", lr_scaling="batch/256", weight_decay=2.5e-5, exclude_bias_norm_wd=True,
         schedule="warmup_cosine", warmup_epochs=2, knn_k=5, eval_every=10,
+        zero_init_residual=False,  # src/model.py:18-22: zero_init only when arch != resnet18
+        authors_precision="fp16",  # main.py:129,174-178 torch.cuda.amp autocast + GradScaler
     ))
     imagenet_common = dict(
         method="intl", dataset="imagenet", batch_size=256, arch="resnet50", stem="imagenet", img_size=224,
         projector=dict(hidden_dim=8192, out_dim=8192, num_layers=3, hidden_bias=False, last_bias=True),
         optimizer="sgd", lr_scaling="batch/256", weight_decay=1e-5, exclude_bias_norm_wd=True,
         schedule="warmup_cosine", warmup_epochs=2, knn_k=5, eval_every=10,
+        zero_init_residual=True,  # src/model.py:18-22: resnet50 != resnet18 -> zero_init_residual=True
+        authors_precision="fp16",  # main.py:129,174-178 torch.cuda.amp autocast + GradScaler
     )
     r.append(Recipe(
         name="intl_imagenet", source=f"{INTL_SRC}: scripts/ep800.sh `python main.py --dataset imagenet --epochs 800 "
