@@ -142,7 +142,7 @@ def run(args, argv: list[str]) -> int:
     from detectron2.engine import launch
 
     from .export import export_detectron2, load_backbone
-    from .job import PROTOCOL_VERSION, _fingerprint, write_record
+    from .job import PROTOCOL_VERSION, _fingerprint, schedule_label, write_record
 
     t0 = time.perf_counter()
     from .job import claim_out
@@ -185,6 +185,7 @@ def run(args, argv: list[str]) -> int:
                      label=info.label, task=task, model=info.spec, weights_sha256=info.weights_sha256,
                      protocol={"name": "+".join([ours["_NAME"], *suffix]), "version": PROTOCOL_VERSION,
                                "backend": "detectron2", "max_iter": cfg.SOLVER.MAX_ITER,
+                               "schedule": schedule_label(ours["_NAME"], cfg.SOLVER.MAX_ITER, suffix),
                                "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH},
                      dataset={"name": task, "split": "val2017" if task == "coco" else "2007_test",
                               "fingerprint": _fingerprint([ann]) if ann else None},

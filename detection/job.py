@@ -4,10 +4,25 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from pathlib import Path
 
 PROTOCOL_VERSION = 1
+
+
+def schedule_label(config: str, max_iter: int, suffix: list[str]) -> str:
+    """The schedule a detection record ran: the config's tag (``1x`` = 90k, ``2x`` = 180k,
+    ``24k``), the iterations, and whether ``--max-iter`` shortened it.
+
+    >>> schedule_label("coco_R_50_C4_2x", 180000, [])
+    '2x, 180000 iterations'
+    """
+    tags = [t for t in config.split("_") if re.fullmatch(r"\d+(x|k)", t)]
+    label = f"{tags[-1] if tags else config}, {max_iter} iterations"
+    if any(s.startswith("max_iter=") for s in suffix):
+        label += " (shortened with --max-iter: not the paper protocol)"
+    return label
 
 
 class UsageError(ValueError):

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .job import (  # noqa: F401  (re-exported: the shared part of both backends)
-    PROTOCOL_VERSION, UsageError, _fingerprint, claim_out, prepare_config, warn_cpu_size, write_record,
+    PROTOCOL_VERSION, UsageError, _fingerprint, claim_out, prepare_config, schedule_label, warn_cpu_size,
+    write_record,
 )
 
 D2_INSTALL = ("detectron2 is not installed. Install it from source for your torch/CUDA "
@@ -166,7 +167,8 @@ def run_torchvision(args, argv: list[str]) -> int:
                       "out": str(out)}))
     if not args.no_record:
         protocol = {"name": "+".join([cfg["_NAME"], *suffix]), "version": PROTOCOL_VERSION,
-                    "config": cfg["_NAME"], "backend": "torchvision", "arch": s.arch, "mask_on": s.mask_on,
+                    "config": cfg["_NAME"], "schedule": schedule_label(cfg["_NAME"], s.max_iter, suffix),
+                    "backend": "torchvision", "arch": s.arch, "mask_on": s.mask_on,
                     "max_iter": s.max_iter, "steps": list(s.steps), "warmup_iters": s.warmup_iters,
                     "ims_per_batch": s.ims_per_batch, "base_lr": s.base_lr,
                     "min_size_train": list(s.min_size_train), "min_size_test": s.min_size_test,

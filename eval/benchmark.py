@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classification data: imagefolder = DIR/imagenet (default: %(default)s)")
     p.add_argument("--linear-protocol", default="fast", help="protocol of the linear task (default: %(default)s)")
     p.add_argument("--semi-protocol", default="semi_intl", help="recipe of semi1/semi10 (default: %(default)s)")
-    p.add_argument("--coco-config", default="coco_R_50_C4_1x", help="detection config (default: %(default)s)")
+    # INTL's COCO numbers: detection/configs/coco_R_50_C4_2x.yaml (winci-ai/INTL@0aa69af); CW-RGP: "same as MoCo" (2x)
+    p.add_argument("--coco-config", default="coco_R_50_C4_2x",
+                   help="detection config (default: %(default)s, Mask R-CNN R50-C4 2x: the protocol of the "
+                        "INTL / CW-RGP COCO numbers)")
     p.add_argument("--split-files", metavar="DIR", help="folder with 1percent.txt and 10percent.txt")
     p.add_argument("--epochs", type=int, help="override every task's epochs (recorded as an override)")
     p.add_argument("--max-iter", type=int, help="override the detection iterations (recorded)")
