@@ -62,7 +62,7 @@ def test_two_epoch_cpu_run_per_method(tmp_path, tiny_data, case):
     assert summary["epoch"] == 2 and np.isfinite(summary["loss"])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
-    assert 0 <= log[-1]["knn_top1"] <= 100 and log[-1]["effective_rank"] > 0
+    assert 0 <= log[-1]["monitor_knn_cos"] <= 100 and log[-1]["effective_rank"] > 0
     import wssl_zoo
 
     model = wssl_zoo.load(out)

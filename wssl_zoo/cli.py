@@ -42,15 +42,15 @@ def pretrain_results_table() -> str:
     """The measured pretraining results of ``zoo/results/pretrain_*.json`` as a Markdown table."""
     import json
 
-    rows = ["| recipe (settings) | backbone | epochs | pretrain time | hardware | kNN k=5 | kNN k=20 | linear | same net, random init: kNN k=5 / linear | record |",
+    rows = ["| recipe (settings) | backbone | epochs | pretrain time | hardware | monitor cos kNN k=5 | monitor cos kNN k=20 | linear | same net, random init: monitor kNN k=5 / linear | record |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(results_dir().glob("pretrain_*.json")):
         r = json.loads(path.read_text())
         m, base = r["metrics"]["pretrained"], r["metrics"]["random_init"]
         minutes = (r["pretrain"].get("wall_seconds") or 0) / 60
         rows.append(f"| {r['recipe']} | {r['arch']} ({r['stem']} stem) | {r['pretrain']['epochs']} | {minutes:.1f} min | "
-                    f"{r['hardware']} | {m['knn5_top1']:.2f} | {m['knn20_top1']:.2f} | {m['linear_top1']:.2f} | "
-                    f"{base['knn5_top1']:.2f} / {base['linear_top1']:.2f} | `zoo/results/{path.name}` |")
+                    f"{r['hardware']} | {m['monitor_knn5_cos']:.2f} | {m['monitor_knn20_cos']:.2f} | {m['linear_top1']:.2f} | "
+                    f"{base['monitor_knn5_cos']:.2f} / {base['linear_top1']:.2f} | `zoo/results/{path.name}` |")
     return "\n".join(rows) + "\n"
 
 

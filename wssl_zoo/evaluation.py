@@ -185,8 +185,8 @@ def heldout_metrics(backbone: nn.Module, dataset: str, root, img_size: int, bank
     xb, yb = extract_features(backbone, bank_set, device, workers=workers)
     xq, yq = extract_features(backbone, query_set, device, workers=workers)
     return {
-        "knn5_top1": knn_accuracy(xb, yb, xq, yq, k=5, rule="majority-cosine"),
-        "knn20_top1": knn_accuracy(xb, yb, xq, yq, k=20, rule="majority-cosine"),
+        "monitor_knn5_cos": knn_accuracy(xb, yb, xq, yq, k=5, rule="majority-cosine"),
+        "monitor_knn20_cos": knn_accuracy(xb, yb, xq, yq, k=20, rule="majority-cosine"),
         "linear_top1": linear_probe_full_batch(xb, yb, xq, yq, seed=seed, device=device),
         "effective_rank": feature_effective_rank(xb),
         "bank": len(xb), "queries": len(xq),
