@@ -39,7 +39,8 @@ FIELD_FLAGS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="recipe name (see --list-recipes); not needed with --resume")
     parser.add_argument("--list-recipes", action="store_true", help="list the recipes with their source and exit")
-    parser.add_argument("--show", action="store_true", help="print the resolved recipe as JSON and exit")
+    parser.add_argument("--show", action="store_true", help="print the resolved recipe and the source of every value "
+                        "(the authors' repo@commit file:line; wssl_zoo/methods/) as JSON and exit")
     parser.add_argument("--config", help="JSON or TOML file of recipe overrides ({\"epochs\": 10, \"loss.w_size\": 64})")
     from .. import cliargs
 
@@ -175,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     recipe = resolve_from_args(args)
     if args.show:
-        print(json.dumps(recipe.to_dict(), indent=2))
+        from ..methods import show_recipe
+
+        print(json.dumps(show_recipe(recipe), indent=2))
         return 0
     if not args.out:
         raise ValueError("--out is required")

@@ -1,0 +1,44 @@
+"""The provenance tables of wssl_zoo/methods/ hold every recipe and protocol value exactly."""
+
+import dataclasses
+
+import pytest
+
+from eval.protocols import PROTOCOLS
+from wssl_zoo.methods import PROTOCOL_META_FIELDS, flatten_recipe, protocol_provenance, recipe_provenance, show_recipe
+from wssl_zoo.pretrain.recipes import RECIPES, resolve_recipe
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_resolves_to_its_provenance_table(name):
+    table = recipe_provenance(name)
+    resolved = flatten_recipe(resolve_recipe(name).to_dict())
+    assert set(resolved) == set(table), f"{name}: fields without a source {set(resolved) ^ set(table)}"
+    for key, value in resolved.items():
+        assert value == table[key].value and type(value) is type(table[key].value), (name, key, value, table[key])
+        assert table[key].source
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_protocol_resolves_to_its_provenance_table(name):
+    table = protocol_provenance(name)
+    values = {k: v for k, v in dataclasses.asdict(PROTOCOLS[name]).items() if k not in PROTOCOL_META_FIELDS}
+    assert set(values) == set(table)
+    for key, value in values.items():
+        assert value == table[key].value, (name, key, value, table[key])
+
+
+def test_every_authors_source_cites_repo_at_commit():
+    for name in RECIPES:
+        for key, fact in recipe_provenance(name).items():
+            if fact.authors:
+                assert "@" in fact.source and (".py" in fact.source or ".sh" in fact.source or ".md" in fact.source), (
+                    name, key, fact.source)
+
+
+def test_show_marks_overrides_with_the_authors_value():
+    shown = show_recipe(resolve_recipe("cwrgp_cifar10", {"epochs": 2}))
+    assert shown["provenance"]["epochs"]["override"] is True
+    assert shown["provenance"]["epochs"]["authors_value"] == 1000
+    assert "override" not in shown["provenance"]["lr"]
+    assert "scripts/base.sh:3" in shown["provenance"]["lr"]["source"]

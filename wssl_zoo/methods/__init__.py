@@ -1,0 +1,118 @@
+"""Per-method provenance: every hyper-parameter of every recipe and evaluation protocol, with the
+authors' value and where it comes from (repository @ commit, file:line or script line).
+
+One module per method (:mod:`.wmse`, :mod:`.cwrgp`, :mod:`.intl`); each defines
+
+- ``RECIPES``: ``{recipe name: {field: Fact}}``, the fields of
+  :class:`wssl_zoo.pretrain.recipes.Recipe` (``loss.*`` / ``projector.*`` for the tables) except
+  ``name``, ``source``, ``description`` and ``notes``;
+- ``PROTOCOLS``: ``{protocol name: {setting: Fact}}``, the settings of the
+  :mod:`eval.protocols` dataclasses except ``name``, ``version``, ``source`` and ``kind``.
+
+``tests/test_methods.py`` asserts that every recipe and protocol resolves to exactly these
+values, so an edit cannot drift from the authors silently. A value that is not the authors'
+(a wssl-zoo choice, or a setting the authors' code does not have) says so in its source, starting
+with ``wssl-zoo:``. ``wssl-zoo pretrain --recipe X --show`` prints the sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Recipe fields that are documentation, not hyper-parameters.
+RECIPE_META_FIELDS = ("name", "source", "description", "notes")
+PROTOCOL_META_FIELDS = ("name", "version", "source", "kind")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One hyper-parameter: the value and where it comes from."""
+
+    value: Any
+    source: str
+
+    @property
+    def authors(self) -> bool:
+        """Whether the value is the authors' (not a wssl-zoo choice)."""
+        return not self.source.startswith("wssl-zoo")
+
+
+def src(repo: str, commit: str, where: str) -> str:
+    """``owner/name@commit7 where``: the citation format of every table."""
+    return f"{repo}@{commit[:7]} {where}"
+
+
+OURS_MONITOR = "wssl-zoo: the pretraining monitor (cosine kNN on subsets), not an authors' setting"
+UNUSED = "wssl-zoo: not used by this recipe's optimiser / schedule (dataclass default)"
+
+# Protocols that are not one author's: wssl-zoo's fast probe, the weighted kNN, SimCLR's fine-tuning.
+_FAST = "wssl-zoo: the fast probe (eval/protocols.py), not an authors' protocol"
+_KNN200 = "InstDisc (Wu et al. 2018) / solo-learn weighted k-NN"
+_SIMCLR = "SimCLR (Chen et al. 2020), appendix B.5"
+OTHER_PROTOCOLS: dict[str, dict[str, Fact]] = {
+    "fast": {k: Fact(v, _FAST) for k, v in dict(
+        features="cached", optimizer="sgd", lr=0.1, epochs=100, batch_size=256, weight_decay=0.0, momentum=0.9,
+        nesterov=True, schedule="cosine", milestones=(), gamma=0.1, final_lr=0.0, standardize=True).items()},
+    "knn200": {k: Fact(v, _KNN200) for k, v in dict(k=200, rule="weighted-cosine", temperature=0.07).items()},
+    "semi_simclr": {k: Fact(v, _SIMCLR) for k, v in dict(
+        epochs=60, epochs_1pct=60, epochs_10pct=30, batch_size=256, lr_backbone=0.05, lr_head=0.05,
+        weight_decay=0.0, momentum=0.9, nesterov=True, schedule="none", milestones=(), gamma=0.1,
+        bn_train=True).items()},
+}
+
+
+def _modules():
+    from . import cwrgp, intl, wmse
+
+    return (wmse, cwrgp, intl)
+
+
+def recipe_provenance(name: str) -> dict[str, Fact]:
+    """``{field: Fact}`` of recipe ``name``; ValueError if no table has it."""
+    for module in _modules():
+        if name in module.RECIPES:
+            return module.RECIPES[name]
+    raise ValueError(f"no provenance table has recipe {name!r} (wssl_zoo/methods/)")
+
+
+def protocol_provenance(name: str) -> dict[str, Fact]:
+    """``{setting: Fact}`` of evaluation protocol ``name``; ValueError if no table has it."""
+    for table in (*(m.PROTOCOLS for m in _modules()), OTHER_PROTOCOLS):
+        if name in table:
+            return table[name]
+    raise ValueError(f"no provenance table has protocol {name!r} (wssl_zoo/methods/)")
+
+
+def flatten_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's ``to_dict()`` as ``{field or loss.key / projector.key: value}``, without the
+    documentation fields; tuples/lists as tuples."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in RECIPE_META_FIELDS:
+            continue
+        if key in ("loss", "projector"):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def show_recipe(recipe) -> dict[str, Any]:
+    """``--show``: the resolved recipe and, per hyper-parameter, the authors' value and source;
+    ``"override": true`` where the resolved value is not the table's."""
+    table = recipe_provenance(recipe.name)
+    rows = {}
+    for key, value in flatten_recipe(recipe.to_dict()).items():
+        fact = table.get(key)
+        row: dict[str, Any] = {"value": list(value) if isinstance(value, tuple) else value}
+        if fact is None:
+            row["source"] = "override: not in the recipe's table"
+            row["override"] = True
+        else:
+            row["source"] = fact.source
+            if fact.value != value:
+                row["authors_value"] = list(fact.value) if isinstance(fact.value, tuple) else fact.value
+                row["override"] = True
+        rows[key] = row
+    return {"recipe": recipe.to_dict(), "provenance": rows}

@@ -1,0 +1,92 @@
+"""W-MSE (Ermolov et al., ICML 2021): provenance of every recipe and protocol value.
+
+Source: https://github.com/htdt/self-supervised @ d9662c8d07dafd194a9045375f4f6aa09f5b03e9
+(README.md commands, cfg.py defaults, train.py, model.py, datasets/*.py), read line by line.
+"""
+
+from __future__ import annotations
+
+from . import Fact, OURS_MONITOR, UNUSED, src
+
+REPO, COMMIT = "htdt/self-supervised", "d9662c8d07dafd194a9045375f4f6aa09f5b03e9"
+NA = "wssl-zoo: not defined for W-MSE (dataclass default)"
+
+
+def s(where: str) -> str:
+    return src(REPO, COMMIT, where)
+
+
+# (recipe, dataset, views, README line, epochs, lr, emb, w_size, w_iter, crop, crop source, stem, arch)
+_ROWS = (
+    ("wmse_cifar10", "cifar10", 4, 40, 1000, 3e-3, 64, 128, 1, 32, "datasets/cifar10.py:16", "cifar", "resnet18"),
+    ("wmse_cifar100", "cifar100", 4, 41, 1000, 3e-3, 64, 128, 1, 32, "datasets/cifar100.py:16", "cifar", "resnet18"),
+    ("wmse_stl10", "stl10", 4, 42, 2000, 2e-3, 128, 256, 1, 64, "datasets/stl10.py:22", "small", "resnet18"),
+    ("wmse_tiny_imagenet", "tiny_imagenet", 4, 43, 1000, 2e-3, 128, 256, 1, 64, "datasets/tiny_in.py:16", "small",
+     "resnet18"),
+    ("wmse_cifar10_2views", "cifar10", 2, 48, 1000, 3e-3, 64, 128, 1, 32, "datasets/cifar10.py:16", "cifar", "resnet18"),
+    ("wmse_cifar100_2views", "cifar100", 2, 49, 1000, 3e-3, 64, 128, 1, 32, "datasets/cifar100.py:16", "cifar",
+     "resnet18"),
+    ("wmse_stl10_2views", "stl10", 2, 50, 2000, 2e-3, 128, 256, 4, 64, "datasets/stl10.py:22", "small", "resnet18"),
+    ("wmse_tiny_imagenet_2views", "tiny_imagenet", 2, 51, 1000, 2e-3, 128, 256, 4, 64, "datasets/tiny_in.py:16",
+     "small", "resnet18"),
+    ("wmse_imagenet100", "imagenet100", 4, 73, 240, 2e-3, 128, 256, 1, 224, "datasets/imagenet.py:26-31", "imagenet",
+     "resnet18"),
+    ("wmse_imagenet100_2views", "imagenet100", 2, 72, 240, 2e-3, 128, 256, 1, 224, "datasets/imagenet.py:26-31",
+     "imagenet", "resnet18"),
+    # Not the authors' recipe (no ImageNet-1k recipe published): IN-100's W-MSE 4 with a ResNet-50.
+    ("wmse_imagenet", "imagenet", 4, 73, 240, 2e-3, 128, 256, 1, 224, "datasets/imagenet.py:26-31", "imagenet",
+     "resnet50"),
+)
+
+
+def _recipe(name, dataset, views, line, epochs, lr, emb, w_size, w_iter, crop, crop_src, stem, arch):
+    cmd = s(f"README.md:{line}")
+    ours = name == "wmse_imagenet"
+    t = {
+        "method": Fact("wmse", s("methods/w_mse.py:8-14 (cfg.py:13 --method w_mse)")),
+        "dataset": Fact(dataset, cmd + (" --dataset imagenet (= ImageNet-100, cfg.py:151 ~/IN100/)"
+                                        if dataset.startswith("imagenet") else " --dataset")),
+        "epochs": Fact(epochs, cmd + " --epoch"),
+        "batch_size": Fact(256 if views == 4 else 512, cmd + " --bs 256" if views == 4 else s("cfg.py:111-113 --bs 512")),
+        "lr": Fact(lr, cmd + " --lr"),
+        "arch": Fact(arch, "wssl-zoo: ResNet-50 for the ImageNet-1k variant (W-MSE has no ImageNet-1k recipe)" if ours
+                     else s("cfg.py:127-133 --arch resnet18")),
+        "stem": Fact(stem, s("model.py:22-25 (conv1 3x3/1 unless imagenet; maxpool removed for CIFAR)")),
+        "img_size": Fact(crop, s(crop_src + f" aug_transform({crop})")),
+        "num_views": Fact(views, cmd + " --num_samples 4" if views == 4 else s("cfg.py:24-29 --num_samples 2")),
+        "multi_crop": Fact(False, NA),
+        "loss.w_size": Fact(w_size, cmd + " --w_size"),
+        "loss.w_iter": Fact(w_iter, cmd + " --w_iter 4" if w_iter == 4 else s("cfg.py:86-91 --w_iter 1")),
+        "loss.eps": Fact(0.0, s("cfg.py:73-75 --w_eps 0")),
+        "loss.normalize": Fact(True, s("cfg.py:93-95 --no_norm unset; methods/w_mse.py:15 norm_mse_loss")),
+        "projector.hidden_dim": Fact(1024, s("cfg.py:79-81 --head_size 1024")),
+        "projector.out_dim": Fact(emb, cmd + " --emb"),
+        "projector.num_layers": Fact(2, s("cfg.py:76-78 --head_layers 2")),
+        "projector.hidden_bias": Fact(True, s("model.py:10 nn.Linear (bias), model.py:11-12 BatchNorm1d")),
+        "projector.last_bias": Fact(True, s("model.py:15 nn.Linear (bias)")),
+        "optimizer": Fact("adam", s("train.py:39 optim.Adam")),
+        "lr_scaling": Fact("none", s("train.py:39 lr=cfg.lr (no batch scaling)")),
+        "weight_decay": Fact(1e-6, s("cfg.py:66-68 --adam_l2 1e-6; train.py:39")),
+        "exclude_bias_norm_wd": Fact(False, s("train.py:39 model.parameters(): one group")),
+        "momentum": Fact(0.9, UNUSED),
+        "schedule": Fact("wmse", s("train.py:43-54 500-step linear warm-up; cfg.py:55-61 --lr_step step")),
+        "warmup_steps": Fact(500, s("train.py:43,50-51 lr_warmup < 500")),
+        "warmup_epochs": Fact(0, UNUSED),
+        "lr_drops": Fact((50, 25), s("cfg.py:114-120 --drop 50 25 (epochs before the end); train.py:22-24")),
+        "drop_gamma": Fact(0.2, s("cfg.py:121-126 --drop_gamma 0.2")),
+        "ema_momentum": Fact(None, NA),
+        "cov_stop_epoch": Fact(None, NA),
+        "knn_k": Fact(5, s("cfg.py:53 --knn 5")),
+        "eval_every": Fact(20, s("cfg.py:107-109 --eval_every 20")),
+        "zero_init_residual": Fact(False, s("model.py:21 models.<arch>(pretrained=False): torchvision's "
+                                            "zero_init_residual=False")),
+        "authors_precision": Fact("fp32", s("train.py (no autocast / GradScaler)")),
+    }
+    return t
+
+
+RECIPES: dict[str, dict[str, Fact]] = {row[0]: _recipe(*row) for row in _ROWS}
+
+# W-MSE's own evaluation (eval/sgd.py, eval/knn.py) is the one CW-RGP copied: see cwrgp.PROTOCOLS
+# ("small", "knn5"), cited from both repositories there.
+PROTOCOLS: dict[str, dict[str, Fact]] = {}
