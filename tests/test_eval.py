@@ -68,7 +68,7 @@ def test_protocols_are_frozen_named_and_versioned():
     assert (small.optimizer, small.epochs, small.lr, small.final_lr) == ("adam", 500, 1e-2, 1e-6)
     with pytest.raises(Exception):
         intl.lr = 1.0  # frozen
-    with pytest.raises(ValueError, match="unknown linear protocol 'nope'; choose one of cwrgp, fast, intl, small"):
+    with pytest.raises(ValueError, match="unknown linear protocol 'nope'; choose one of cwrgp, fast, intl, intl_plain, small"):
         get_protocol("nope", "linear")
     p, rec = with_overrides(intl, epochs=2, lr=None)
     assert p.epochs == 2 and rec["name"] == "intl+epochs=2" and rec["overrides"] == {"epochs": 2}
