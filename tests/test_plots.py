@@ -34,7 +34,7 @@ def test_training_curves_are_the_logged_values_per_epoch(tmp_path):
     curves = plots.training_curves(run)
     assert curves == {"loss": [[1, 2.5], [2, 2.0], [3, 1.75], [4, 1.5]],
                       "lr": [[1, 0.1], [2, 0.3], [3, 0.2], [4, 0.05]],
-                      "knn_top1": [[2, 31.5], [4, 35.0]], "effective_rank": [[2, 40.25], [4, 52.5]]}
+                      "monitor_knn_cos": [[2, 31.5], [4, 35.0]], "effective_rank": [[2, 40.25], [4, 52.5]]}
     assert plots.training_curves(run / "log.jsonl") == curves
     (run / "log.jsonl").write_text(json.dumps(LOG[0]) + "\n{oops\n")
     with pytest.raises(ValueError, match=r"log.jsonl:2: not JSON"):
@@ -89,7 +89,7 @@ def test_pretraining_draws_the_curves_at_each_monitor_epoch(tmp_path):
     out = tmp_path / "run"
     pretrain(recipe, RunOptions(out=out, data=str(data), workers=0, eval_every=1, progress=False, monitor_samples=8))
     data = plots.png_data(out / "training_curves.png")
-    assert data["curves"] == plots.training_curves(out) and set(data["curves"]) == {"loss", "lr", "knn_top1",
+    assert data["curves"] == plots.training_curves(out) and set(data["curves"]) == {"loss", "lr", "monitor_knn_cos",
                                                                                     "effective_rank"}
 
 

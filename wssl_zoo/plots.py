@@ -27,7 +27,7 @@ from typing import Any
 DATA_KEY = "wssl-zoo:data"
 INSTALL_HINT = "pip install 'wssl-zoo[plot]' (or pip install matplotlib)"
 CURVES = (("loss", "training loss", "linear"), ("lr", "learning rate (last step of the epoch)", "linear"),
-          ("knn_top1", "kNN monitor top-1 (%)", "linear"), ("effective_rank", "effective rank (backbone)", "linear"))
+          ("monitor_knn_cos", "kNN monitor top-1 (%)", "linear"), ("effective_rank", "effective rank (backbone)", "linear"))
 
 
 def have_matplotlib() -> bool:
@@ -146,7 +146,7 @@ def plot_training_curves(run: str | Path, out: str | Path | None = None, title: 
         ax.set_xlim(0.5, last + 0.5)
         points = curves.get(key)
         if not points:
-            ax.text(0.5, 0.5, "not logged\n(run with --eval-every N)" if key in ("knn_top1", "effective_rank")
+            ax.text(0.5, 0.5, "not logged\n(run with --eval-every N)" if key in ("monitor_knn_cos", "effective_rank")
                     else "not logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
             continue
         xs, ys = zip(*points)
