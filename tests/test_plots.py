@@ -17,10 +17,10 @@ needs_mpl = pytest.mark.skipif(not plots.have_matplotlib(), reason="matplotlib i
 PNG = b"\x89PNG\r\n\x1a\n"
 
 LOG = [dict(epoch=1, global_step=10, loss=2.5, lr=0.1, views_per_s=50.0),
-       dict(epoch=2, global_step=20, loss=2.0, lr=0.3, knn_top1=31.5, effective_rank=40.25, feature_dim=512),
+       dict(epoch=2, global_step=20, loss=2.0, lr=0.3, monitor_knn_cos=31.5, effective_rank=40.25, feature_dim=512),
        dict(epoch=3, global_step=30, loss=1.9, lr=0.2),
        dict(epoch=3, global_step=30, loss=1.75, lr=0.2),  # epoch 3 again after a resume: the last one counts
-       dict(epoch=4, global_step=40, loss=1.5, lr=0.05, knn_top1=35.0, effective_rank=52.5, feature_dim=512)]
+       dict(epoch=4, global_step=40, loss=1.5, lr=0.05, monitor_knn_cos=35.0, effective_rank=52.5, feature_dim=512)]
 
 
 def _write_log(folder: Path, rows=LOG) -> Path:
