@@ -99,7 +99,7 @@ def flatten_recipe(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def show_recipe(recipe) -> dict[str, Any]:
-    """``--show``: the resolved recipe and, per hyper-parameter, the authors' value and source;
+    """``--show``: the resolved recipe's fields plus ``provenance``: per hyper-parameter, the authors' value and source;
     ``"override": true`` where the resolved value is not the table's."""
     table = recipe_provenance(recipe.name)
     rows = {}
@@ -115,4 +115,4 @@ def show_recipe(recipe) -> dict[str, Any]:
                 row["authors_value"] = list(fact.value) if isinstance(fact.value, tuple) else fact.value
                 row["override"] = True
         rows[key] = row
-    return {"recipe": recipe.to_dict(), "provenance": rows}
+    return {**recipe.to_dict(), "provenance": rows}
