@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from wssl_zoo.losses import CWRGPLoss, INTLLoss, WMSELoss
-from wssl_zoo.pretrain.monitor import knn_accuracy
+from wssl_zoo.evaluation import knn_accuracy
 
 MARGIN = 40.0  # kNN top-1 points over the same network at random init (see the module docstring)
 CLASSES, SIGNAL, NUISANCE = 8, 4, 28
@@ -61,7 +61,7 @@ def knn_top1(encoder: nn.Module, task: Task) -> float:
     encoder.eval()
     with torch.no_grad():
         (train, y_train), (test, y_test) = task.sample(512), task.sample(256)
-        return knn_accuracy(encoder(task.view(train)), y_train, encoder(task.view(test)), y_test, k=5)
+        return knn_accuracy(encoder(task.view(train)), y_train, encoder(task.view(test)), y_test, k=5, rule="majority-cosine")
 
 
 class NoWhitening(nn.Module):

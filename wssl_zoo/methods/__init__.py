@@ -17,34 +17,9 @@ with ``wssl-zoo:``. ``wssl-zoo pretrain --recipe X --show`` prints the sources.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-# Recipe fields that are documentation, not hyper-parameters.
-RECIPE_META_FIELDS = ("name", "source", "description", "notes")
-PROTOCOL_META_FIELDS = ("name", "version", "source", "kind")
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One hyper-parameter: the value and where it comes from."""
-
-    value: Any
-    source: str
-
-    @property
-    def authors(self) -> bool:
-        """Whether the value is the authors' (not a wssl-zoo choice)."""
-        return not self.source.startswith("wssl-zoo")
-
-
-def src(repo: str, commit: str, where: str) -> str:
-    """``owner/name@commit7 where``: the citation format of every table."""
-    return f"{repo}@{commit[:7]} {where}"
-
-
-OURS_MONITOR = "wssl-zoo: the pretraining monitor (cosine kNN on subsets), not an authors' setting"
-UNUSED = "wssl-zoo: not used by this recipe's optimiser / schedule (dataclass default)"
+from ._common import OURS_MONITOR, PROTOCOL_META_FIELDS, RECIPE_META_FIELDS, UNUSED, Fact, src  # noqa: F401
 
 # Protocols that are not one author's: wssl-zoo's fast probe, the weighted kNN, SimCLR's fine-tuning.
 _FAST = "wssl-zoo: the fast probe (eval/protocols.py), not an authors' protocol"
