@@ -123,7 +123,9 @@ def _worker(cfg, args, eval_only: bool):
             folder = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference")
             if "voc" in dataset_name:
                 return PascalVOCDetectionEvaluator(dataset_name)
-            return COCOEvaluator(dataset_name, output_dir=folder)
+            import detectron2._C as ext  # the fast C++ COCOeval only where detectron2 was compiled
+
+            return COCOEvaluator(dataset_name, output_dir=folder, use_fast_impl=hasattr(ext, "InstanceAnnotation"))
 
     default_setup(cfg, args)
     if eval_only:
