@@ -256,16 +256,9 @@ def _classifier_keys(config: dict[str, Any], model_cfg: dict[str, Any]) -> tuple
     return tuple(f"{name}.{part}" for name in names for part in ("weight", "bias"))
 
 
-def load_model_dir(path, map_location="cpu") -> nn.Module:
-    """The backbone stored in a model directory, eval mode.
-
-    ``path`` is the directory or a ``.safetensors`` file in it (its ``config.json`` says the
-    architecture and stem; for a file without one use :func:`load_weights_file`). A plain timm
-    directory (no ``wssl_zoo`` section, e.g. a supervised ``timm/...`` Hub repo) loads too: its
-    classifier is dropped (logged as a warning on the ``wssl_zoo`` logger) and the backbone
-    returns pooled features like every other. The returned model's ``pretrained_cfg`` is the
-    directory's (mean, std, input size, crop, interpolation), with no field of another checkpoint.
-    """
+def model_dir_files(path) -> tuple[Path, Path]:
+    """(folder, weights file) of a model directory or of a ``.safetensors`` file in one; errors
+    name the path and what is missing."""
     path = Path(path)
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -278,6 +271,20 @@ def load_model_dir(path, map_location="cpu") -> nn.Module:
         folder, weights = path, path / "model.safetensors"
     else:
         raise FileNotFoundError(f"{path}: no such model directory")
+    return folder, weights
+
+
+def load_model_dir(path, map_location="cpu") -> nn.Module:
+    """The backbone stored in a model directory, eval mode.
+
+    ``path`` is the directory or a ``.safetensors`` file in it (its ``config.json`` says the
+    architecture and stem; for a file without one use :func:`load_weights_file`). A plain timm
+    directory (no ``wssl_zoo`` section, e.g. a supervised ``timm/...`` Hub repo) loads too: its
+    classifier is dropped (logged as a warning on the ``wssl_zoo`` logger) and the backbone
+    returns pooled features like every other. The returned model's ``pretrained_cfg`` is the
+    directory's (mean, std, input size, crop, interpolation), with no field of another checkpoint.
+    """
+    folder, weights = model_dir_files(path)
     config = read_config(folder)
     section = config.get("wssl_zoo", {})
     version = section.get("format_version", FORMAT_VERSION)

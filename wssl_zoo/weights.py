@@ -162,17 +162,9 @@ def _random_backbone(arch: str, stem: str, seed: int) -> nn.Module:
 
 
 def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry | None) -> ResolvedWeights:
-    from .modelio import config_arch, read_config, sha256_file
+    from .modelio import config_arch, model_dir_files, read_config, sha256_file
 
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ValueError(f"{path}: not a model directory or a .safetensors file")
-        folder, weights = path.parent, path
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: no config.json beside it to say the architecture; use "
-                                    "wssl_zoo.modelio.load_weights_file(path, arch, stem)")
-    else:
-        folder, weights = path, path / "model.safetensors"
+    folder, weights = model_dir_files(path)
     config = read_config(folder)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: missing; {folder} has a config.json but no weights")
