@@ -22,12 +22,11 @@ from wssl_zoo.modelio import save_model_dir, sha256_file
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    """ROOT/train/<class>/ (8 images each) and ROOT/val/<class>/ (4 each), 32 px, colour-coded classes."""
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
+def colour_folder(root: Path, train: int = 8, val: int = 4, seed: int = 0) -> Path:
+    """ROOT/train/<class>/ (``train`` images each) and ROOT/val/<class>/ (``val`` each), 32 px PNGs,
+    one colour per class plus noise drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
         for c, color in enumerate(COLORS):
             d = root / split / f"class{c}"
             d.mkdir(parents=True)
@@ -35,6 +34,12 @@ def folder(tmp_path_factory) -> Path:
                 noise = rng.integers(0, 60, (32, 32, 3))
                 Image.fromarray(np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)).save(d / f"im{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """ROOT/train/<class>/ (8 images each) and ROOT/val/<class>/ (4 each), 32 px, colour-coded classes."""
+    return colour_folder(tmp_path_factory.mktemp("data") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,8 @@ import tarfile
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import wssl_zoo
 from eval import benchmark, knn, linear, records, report, semi, spectrum
@@ -24,21 +22,13 @@ from eval.records import RECORD_SCHEMA_VERSION, default_record_path, make_record
 from wssl_zoo.modelio import save_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
-COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 8), ("val", 4)):
-        for c, color in enumerate(COLORS):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                noise = rng.integers(0, 60, (32, 32, 3))
-                Image.fromarray(np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)).save(d / f"im{i}.png")
-    return root
+    from test_eval import colour_folder
+
+    return colour_folder(tmp_path_factory.mktemp("data") / "tiny", seed=1)
 
 
 @pytest.fixture(scope="module")

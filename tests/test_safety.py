@@ -93,21 +93,9 @@ def test_convert_into_an_existing_model_dir_is_refused_and_overwrite_leaves_no_s
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
-    from test_eval import COLORS
+    from test_eval import colour_folder
 
-    import numpy as np
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("val", 2)):
-        for c, color in enumerate(COLORS):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                noise = rng.integers(0, 60, (32, 32, 3))
-                Image.fromarray(np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)).save(d / f"im{i}.png")
-    return root
+    return colour_folder(tmp_path_factory.mktemp("data") / "tiny", train=4, val=2)
 
 
 def _model(path: Path, seed: int) -> Path:
