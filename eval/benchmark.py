@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-config", default="coco_R_50_C4_2x",
                    help="detection config (default: %(default)s, Mask R-CNN R50-C4 2x: the protocol of the "
                         "INTL / CW-RGP COCO numbers)")
+    p.add_argument("--coco-backend", choices=["torchvision", "detectron2"], default=None,
+                   help="detection backend (default: detection.train's, detectron2 when importable)")
+    p.add_argument("--coco-ims-per-batch", type=int, metavar="N",
+                   help="override the detection images per batch (detection.train --ims-per-batch; recorded)")
+    p.add_argument("--coco-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one detection config key (detection.train --set, recorded), e.g. --coco-set "
+                        "INPUT.MIN_SIZE_TEST=128; repeatable (default: none)")
+    p.add_argument("--runs-dir", default=str(Path("runs") / "benchmark"), metavar="DIR",
+                   help="where the detection runs' folders go (default: %(default)s)")
     p.add_argument("--split-files", metavar="DIR", help="folder with 1percent.txt and 10percent.txt")
     p.add_argument("--epochs", type=int, help="override every task's epochs (recorded as an override)")
     p.add_argument("--max-iter", type=int, help="override the detection iterations (recorded)")
@@ -99,8 +108,13 @@ def run(args, command: str) -> int:
                     except ImportError as exc:
                         raise RuntimeError(f"the coco task needs the detection package ({exc})") from None
                     argv = ["--model", model, "--config", args.coco_config, "--coco-root", str(root / "coco"),
-                            "--out", str(Path("runs") / "benchmark" / f"{label}_{args.coco_config}_seed{seed}"),
-                            "--seed", str(seed), *(["--max-iter", str(args.max_iter)] if args.max_iter else [])]
+                            "--out", str(Path(args.runs_dir) / f"{label}_{args.coco_config}_seed{seed}"),
+                            "--seed", str(seed), "--device", args.device, "--workers", str(args.workers),
+                            *(["--max-iter", str(args.max_iter)] if args.max_iter else []),
+                            *(["--ims-per-batch", str(args.coco_ims_per_batch)] if args.coco_ims_per_batch else []),
+                            *(["--backend", args.coco_backend] if args.coco_backend else []),
+                            *[a for item in args.coco_set for a in ("--set", item)],
+                            *(["--no-progress"] if args.no_progress else [])]
                 if task != "coco":
                     argv = [*argv, "--seed", str(seed), "--out", str(path)]
                 else:

@@ -174,6 +174,57 @@ def test_benchmark_coco_calls_detection_train_with_the_agreed_flags(tmp_path, mo
     assert benchmark.main(argv) == 0 and len(calls) == 1  # resumed: the record exists
 
 
+def test_benchmark_passes_the_detection_size_flags_through(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("detection.train.main", lambda argv: calls.append(argv) or 1)
+    argv = ["--models", "m", "--tasks", "coco", "--data-root", str(tmp_path / "root"), "--max-iter", "2",
+            "--coco-ims-per-batch", "2", "--coco-backend", "torchvision", "--coco-set", "INPUT.MIN_SIZE_TEST=128",
+            "--coco-set", "INPUT.MAX_SIZE_TEST=224", "--device", "cpu", "--workers", "0",
+            "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    assert benchmark.main(argv) == 2  # the fake detection run fails: the benchmark stops with one line
+    (call,) = calls
+    pairs = list(zip(call, call[1:]))
+    for pair in (("--ims-per-batch", "2"), ("--backend", "torchvision"), ("--set", "INPUT.MIN_SIZE_TEST=128"),
+                 ("--set", "INPUT.MAX_SIZE_TEST=224"), ("--device", "cpu"), ("--workers", "0"), ("--max-iter", "2")):
+        assert pair in pairs, pair
+    out = call[call.index("--out") + 1]
+    assert Path(out).parent == tmp_path / "runs"
+
+
+@pytest.mark.slow
+def test_benchmark_random_baseline_runs_linear_knn_and_coco_in_one_row(folder, shared_data_dir, tmp_path, capsys):
+    """The issue's "done when": random:resnet18:imagenet:32 through linear, kNN and coco (coco-tiny,
+    CPU-sized with the pass-through flags) gives one table row with all three tasks."""
+    from test_detection_train import FPN_FAST
+
+    archive = shared_data_dir / "coco-tiny.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"{archive} not found")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "imagenet").symlink_to(folder)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    (root / "coco").symlink_to(tmp_path / "coco-tiny")
+    sets = FPN_FAST + ["MODEL.MASK_ON=False", "INPUT.MIN_SIZE_TRAIN=(96,)", "INPUT.MAX_SIZE_TRAIN=160",
+                       "INPUT.MIN_SIZE_TEST=96", "INPUT.MAX_SIZE_TEST=160"]
+    argv = ["--models", "random:resnet18:imagenet:32", "--tasks", "linear,knn,coco", "--data-root", str(root),
+            "--epochs", "1", "--coco-config", "coco_R_50_FPN_1x", "--max-iter", "1", "--coco-ims-per-batch", "2",
+            "--coco-backend", "torchvision", *[a for s in sets for a in ("--coco-set", s)], "--device", "cpu",
+            "--workers", "0", "--no-progress", "--runs-dir", str(tmp_path / "runs"),
+            "--results-dir", str(tmp_path / "res")]
+    assert benchmark.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 task(s) run, 0 already recorded" in out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table[0] == "| model | coco | knn | linear |", table
+    rows = table[2:]
+    assert len(rows) == 1 and rows[0].startswith("| random-resnet18-imagenet-32px |"), rows
+    assert "—" not in rows[0], rows  # every task has a number in the one row
+    coco = [r for r in records.read_records(tmp_path / "res") if r["task"] == "coco"]
+    assert len(coco) == 1 and "max_iter=1" in coco[0]["protocol"]["name"]
+
+
 def test_benchmark_coco_without_detection_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "detection.train", None)  # import fails
     argv = ["--models", "m", "--tasks", "coco", "--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r")]
