@@ -185,6 +185,41 @@ def test_model_index_lists_measured_results_of_these_weights(tmp_path, registry)
     assert "| 41.50 | measured, protocol fast v1: `zoo/results/linear_x.json` |" in card
 
 
+@pytest.mark.slow
+def test_a_detection_record_of_a_published_registry_model_reaches_its_card(tmp_path, hub, registry, capsys):
+    """detection.train on the registry name of a published entry records the weights file's sha256
+    (the one the entry pins), so the card of the entry lists the detection numbers."""
+    from test_detection_train import FPN_FAST, make_coco
+
+    from detection import train
+    from wssl_zoo.cards import render_card
+
+    run = tmp_path / "run"
+    model = _randomised(wssl_zoo.create("resnet50"), 0)  # detection needs the imagenet stem: a ResNet-50 entry
+    save_model_dir(run, model, arch="resnet50", stem="imagenet", mean=(0.485, 0.456, 0.406),
+                   std=(0.229, 0.224, 0.225), img_size=224)
+    (run / "train_config.json").write_text(json.dumps({"recipe": {"name": "intl_m_imagenet_800ep", "method": "intl",
+                                                                  "dataset": "imagenet", "epochs": 1}}))
+    publish(str(run), "wssl-zoo/intl_resnet50", cards_dir=tmp_path / "cards", progress=lambda *a: None)
+    clear_cache()
+    entry = get_entry("intl_r50")
+    assert entry.hub.published
+    results = tmp_path / "results"
+    record = results / "coco.json"
+    argv = ["--model", "intl_r50", "--config", "coco_R_50_FPN_1x", "--coco-root", str(make_coco(tmp_path / "coco")),
+            "--out", str(tmp_path / "det"), "--max-iter", "1", "--ims-per-batch", "2", "--workers", "0",
+            "--no-progress", "--backend", "torchvision", "--record", str(record)]
+    for item in FPN_FAST + ["MODEL.MASK_ON=False"]:
+        argv += ["--set", item]
+    assert train.main(argv) == 0, capsys.readouterr().err
+    rec = json.loads(record.read_text())
+    assert rec["weights_sha256"] == entry.hub.files["model.safetensors"] == sha256_file(run / "model.safetensors")
+    assert rec["model_label"] == entry.name  # one label for the entry, whatever the spec (alias) was
+    card = render_card(entry, results_dir=results)
+    rows = [line for line in card.splitlines() if "`zoo/results/coco.json`" in line]
+    assert any(line.startswith("| bbox_AP |") and "| measured, protocol coco_R_50_FPN_1x+" in line for line in rows), rows
+
+
 def _readme(staging: Path) -> tuple[dict, str]:
     from huggingface_hub import ModelCard
 
