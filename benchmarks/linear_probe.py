@@ -54,7 +54,8 @@ def main() -> int:
                    "(default: zoo/results)")
     args = p.parse_args()
 
-    from eval.features import pick_device, resolve_model
+    from eval.features import resolve_model
+    from wssl_zoo.cliargs import device as pick_device
     from eval.linear import main as linear
     from eval.records import default_record_path
 

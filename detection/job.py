@@ -56,8 +56,8 @@ def prepare_config(args) -> tuple[dict, list[str]]:
             raise UsageError(f"--ims-per-batch {args.ims_per_batch}: must be positive")
         solver["IMS_PER_BATCH"] = args.ims_per_batch
         suffix.append(f"ims_per_batch={args.ims_per_batch}")
-    if args.num_workers is not None:
-        cfg["DATALOADER"]["NUM_WORKERS"] = args.num_workers
+    if args.workers is not None:
+        cfg["DATALOADER"]["NUM_WORKERS"] = args.workers
     else:  # the config's number of workers, but never more than this machine has CPUs
         from wssl_zoo.cliargs import default_workers
 

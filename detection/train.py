@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=cliargs.AMP_CHOICES, default=None,
                    help="mixed precision on CUDA (default: the config's SOLVER.AMP.ENABLED, bf16 where supported "
                         "else fp16)")
-    p.add_argument("--workers", "--num-workers", dest="num_workers", type=int, default=None,
-                   help="data-loading worker processes per process (default: the config's DATALOADER.NUM_WORKERS, "
-                        f"at most {cliargs.default_workers()}, the CPUs this process may use)")
+    cliargs.add_workers(p, default=None, aliases=("--num-workers",),
+                        what=f"the config's DATALOADER.NUM_WORKERS, at most {cliargs.default_workers()}, the CPUs "
+                             "this process may use")
     p.add_argument("--record", default=None,
                    help="record file to write (default: RESULTS_DIR/detection_<model-label>_<config>_<dataset>_"
                         "seed<seed>_<id>.json, <id> a short hash of the record's identity)")

@@ -250,23 +250,19 @@ def dist_info() -> tuple[int, int, int]:
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    rank, world, local = dist_info()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"--device {device}: CUDA is not available on this machine")
+    from wssl_zoo.cliargs import device as parse_device
+
+    rank, world, _ = dist_info()
+    dev = parse_device(device)  # a bare cuda is this process's LOCAL_RANK GPU
     if world > 1:
         import torch.distributed as dist
 
-        if device.startswith("cuda"):
-            torch.cuda.set_device(local)
-            dev = torch.device("cuda", local)
-        else:
-            dev = torch.device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         return rank, world, dev
-    return 0, 1, torch.device(device)
+    return 0, 1, dev
 
 
 def _save(path: Path, payload: dict) -> None:

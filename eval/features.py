@@ -136,13 +136,3 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
         atomic_write_bytes(path, save({"features": x, "labels": y},
                                       metadata={"key": key_src, "sha256": tensors_sha256(x, y)}))
     return x, y, dict(meta, cache_hit=False)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else the CPU; a bare ``cuda`` is the current device (under
-    torchrun, this process's LOCAL_RANK GPU)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)

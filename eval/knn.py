@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from wssl_zoo import cliargs
 from wssl_zoo.evaluation import knn_predict as predict
 
 from ._cli import add_common, check_out, record_path, run_main
@@ -37,12 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import cached_features, pick_device, resolve_model
+    from .features import cached_features, resolve_model
     from .protocols import with_overrides
     from .records import make_record, write_record
 
     check_out(args, len([n for n in args.protocols.split(",") if n.strip()]) * args.seeds)
-    device = pick_device(args.device)
+    device = cliargs.device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):  # k-NN is deterministic; seeds only matter for random-init baselines
         info = resolve_model(args.model, seed, verify=not args.allow_unverified)
         start = time.perf_counter()

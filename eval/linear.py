@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wssl_zoo import cliargs
+
 from ._cli import add_common, check_out, record_path, run_main
 from .protocols import LinearProtocol, get_protocol, protocol_for_model, with_overrides
 
@@ -157,10 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args, command: str, seed: int) -> dict:
     """One seed: train and write the record; returns it."""
-    from .features import cached_features, pick_device, resolve_model
+    from .features import cached_features, resolve_model
     from .records import dataset_fingerprint, make_record, write_record
 
-    device = pick_device(args.device)
+    device = cliargs.device(args.device)
     info = resolve_model(args.model, seed, verify=not args.allow_unverified)
     # an authors' protocol takes the values for the model it evaluates (e.g. intl -> intl_plain)
     protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "linear"),

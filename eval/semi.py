@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wssl_zoo import cliargs
+
 from ._cli import add_common, check_out, record_path, run_main
 from .protocols import get_protocol, protocol_for_model, with_overrides
 
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import build_split, pick_device, resolve_model
+    from .features import build_split, resolve_model
     from .records import dataset_fingerprint, make_record, write_record
 
     check_out(args, args.seeds)
@@ -240,7 +242,7 @@ def run(args, command: str) -> int:
         raise ValueError("pass --split-file FILE (SimCLR's 1percent.txt / 10percent.txt for ImageNet) or "
                          "--make-split-file OUT")
     indices = read_split_file(args.split_file, args.split, train)
-    device = pick_device(args.device)
+    device = cliargs.device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):
         info = resolve_model(args.model, seed, verify=not args.allow_unverified)
         protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "semi"),

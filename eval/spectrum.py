@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from wssl_zoo import cliargs
 from wssl_zoo.evaluation import effective_rank, spectrum
 
 from ._cli import add_common, record_path, run_main
@@ -46,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import cached_features, pick_device, resolve_model
+    from .features import cached_features, resolve_model
     from .records import make_record, write_record
 
-    device = pick_device(args.device)
+    device = cliargs.device(args.device)
     info = resolve_model(args.model, args.seed, verify=not args.allow_unverified)
     start = time.perf_counter()
     x, _, meta = cached_features(info, args.dataset, args.data, args.split, device, args.cache_dir,

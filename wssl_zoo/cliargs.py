@@ -11,7 +11,8 @@ eval.benchmark``, ``python -m detection.train`` and the demo take these flags wi
 - ``--workers N``: data-loading worker processes per training/eval process (default: the usable
   cores less one, capped per tool);
 - ``--device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun a bare
-  ``cuda`` is this process's ``LOCAL_RANK`` GPU;
+  ``cuda`` is this process's ``LOCAL_RANK`` GPU; every tool turns it into a ``torch.device`` with
+  :func:`device` (anything else, or CUDA where there is none, is a one-line error);
 - ``--amp {none,bf16,fp16}``: mixed precision on CUDA;
 - ``--seed S`` (and, for the eval tools, ``--seeds N``: seeds S..S+N-1);
 - ``--set KEY=VALUE``: override one configuration key (repeatable).
@@ -48,17 +49,43 @@ def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
                    "file, hf-hub:ORG/NAME[@REV], or random:ARCH[:STEM[:SIZE]] (random init, the baseline)")
 
 
-def add_workers(p, default: int | None = -1, what: str = "", cap: int = 8) -> None:
-    """``default=-1`` means :func:`default_workers` (``cap``); ``None`` lets the tool decide (said in ``what``)."""
+def add_workers(p, default: int | None = -1, what: str = "", cap: int = 8, aliases: tuple[str, ...] = ()) -> None:
+    """``default=-1`` means :func:`default_workers` (``cap``); ``None`` lets the tool decide (said in ``what``).
+    ``aliases`` are older spellings a tool keeps accepting (``detection.train --num-workers``)."""
     value = default_workers(cap) if default == -1 else default
     shown = (f"{value}: the usable cores less one, at most {cap}" if default == -1 else (what or "%(default)s"))
-    p.add_argument("--workers", type=int, default=value,
-                   help=f"data-loading worker processes per process (default: {shown})")
+    also = f"; also spelled {', '.join(aliases)}" if aliases else ""
+    p.add_argument("--workers", *aliases, dest="workers", type=int, default=value,
+                   help=f"data-loading worker processes per process (default: {shown}){also}")
 
 
 def add_device(p) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N; under torchrun "
                    "a bare cuda is this process's LOCAL_RANK GPU (default: %(default)s)")
+
+
+def device(name: str = "auto"):
+    """The ``torch.device`` of a ``--device`` value, the same in every tool: ``auto`` is CUDA when
+    present, else the CPU; a bare ``cuda`` is this process's ``LOCAL_RANK`` GPU (0 outside
+    torchrun); ``cuda:N`` is GPU N. ValueError naming the flag for anything else or for CUDA on a
+    machine without it. (The one function of this module that imports torch, when called.)"""
+    import re
+
+    import torch
+
+    text = str(name).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise ValueError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    index = int(text.split(":")[1]) if ":" in text else int(os.environ.get("LOCAL_RANK", "0"))
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
 
 
 def add_amp(p, default: str | None = "none", note: str = "", shown: str = "%(default)s") -> None:

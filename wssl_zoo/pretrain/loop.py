@@ -74,14 +74,11 @@ def _init_distributed(device_arg: str) -> tuple[int, int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available())
-    if device_arg.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device_arg}: CUDA is not available on this machine")
-    if want_cuda:
-        device = torch.device(device_arg if ":" in device_arg else f"cuda:{local_rank}")
+    from ..cliargs import device as parse_device
+
+    device = parse_device(device_arg)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, local_rank, world, device
