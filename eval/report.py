@@ -65,9 +65,15 @@ def table_cells(records: list[dict]) -> tuple[list[str], list[str], dict[tuple[s
 
 def full_evaluations(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
     """(records on the full evaluation set of their protocol, [(file, why not) for the others]):
-    the leaderboard shows only the first; runs with overrides or subsets are ad hoc."""
+    the leaderboard shows only the first; runs with overrides or subsets are ad hoc. The
+    pretraining checks (task ``pretrain_eval``) are no evaluation protocol and are left out
+    (the README's pretraining table shows them)."""
+    from .records import PRETRAIN_EVAL_TASK
+
     kept, skipped = [], []
     for r in records:
+        if r["task"] == PRETRAIN_EVAL_TASK:
+            continue
         why = is_full_evaluation(r)
         if why is None:
             kept.append(r)

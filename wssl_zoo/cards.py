@@ -61,13 +61,16 @@ def _protocol_name(record: dict) -> str:
 def metric_rows(record: dict) -> list[dict[str, Any]]:
     """The numbers of one ``zoo/results`` record as rows ``{metric, value, dataset, protocol, task}``.
 
-    Understands the pretraining-evaluation records (``kind: pretrain_eval``: the pretrained
-    model's kNN and linear numbers; the random-init baseline is not a result of the weights)
-    and the evaluation records (``task`` plus a flat ``metrics`` mapping; a mean/std summary of
-    several seeds is reported as its mean).
+    Understands the records of :mod:`wssl_zoo.records` (``task`` plus a flat ``metrics`` mapping;
+    for task ``pretrain_eval`` those are the pretrained model's numbers, the random-init baseline is
+    apart in ``random_init_metrics`` and is not a result of the weights; a mean/std summary of several
+    seeds is reported as its mean) and the pre-schema ``kind: pretrain_eval`` records (nested
+    ``metrics.pretrained``).
     """
+    from .records import PRETRAIN_EVAL_TASK
+
     metrics = record.get("metrics", {})
-    if record.get("kind") == "pretrain_eval":
+    if record.get("kind") == PRETRAIN_EVAL_TASK:  # the format before the one schema
         metrics = metrics.get("pretrained", {})
     rows = []
     for key, value in sorted(metrics.items()):
@@ -105,7 +108,9 @@ def comparable(record: dict) -> bool:
     reduced detection schedule; a protocol whose ``source`` is ``wssl-zoo: ...``, like the cached
     ``fast`` probe, is ours, not a paper's), and not a pretraining monitor (``pretrain_eval`` repeats the
     kNN/linear protocols) or a spectrum (effective rank is no accuracy)."""
-    if record.get("kind") == "pretrain_eval" or record.get("task") in ("spectrum", None, ""):
+    from .records import PRETRAIN_EVAL_TASK
+
+    if PRETRAIN_EVAL_TASK in (record.get("kind"), record.get("task")) or record.get("task") in ("spectrum", None, ""):
         return False
     proto = record.get("protocol", {})
     own = isinstance(proto, dict) and str(proto.get("source", "")).startswith("wssl-zoo")

@@ -39,18 +39,19 @@ def results_dir():
 
 
 def pretrain_results_table() -> str:
-    """The measured pretraining results of ``zoo/results/pretrain_*.json`` as a Markdown table."""
-    import json
+    """The measured pretraining results (the ``pretrain_eval`` records of ``zoo/results``, read with
+    :func:`wssl_zoo.records.read_records`) as a Markdown table."""
+    from .records import PRETRAIN_EVAL_TASK, read_records
 
     rows = ["| recipe (settings) | backbone | epochs | pretrain time | hardware | monitor cos kNN k=5 | monitor cos kNN k=20 | linear | same net, random init: monitor kNN k=5 / linear | record |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted(results_dir().glob("pretrain_*.json")):
-        r = json.loads(path.read_text())
-        m, base = r["metrics"]["pretrained"], r["metrics"]["random_init"]
+    for r in read_records(results_dir(), task=PRETRAIN_EVAL_TASK):
+        m, base = r["metrics"], r["random_init_metrics"]
         minutes = (r["pretrain"].get("wall_seconds") or 0) / 60
+        hardware = r["pretrain"].get("hardware") or r["hardware"]  # where the pretraining ran
         rows.append(f"| {r['recipe']} | {r['arch']} ({r['stem']} stem) | {r['pretrain']['epochs']} | {minutes:.1f} min | "
-                    f"{r['hardware']} | {m['monitor_knn5_cos']:.2f} | {m['monitor_knn20_cos']:.2f} | {m['linear_top1']:.2f} | "
-                    f"{base['monitor_knn5_cos']:.2f} / {base['linear_top1']:.2f} | `zoo/results/{path.name}` |")
+                    f"{hardware} | {m['monitor_knn5_cos']:.2f} | {m['monitor_knn20_cos']:.2f} | {m['linear_top1']:.2f} | "
+                    f"{base['monitor_knn5_cos']:.2f} / {base['linear_top1']:.2f} | `zoo/results/{r['file']}` |")
     return "\n".join(rows) + "\n"
 
 

@@ -36,6 +36,10 @@ from .paths import zoo_results_dir
 SCHEMA_VERSION = 1
 RECORD_SCHEMA_VERSION = SCHEMA_VERSION  # the name other modules (detection.train) import
 RESULTS_DIR = zoo_results_dir()  # the zoo's published records (see wssl_zoo.paths)
+# The quick held-out check after pretraining (wssl_zoo.pretrain.evaluate: cosine kNN and a full-batch
+# probe on subsets). Its records are read like any other; cards and the leaderboard never show them
+# as a paper-comparable result.
+PRETRAIN_EVAL_TASK = "pretrain_eval"
 REQUIRED = {"schema_version": int, "task": str, "model": str, "weights_sha256": str, "protocol": dict,
             "dataset": dict, "seed": int, "metrics": dict, "wall_seconds": (int, float), "hardware": str,
             "torch": str, "code_version": str, "created": str, "command": str}
@@ -143,8 +147,9 @@ def write_record(record: dict, path: str | Path) -> Path:
 
 
 def read_records(directory: str | Path = RESULTS_DIR, task: str | None = None) -> list[dict]:
-    """Every schema record in ``directory`` (older pretraining-evaluation records are skipped), each
-    with a ``file`` key; a malformed record raises ValueError naming its file."""
+    """Every schema record in ``directory`` (JSON without ``schema_version``, such as the
+    pre-schema ``kind: pretrain_eval`` format, is skipped), each with a ``file`` key; a malformed
+    record raises ValueError naming its file."""
     out = []
     for path in sorted(Path(directory).glob("*.json")):
         try:
@@ -152,7 +157,7 @@ def read_records(directory: str | Path = RESULTS_DIR, task: str | None = None) -
         except (ValueError, OSError) as exc:  # bad JSON, bad UTF-8, unreadable
             raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
         if not isinstance(record, dict) or "schema_version" not in record:
-            continue  # kind=pretrain_eval records of wssl_zoo.pretrain.evaluate
+            continue  # not a schema record (e.g. the pre-schema kind=pretrain_eval format)
         validate_record(record, str(path))
         if task is None or record["task"] == task:
             out.append(dict(record, file=path.name))

@@ -4,31 +4,77 @@ directory against the same architecture at random init, written as a ``zoo/resul
     python -m wssl_zoo.pretrain.evaluate --model runs/wmse_c10 --dataset cifar10 --data DATA \\
         --out zoo/results/pretrain_wmse_cifar10_r18_cpu.json
 
-The record holds the metrics, the pretraining command and configuration (``train_config.json``),
-the weights' sha256, hardware and wall times, so the numbers can be reproduced.
+The record is a :mod:`wssl_zoo.records` record of task ``pretrain_eval``
+(:data:`wssl_zoo.records.PRETRAIN_EVAL_TASK`): the pretrained model's numbers in ``metrics``,
+the random-init baseline's in ``random_init_metrics``, the bank / query sizes in ``protocol``,
+the pretraining command and configuration (``train_config.json``) in ``pretrain``, the weights'
+sha256, hardware and wall time. It is the quick held-out check of
+:func:`wssl_zoo.evaluation.heldout_metrics` (cosine kNN, full-batch linear probe), not a paper
+protocol: model cards and the leaderboard never list it as a paper-comparable result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
+PROTOCOL = dict(name="knn_and_linear_on_features", version=1,
+                knn="cosine majority vote, k=5 and k=20, on --bank / --queries subsets (monitor_knn*_cos: "
+                    "not the papers' 5-NN, which is Euclidean on the full sets, eval.knn)",
+                paper_comparable=False,
+                linear="full-batch Adam on standardised features, 300 epochs, cosine lr 1e-2, final epoch")
+SIZES = ("bank", "queries")  # how many images the check used: part of its protocol (and identity), not a metric
 
-from .._version import code_version  # noqa: F401  (re-exported)
+
+def pretrain_eval_record(*, model: str, model_label: str, arch: str, stem: str, weights_sha256: str, dataset: dict, seed: int,
+                         pretrained: dict, random_init: dict, train_cfg: dict, summary: dict, command: str,
+                         pretrain_command: str, wall_seconds: float, protocol: dict | None = None) -> dict:
+    """The ``pretrain_eval`` record (:func:`wssl_zoo.records.make_record`) of one check: the
+    ``pretrained`` and ``random_init`` results of :func:`wssl_zoo.evaluation.heldout_metrics`."""
+    from ..records import PRETRAIN_EVAL_TASK, make_record
+
+    recipe, options = train_cfg["recipe"], train_cfg.get("options", {})
+    sizes = {k: pretrained[k] for k in SIZES if k in pretrained}
+    extra = dict(model_label=model_label, recipe=recipe["name"], method=recipe["method"], arch=arch, stem=stem,
+                 random_init_metrics={k: v for k, v in random_init.items() if k not in SIZES},
+                 pretrain=dict(command=pretrain_command, epochs=recipe["epochs"], wall_seconds=summary.get("wall_seconds"),
+                               hardware=train_cfg.get("hardware"), recipe=recipe, options=options))
+    return make_record(task=PRETRAIN_EVAL_TASK, model=model, weights_sha256=weights_sha256,
+                       protocol=dict(protocol or PROTOCOL, **sizes), dataset=dict(dataset), seed=seed,
+                       metrics={k: v for k, v in pretrained.items() if k not in SIZES}, wall_seconds=wall_seconds,
+                       command=command, extra=extra)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .. import load
-    from ..data.transforms import derive_seed
-    from ..evaluation import heldout_metrics
-    from ..encoders import create_backbone
-    from ..modelio import config_arch, read_config, sha256_file
-    from .checkpoint import atomic_write_text
+def upgrade_record(old: dict, created: str) -> dict:
+    """A ``kind: pretrain_eval`` record of the format before :mod:`wssl_zoo.records` (nested
+    ``metrics.pretrained`` / ``metrics.random_init``) in the one schema, with the same measured
+    values and the provenance it had (hardware, torch, code version); ``created`` is when it was
+    measured (the old format did not say; the migration used the commit that added the file).
+    The dataset fingerprint was not recorded then: ``None``."""
+    from ..records import validate_record
+
+    if old.get("kind") != "pretrain_eval" or "schema_version" in old:
+        raise ValueError("not a pre-schema kind=pretrain_eval record")
+    pretrain = dict(old["pretrain"])
+    pretrain.setdefault("hardware", old.get("hardware"))
+    record = pretrain_eval_record(
+        model=old["model"], model_label=Path(old["model"]).name, arch=old["arch"], stem=old["stem"],
+        weights_sha256=old["weights_sha256"],
+        dataset=dict(name=old["dataset"], fingerprint=None), seed=old["seed"], pretrained=old["metrics"]["pretrained"],
+        random_init=old["metrics"]["random_init"],
+        train_cfg=dict(recipe=pretrain["recipe"], options=pretrain.get("options", {}), hardware=pretrain["hardware"]),
+        summary=dict(wall_seconds=pretrain.get("wall_seconds")), command=old["eval_command"],
+        pretrain_command=pretrain.get("command", ""), wall_seconds=old["eval_wall_seconds"], protocol=old["protocol"])
+    record.update(hardware=old["hardware"], torch=old["torch"], code_version=old["code_version"], created=created)
+    validate_record(record)
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import cliargs
 
     p = argparse.ArgumentParser(prog="python -m wssl_zoo.pretrain.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,46 +82,65 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, fashion_mnist or imagefolder")
     p.add_argument("--data", help="dataset root")
     p.add_argument("--bank", type=int, default=50000, help="labelled training images (default: all of CIFAR-10)")
-    p.add_argument("--queries", type=int, default=10000, help="held-out test images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--queries", type=int, default=10000, help="held-out test images (default: %(default)s)")
+    cliargs.add_seed(p, help_seed="seed of the subsets and the linear probe")
+    cliargs.add_workers(p, default=2)
+    cliargs.add_device(p)
     p.add_argument("--command", default="", help="the pretraining command, stored in the record")
-    p.add_argument("--out", required=True, help="JSON record to write")
-    args = p.parse_args(argv)
+    p.add_argument("--out", required=True, help="JSON record to write (an existing record of another measurement "
+                   "is refused)")
+    return p
+
+
+def run(args, argv: list[str] | None) -> int:
+    import torch
+
+    from .. import cliargs
+    from ..data.transforms import derive_seed
+    from ..encoders import create_backbone
+    from ..evaluation import heldout_metrics
+    from ..records import dataset_fingerprint, write_record
+    from ..weights import resolve
+
     start = time.perf_counter()
     model_dir = Path(args.model)
+    for name in ("train_config.json", "summary.json"):
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(f"--model {args.model}: no {name} (a pretraining output directory has one)")
     train_cfg = json.loads((model_dir / "train_config.json").read_text())
     summary = json.loads((model_dir / "summary.json").read_text())
-    cfg = read_config(model_dir)
-    img = cfg["pretrained_cfg"]["input_size"][-1]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    trained = load(model_dir).to(device)
+    weights = resolve(model_dir)
+    device = cliargs.device(args.device)
+    trained = weights.build().to(device)
     torch.manual_seed(derive_seed(train_cfg["options"]["seed"], 2))
-    random_init = create_backbone(config_arch(cfg), cfg["wssl_zoo"]["stem"]).eval().to(device)
-    metrics = {name: heldout_metrics(m, args.dataset, args.data, img, args.bank, args.queries, args.seed, device, args.workers,
-                              method=train_cfg["recipe"]["method"])
+    random_init = create_backbone(weights.arch, weights.stem).eval().to(device)
+    method = train_cfg["recipe"]["method"]
+    metrics = {name: heldout_metrics(m, args.dataset, args.data, weights.img_size, args.bank, args.queries, args.seed,
+                                     device, args.workers, method=method)
                for name, m in (("pretrained", trained), ("random_init", random_init))}
-    record = dict(
-        kind="pretrain_eval", model=str(model_dir), recipe=train_cfg["recipe"]["name"],
-        method=train_cfg["recipe"]["method"], arch=config_arch(cfg), stem=cfg["wssl_zoo"]["stem"],
-        weights_sha256=sha256_file(model_dir / "model.safetensors"), dataset=args.dataset,
-        protocol=dict(name="knn_and_linear_on_features", version=1,
-                      knn="cosine majority vote, k=5 and k=20, on --bank / --queries subsets (monitor_knn*_cos: "
-                          "not the papers' 5-NN, which is Euclidean on the full sets, eval.knn)",
-                      paper_comparable=False,
-                      linear="full-batch Adam on standardised features, 300 epochs, cosine lr 1e-2, final epoch"),
-        metrics=metrics, pretrain=dict(command=args.command, epochs=train_cfg["recipe"]["epochs"],
-                                       wall_seconds=summary.get("wall_seconds"), recipe=train_cfg["recipe"],
-                                       options=train_cfg["options"]),
-        eval_command=" ".join(["python -m wssl_zoo.pretrain.evaluate", *(argv if argv is not None else sys.argv[1:])]),
-        eval_wall_seconds=time.perf_counter() - start, seed=args.seed,
-        hardware=train_cfg.get("hardware", platform.machine()), torch=torch.__version__, code_version=code_version(),
-    )
-    atomic_write_text(args.out, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    from ..data.datasets import SMALL_DATASETS, build_dataset
+
+    train_set = build_dataset(args.dataset if args.dataset in SMALL_DATASETS else "imagefolder", args.data, "train")
+    record = pretrain_eval_record(
+        model=str(model_dir), model_label=weights.label, arch=weights.arch, stem=weights.stem,
+        weights_sha256=weights.weights_sha256,
+        dataset=dict(name=args.dataset, root=str(args.data), fingerprint=dataset_fingerprint(train_set)),
+        seed=args.seed, pretrained=metrics["pretrained"], random_init=metrics["random_init"],
+        train_cfg=train_cfg, summary=summary, command=cliargs.command_line("python -m wssl_zoo.pretrain.evaluate", argv),
+        pretrain_command=args.command, wall_seconds=time.perf_counter() - start)
+    path = write_record(record, args.out)
     for name, m in metrics.items():
         print(f"{name:12s} kNN5 {m['monitor_knn5_cos']:.2f}  kNN20 {m['monitor_knn20_cos']:.2f}  linear {m['linear_top1']:.2f}  "
               f"eff. rank {m['effective_rank']:.1f}")
+    print(f"record: {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..cliargs import run_cli
+
+    args = build_parser().parse_args(argv)
+    return run_cli("wssl_zoo.pretrain.evaluate", lambda: run(args, argv))
 
 
 if __name__ == "__main__":
