@@ -15,9 +15,10 @@ STEM=${STEM:-imagenet}
 for recipe in ${RECIPES:-wmse_cifar10_2views cwrgp_cifar10_2views intl_cifar10}; do
   out=runs/cifar10_${recipe}_${STEM}_e${EPOCHS}
   cmd="python -m wssl_zoo.pretrain --recipe $recipe --data $DATA --out $out --epochs $EPOCHS --stem $STEM --workers 2 --eval-every 0 --no-progress"
-  rm -rf "$out"
+  record="zoo/results/pretrain_${recipe}_${STEM}_e${EPOCHS}.json"
+  rm -rf "$out" "$record"  # a re-run replaces its own run and record (the writer refuses another measurement's file)
   echo "+ $cmd"
   $cmd
   python -m wssl_zoo.pretrain.evaluate --model "$out" --dataset cifar10 --data "$DATA" \
-    --command "$cmd" --out "zoo/results/pretrain_${recipe}_${STEM}_e${EPOCHS}.json"
+    --command "$cmd" --out "$record"
 done
