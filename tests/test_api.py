@@ -353,3 +353,22 @@ def test_python_dash_m_runs_the_cli():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "intl_resnet18_cifar10" in result.stdout and "92.6" in result.stdout
+
+
+def test_random_init_is_drawn_once_for_resolve_and_build(monkeypatch):
+    """resolve() draws the random backbone to hash it; the first build() hands that one out
+    instead of drawing it again; later builds draw identical copies."""
+    from wssl_zoo import encoders
+    from wssl_zoo.modelio import tensor_sha256
+    from wssl_zoo.weights import resolve
+
+    calls = []
+    real = encoders.create_backbone
+    monkeypatch.setattr(encoders, "create_backbone", lambda *a, **k: calls.append(a) or real(*a, **k))
+    weights = resolve("random:resnet18:cifar:32", seed=3)
+    first = weights.build()
+    assert len(calls) == 1
+    second = weights.build()
+    assert len(calls) == 2 and second is not first
+    assert tensor_sha256(first) == tensor_sha256(second) == weights.weights_sha256
+    assert not first.training and not second.training

@@ -102,15 +102,20 @@ class ResolvedWeights:
     entry: ZooEntry | None = None
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    # random init: the backbone resolve() drew to hash it, handed out by the first build()
+    _drawn: list = field(default_factory=list, repr=False, compare=False)
 
     @property
     def random_init(self) -> bool:
         return self.kind == "random"
 
     def build(self, map_location: str = "cpu") -> nn.Module:
-        """The backbone in eval mode (strict load; random init is re-drawn from ``seed``, so every
-        call gives the same tensors, without touching the global RNG)."""
+        """The backbone in eval mode (strict load; random init is drawn from ``seed``, so every
+        call gives the same tensors, without touching the global RNG: the first call returns the
+        backbone :func:`resolve` drew to hash it, later calls draw a new copy)."""
         if self.random_init:
+            if self._drawn:
+                return self._drawn.pop()
             return _random_backbone(self.arch, self.stem, self.seed)
         from .modelio import load_model_dir
 
@@ -199,7 +204,8 @@ def resolve(spec: str | Path, seed: int = 0, verify: bool = True) -> ResolvedWei
         arch, stem, size = parse_random_spec(text)
         model = _random_backbone(arch, stem, seed)
         return ResolvedWeights(spec=text, kind="random", label=label, arch=getattr(model, "wssl_arch", arch),
-                               stem=stem, method=None, img_size=size, weights_sha256=tensor_sha256(model), seed=seed)
+                               stem=stem, method=None, img_size=size, weights_sha256=tensor_sha256(model), seed=seed,
+                               _drawn=[model])
     path = Path(text).expanduser()
     if path.exists():
         return _from_folder(text, "local", path, label, None)
