@@ -1,4 +1,5 @@
-"""The pretraining loop: one function, :func:`pretrain`, for one process or torchrun/DDP.
+"""The pretraining loop: :func:`pretrain`, for one process or torchrun/DDP, in a few named steps
+(:func:`_setup`, :func:`_train_epoch`, :func:`_end_epoch`, :func:`_finish`) over a :class:`_Run`.
 
 Determinism and resumption: nothing in a step depends on the history of a random generator.
 The order of samples in epoch ``e`` is ``randperm`` from a generator seeded with
@@ -22,7 +23,7 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -213,6 +214,50 @@ def _check_out_dir(out: Path, resume: bool) -> Path | None:
     return None
 
 
+@dataclass
+class _Run:
+    """What one pretraining run holds between its steps: made by :func:`_setup`, advanced by
+    :func:`_train_epoch` and :func:`_end_epoch`, finished by :func:`_finish`."""
+
+    recipe: Recipe
+    opts: RunOptions
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    local_batch: int
+    gather: bool
+    dataset: str  # the dataset kind (:func:`_dataset_name`)
+    train_set: Any = None
+    mean: tuple = ()
+    std: tuple = ()
+    sampler: Any = None
+    loader: Any = None
+    gpu_aug: Any = None  # the batch view augmentations of --gpu-augment, or None
+    steps_per_epoch: int = 0
+    data_id: dict = field(default_factory=dict)  # what a resumed run must see again
+    model: Any = None  # what trains (DDP-wrapped under torchrun)
+    core: Any = None  # the SSLModel itself
+    forward: Any = None  # model, or its torch.compile
+    optimizer: Any = None
+    scaler: Any = None
+    schedule: Any = None
+    total_steps: int = 0
+    start_epoch: int = 0
+    start_step: int = 0
+    global_step: int = 0
+    config: dict = field(default_factory=dict)  # OUT/train_config.json
+    monitor: Any = None  # (bank, queries) of the held-out kNN monitor, or None
+    eval_every: int = 0
+    writer: Any = None  # tensorboard
+    bar: Any = None  # tqdm
+    log_path: Path = Path()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
 def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     """Run ``recipe`` with ``opts``; returns the summary also written to ``OUT/summary.json``.
 
@@ -220,17 +265,24 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     and ``config.json`` (the Hub format), ``projector.safetensors``, ``train_config.json`` (the
     resolved recipe and options), ``log.jsonl``, ``summary.json`` and ``checkpoints/last.pt``; with
     matplotlib, ``training_curves.png`` is redrawn from ``log.jsonl`` after each monitor epoch.
-    """
-    from ..data.datasets import balanced_subset, build_dataset
-    from ..data.transforms import SeededViews, build_view_transform, derive_seed
-    from . import checkpoint as ckpt_lib
-    from ..evaluation import extract_features, feature_effective_rank, knn_accuracy
-    from .optim import build_optimizer
-    from .schedules import apply_lr, cov_weight_at, momentum_at
 
+    The steps: :func:`_setup` (checks, distributed, output folder, data, model and optimiser,
+    resume, monitor and loggers), then per epoch :func:`_train_epoch` and :func:`_end_epoch`
+    (monitor, checkpoint, log), and :func:`_finish` (export the model directory).
+    """
+    run = _setup(recipe, opts)
+    summary: dict[str, Any] = {}
+    run_start = time.perf_counter()
+    for epoch in range(run.start_epoch, run.recipe.epochs):
+        summary = _end_epoch(run, epoch, _train_epoch(run, epoch))
+    return _finish(run, summary, run_start)
+
+
+def _setup(recipe: Recipe, opts: RunOptions) -> _Run:
+    """Check everything, then claim ``--out``, build data, model and optimiser, resume, and open
+    the monitor and the loggers."""
     recipe = recipe.validate()
     rank, _, world, device = _init_distributed(opts.device)
-    is_main = rank == 0
     out = Path(opts.out)
     if opts.resume and opts.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: one continues the run in --out, "
@@ -251,219 +303,267 @@ def pretrain(recipe: Recipe, opts: RunOptions) -> dict[str, Any]:
     name = _dataset_name(recipe)
     if name != "fashion_mnist" and not opts.data:
         raise ValueError(f"recipe {recipe.name!r} trains on {recipe.dataset}: pass --data ROOT")
-    if is_main:  # everything is checked: only now may --overwrite delete anything
+    run = _Run(recipe=recipe, opts=opts, out=out, rank=rank, world=world, device=device, local_batch=local_batch,
+               gather=gather, dataset=name, log_path=out / "log.jsonl")
+    if run.is_main:  # everything is checked: only now may --overwrite delete anything
         from ..outdir import claim
 
         job = dict(recipe=recipe.to_dict(), data=str(opts.data), seed=opts.seed)
         claim(out, opts.owner, job, overwrite=opts.overwrite, resume=opts.resume, hint="resume")
     if world > 1:
         dist.barrier()
+    _setup_data(run)
+    _setup_model(run)
+    if resume_from is not None:
+        _resume(run, resume_from)
+    _wrap_distributed(run)
+    _setup_logging(run)
+    return run
 
-    # ------------------------------------------------------------ data
+
+def _setup_data(run: _Run) -> None:
+    """The training set, its views, the epoch sampler and the loader."""
+    from ..data.datasets import balanced_subset, build_dataset
+    from ..data.transforms import SeededViews, build_view_transform
+
+    recipe, opts, name = run.recipe, run.opts, run.dataset
     train_set = build_dataset(name, opts.data, "train+unlabeled" if name == "stl10" else "train")
     view_tf = build_view_transform(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views,
                                    multi_crop=recipe.multi_crop)
     # The statistics the views are normalised with (Tiny-ImageNet's own for tiny_imagenet, which is
     # stored as an image folder): config.json records these, so every probe normalises the same way.
-    mean, std = view_tf.mean, view_tf.std
+    run.mean, run.std = view_tf.mean, view_tf.std
     indices = list(range(len(train_set)))
     if opts.train_subset:
         per_class = max(1, opts.train_subset // max(1, len(train_set.classes)))
         indices = balanced_subset(train_set.targets, per_class, opts.seed)
-    sampler = EpochBatchSampler(indices, local_batch, opts.seed, rank, world, opts.steps_per_epoch)
-    gpu_aug = None
+    sampler = EpochBatchSampler(indices, run.local_batch, opts.seed, run.rank, run.world, opts.steps_per_epoch)
     if opts.gpu_augment:
         from ..data.gpu_augment import RawImages, batch_view_augments
 
         if recipe.multi_crop:
             raise ValueError("--gpu-augment makes same-size views; it does not implement multi-crop")
-        gpu_aug = batch_view_augments(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views)
+        run.gpu_aug = batch_view_augments(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views)
         views_ds = RawImages(train_set, recipe.img_size)
     else:
         views_ds = EpochIndexed(SeededViews(train_set, view_tf, opts.seed))
-    loader = DataLoader(
-        views_ds, batch_sampler=sampler, num_workers=opts.workers, pin_memory=device.type == "cuda",
+    run.loader = DataLoader(
+        views_ds, batch_sampler=sampler, num_workers=opts.workers, pin_memory=run.device.type == "cuda",
         persistent_workers=opts.workers > 0,
     )
-    steps_per_epoch = sampler.steps
+    run.train_set, run.sampler, run.steps_per_epoch = train_set, sampler, sampler.steps
     # what a resumed run must see again for the rest of the run to be the one it continues
-    data_id = dict(dataset=name, samples=len(train_set), classes=list(train_set.classes),
-                   subset=len(indices), seed=opts.seed)
+    run.data_id = dict(dataset=name, samples=len(train_set), classes=list(train_set.classes),
+                       subset=len(indices), seed=opts.seed)
 
-    # ------------------------------------------------------------ model and optimiser
+
+def _setup_model(run: _Run) -> None:
+    """Model (initialised from the seed), optimiser, gradient scaler and lr schedule."""
+    from ..data.transforms import derive_seed
+    from .optim import build_optimizer
+
+    recipe, opts = run.recipe, run.opts
     torch.manual_seed(derive_seed(opts.seed, 2))
-    model = build_model(recipe, gather).to(device)
+    model = build_model(recipe, run.gather).to(run.device)
     if opts.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(recipe.optimizer, model, lr=recipe.effective_lr,
-                                weight_decay=recipe.weight_decay, momentum=recipe.momentum,
-                                exclude_bias_and_norm=recipe.exclude_bias_norm_wd)
-    scaler = torch.amp.GradScaler(device.type, enabled=opts.amp == "fp16")
-    schedule = _schedule(recipe, steps_per_epoch)
-    total_steps = recipe.epochs * steps_per_epoch
-    start_epoch, start_step = 0, 0
-    if resume_from is not None:
-        state = ckpt_lib.load_checkpoint(resume_from)
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        if state.scaler:
-            scaler.load_state_dict(state.scaler)
-        start_epoch, start_step = state.epoch, state.extra.get("step_in_epoch", 0)
-        if state.extra.get("recipe") and state.extra["recipe"] != json.loads(json.dumps(recipe.to_dict())):
-            raise ValueError(
-                f"--resume: the recipe differs from the one {resume_from} was trained with; "
-                "resume with the same recipe and overrides (see train_config.json)"
-            )
-        saved_data = state.extra.get("data")
-        if saved_data and saved_data != json.loads(json.dumps(data_id)):
-            changed = sorted(k for k in data_id if saved_data.get(k) != data_id[k])
-            raise ValueError(
-                f"--resume: the training data differs from the data {resume_from} was trained on "
-                f"({', '.join(changed)}); resume with the same --data, --train-subset and --seed"
-            )
-        if is_main:
-            print(f"resuming from {resume_from} at epoch {start_epoch + 1}, step {start_step} "
-                  f"(global step {state.step})", flush=True)
-    core = model
-    if world > 1:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            core = model
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+    run.model = run.core = model
+    run.optimizer = build_optimizer(recipe.optimizer, model, lr=recipe.effective_lr,
+                                    weight_decay=recipe.weight_decay, momentum=recipe.momentum,
+                                    exclude_bias_and_norm=recipe.exclude_bias_norm_wd)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=opts.amp == "fp16")
+    run.schedule = _schedule(recipe, run.steps_per_epoch)
+    run.total_steps = recipe.epochs * run.steps_per_epoch
+
+
+def _resume(run: _Run, resume_from: Path) -> None:
+    """Load the checkpoint; refuse one of another recipe or other training data."""
+    from . import checkpoint as ckpt_lib
+
+    state = ckpt_lib.load_checkpoint(resume_from)
+    run.model.load_state_dict(state.model)
+    run.optimizer.load_state_dict(state.optimizer)
+    if state.scaler:
+        run.scaler.load_state_dict(state.scaler)
+    run.start_epoch, run.start_step = state.epoch, state.extra.get("step_in_epoch", 0)
+    if state.extra.get("recipe") and state.extra["recipe"] != json.loads(json.dumps(run.recipe.to_dict())):
+        raise ValueError(
+            f"--resume: the recipe differs from the one {resume_from} was trained with; "
+            "resume with the same recipe and overrides (see train_config.json)"
         )
-    forward = torch.compile(model) if opts.compile else model
+    saved_data, data_id = state.extra.get("data"), run.data_id
+    if saved_data and saved_data != json.loads(json.dumps(data_id)):
+        changed = sorted(k for k in data_id if saved_data.get(k) != data_id[k])
+        raise ValueError(
+            f"--resume: the training data differs from the data {resume_from} was trained on "
+            f"({', '.join(changed)}); resume with the same --data, --train-subset and --seed"
+        )
+    if run.is_main:
+        print(f"resuming from {resume_from} at epoch {run.start_epoch + 1}, step {run.start_step} "
+              f"(global step {state.step})", flush=True)
 
-    config = dict(recipe=recipe.to_dict(), options={k: str(v) if isinstance(v, Path) else v
-                                                      for k, v in dataclasses.asdict(opts).items()},
-                  world_size=world, local_batch=local_batch, gather_distributed=gather,
-                  steps_per_epoch=steps_per_epoch, torch=torch.__version__,
-                  device=str(device), hardware=_hardware(device))
-    if is_main:
-        _write_json(out / "train_config.json", config)
 
-    # ------------------------------------------------------------ monitor data
-    monitor = None
-    eval_every = opts.eval_every if opts.eval_every is not None else recipe.eval_every
-    if is_main and eval_every > 0:
-        monitor = _monitor_sets(train_set, name, opts, recipe, balanced_subset)
+def _wrap_distributed(run: _Run) -> None:
+    """SyncBatchNorm + DDP under torchrun, then torch.compile when asked."""
+    model = run.model
+    if run.world > 1:
+        if run.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            run.core = model
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None
+        )
+    run.model = model
+    run.forward = torch.compile(model) if run.opts.compile else model
 
-    writer = None
-    if is_main and opts.tensorboard:
+
+def _setup_logging(run: _Run) -> None:
+    """``train_config.json``, the monitor's data, tensorboard and the progress bar."""
+    from ..data.datasets import balanced_subset
+
+    recipe, opts = run.recipe, run.opts
+    run.config = dict(recipe=recipe.to_dict(), options={k: str(v) if isinstance(v, Path) else v
+                                                        for k, v in dataclasses.asdict(opts).items()},
+                      world_size=run.world, local_batch=run.local_batch, gather_distributed=run.gather,
+                      steps_per_epoch=run.steps_per_epoch, torch=torch.__version__,
+                      device=str(run.device), hardware=_hardware(run.device))
+    if run.is_main:
+        _write_json(run.out / "train_config.json", run.config)
+    run.eval_every = opts.eval_every if opts.eval_every is not None else recipe.eval_every
+    if run.is_main and run.eval_every > 0:
+        run.monitor = _monitor_sets(run.train_set, run.dataset, opts, recipe, balanced_subset)
+    if run.is_main and opts.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(out / "tensorboard"))
+            run.writer = SummaryWriter(str(run.out / "tensorboard"))
         except ImportError:
             warnings.warn("--tensorboard needs the tensorboard package; logging to log.jsonl only")
-
-    def save(epoch: int, step_in_epoch: int, global_step: int) -> None:
-        if not is_main:
-            return
-        if not ckpt_lib.is_finite_state(core):
-            raise TrainingStopped(f"non-finite weights after global step {global_step}; not saved")
-        ckpt_lib.save_checkpoint(out, ckpt_lib.TrainState(
-            epoch=epoch, step=global_step, model=core.state_dict(), optimizer=optimizer.state_dict(),
-            scaler=scaler.state_dict() if scaler.is_enabled() else {},
-            extra=dict(step_in_epoch=step_in_epoch, recipe=recipe.to_dict(), data=data_id),
-        ))
-
-    # ------------------------------------------------------------ train
-    log_path = out / "log.jsonl"
-    global_step = start_epoch * steps_per_epoch + start_step
-    summary: dict[str, Any] = {}
-    bar = None
-    if is_main and opts.progress:
+    run.global_step = run.start_epoch * run.steps_per_epoch + run.start_step
+    if run.is_main and opts.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=global_step, unit="step", dynamic_ncols=True,
-                   desc=recipe.name, mininterval=2.0)
-    run_start = time.perf_counter()
-    for epoch in range(start_epoch, recipe.epochs):
-        sampler.set_epoch(epoch, start_step if epoch == start_epoch else 0)
-        model.train()
-        losses, views_seen, epoch_start = [], 0, time.perf_counter()
-        step = sampler.start_step
-        for views, _ in loader:
-            torch.manual_seed(derive_seed(opts.seed, 1, epoch, step))
-            if gpu_aug is not None:
-                raw = views.to(device, non_blocking=True)
-                gen = torch.Generator(device=device).manual_seed(derive_seed(opts.seed, 3, epoch, step))
-                views = [aug(raw, gen) for aug in gpu_aug]
-            views = [v.to(device, non_blocking=True) for v in views]
-            if opts.channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            lr = schedule.lr_at(global_step)
-            apply_lr(optimizer, lr)
-            if recipe.cov_stop_epoch is not None:  # per step: the authors switch it off after a step
-                core.loss.cov_weight = cov_weight_at(epoch, recipe.loss.get("cov_weight", 0.0),
-                                                     recipe.cov_stop_epoch, step_in_epoch=step)
-            if recipe.ema_momentum is not None:
-                core.update_momentum(momentum_at(global_step, total_steps, recipe.ema_momentum))
-            try:
-                with _amp_context(device, opts.amp):
-                    loss = forward(views)
-            except ValueError as exc:
-                raise TrainingStopped(
-                    f"stopped at epoch {epoch + 1}, step {step + 1} (global step {global_step + 1}): {exc}. "
-                    f"The last good checkpoint is kept in {out / 'checkpoints'}"
-                ) from exc
-            if not torch.isfinite(loss.detach()):
-                raise TrainingStopped(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1} "
-                    f"(global step {global_step + 1}); nothing was saved, the last good checkpoint is "
-                    f"kept in {out / 'checkpoints'}. Lower the learning rate or use --amp none."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            global_step += 1
-            step += 1
-            losses.append(loss.item())
-            views_seen += sum(len(v) for v in views) * world
-            if bar is not None:
-                elapsed = time.perf_counter() - epoch_start
-                bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{losses[-1]:.4f}",
-                                lr=f"{lr:.3g}", views_s=f"{views_seen / max(elapsed, 1e-9):.0f}")
-            if opts.checkpoint_every and step % opts.checkpoint_every == 0 and step < steps_per_epoch:
-                save(epoch, step, global_step)
-        epoch_time = time.perf_counter() - epoch_start
-        record = dict(epoch=epoch + 1, global_step=global_step, loss=sum(losses) / max(len(losses), 1),
-                      lr=schedule.lr_at(max(global_step - 1, 0)), views_per_s=views_seen / max(epoch_time, 1e-9),
-                      epoch_seconds=epoch_time)
-        if monitor is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == recipe.epochs):
-            bank_x, bank_y = extract_features(core.backbone, monitor[0], device, workers=opts.workers)
-            query_x, query_y = extract_features(core.backbone, monitor[1], device, workers=opts.workers)
-            # a monitor (cosine, subsets), not the papers' 5-NN (Euclidean, full sets)
-            record["monitor_knn_cos"] = knn_accuracy(bank_x, bank_y, query_x, query_y, k=recipe.knn_k, rule="majority-cosine")
-            record["effective_rank"] = feature_effective_rank(bank_x)
-            record["feature_dim"] = bank_x.shape[1]
-        save(epoch + 1, 0, global_step)
-        if is_main:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if "monitor_knn_cos" in record:
-                _plot_curves(log_path)
-            if writer is not None:
-                for key, value in record.items():
-                    if key != "epoch":
-                        writer.add_scalar(f"pretrain/{key}", value, epoch + 1)
-            if bar is not None:
-                extra = (f", kNN {record['monitor_knn_cos']:.2f}%, eff. rank {record['effective_rank']:.1f}"
-                         if "monitor_knn_cos" in record else "")
-                bar.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {record['loss']:.4f}{extra}")
-        summary = record
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    summary = dict(summary, wall_seconds=time.perf_counter() - run_start, recipe=recipe.name)
-    if is_main:
-        _export_model(out, core, recipe, mean, std, opts, config)
-        _write_json(out / "summary.json", summary)
-    if world > 1:
+        run.bar = tqdm(total=run.total_steps, initial=run.global_step, unit="step", dynamic_ncols=True,
+                       desc=recipe.name, mininterval=2.0)
+
+
+def _save(run: _Run, epoch: int, step_in_epoch: int) -> None:
+    """Checkpoint (rank 0): model, optimiser, scaler, and where in the run it is."""
+    from . import checkpoint as ckpt_lib
+
+    if not run.is_main:
+        return
+    if not ckpt_lib.is_finite_state(run.core):
+        raise TrainingStopped(f"non-finite weights after global step {run.global_step}; not saved")
+    ckpt_lib.save_checkpoint(run.out, ckpt_lib.TrainState(
+        epoch=epoch, step=run.global_step, model=run.core.state_dict(), optimizer=run.optimizer.state_dict(),
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else {},
+        extra=dict(step_in_epoch=step_in_epoch, recipe=run.recipe.to_dict(), data=run.data_id),
+    ))
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """The steps of one epoch (from the resumed step in the first); returns the epoch's log record."""
+    from ..data.transforms import derive_seed
+    from .schedules import apply_lr, cov_weight_at, momentum_at
+
+    recipe, opts, device, core, bar = run.recipe, run.opts, run.device, run.core, run.bar
+    run.sampler.set_epoch(epoch, run.start_step if epoch == run.start_epoch else 0)
+    run.model.train()
+    losses, views_seen, epoch_start = [], 0, time.perf_counter()
+    step = run.sampler.start_step
+    for views, _ in run.loader:
+        torch.manual_seed(derive_seed(opts.seed, 1, epoch, step))
+        if run.gpu_aug is not None:
+            raw = views.to(device, non_blocking=True)
+            gen = torch.Generator(device=device).manual_seed(derive_seed(opts.seed, 3, epoch, step))
+            views = [aug(raw, gen) for aug in run.gpu_aug]
+        views = [v.to(device, non_blocking=True) for v in views]
+        if opts.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        lr = run.schedule.lr_at(run.global_step)
+        apply_lr(run.optimizer, lr)
+        if recipe.cov_stop_epoch is not None:  # per step: the authors switch it off after a step
+            core.loss.cov_weight = cov_weight_at(epoch, recipe.loss.get("cov_weight", 0.0),
+                                                 recipe.cov_stop_epoch, step_in_epoch=step)
+        if recipe.ema_momentum is not None:
+            core.update_momentum(momentum_at(run.global_step, run.total_steps, recipe.ema_momentum))
+        try:
+            with _amp_context(device, opts.amp):
+                loss = run.forward(views)
+        except ValueError as exc:
+            raise TrainingStopped(
+                f"stopped at epoch {epoch + 1}, step {step + 1} (global step {run.global_step + 1}): {exc}. "
+                f"The last good checkpoint is kept in {run.out / 'checkpoints'}"
+            ) from exc
+        if not torch.isfinite(loss.detach()):
+            raise TrainingStopped(
+                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1} "
+                f"(global step {run.global_step + 1}); nothing was saved, the last good checkpoint is "
+                f"kept in {run.out / 'checkpoints'}. Lower the learning rate or use --amp none."
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.global_step += 1
+        step += 1
+        losses.append(loss.item())
+        views_seen += sum(len(v) for v in views) * run.world
+        if bar is not None:
+            elapsed = time.perf_counter() - epoch_start
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{losses[-1]:.4f}",
+                            lr=f"{lr:.3g}", views_s=f"{views_seen / max(elapsed, 1e-9):.0f}")
+        if opts.checkpoint_every and step % opts.checkpoint_every == 0 and step < run.steps_per_epoch:
+            _save(run, epoch, step)
+    epoch_time = time.perf_counter() - epoch_start
+    return dict(epoch=epoch + 1, global_step=run.global_step, loss=sum(losses) / max(len(losses), 1),
+                lr=run.schedule.lr_at(max(run.global_step - 1, 0)), views_per_s=views_seen / max(epoch_time, 1e-9),
+                epoch_seconds=epoch_time)
+
+
+def _end_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+    """The held-out monitor when due, the epoch's checkpoint, and the log (jsonl, curves,
+    tensorboard, progress bar); returns ``record`` with the monitor's numbers."""
+    from ..evaluation import extract_features, feature_effective_rank, knn_accuracy
+
+    recipe, opts = run.recipe, run.opts
+    if run.monitor is not None and ((epoch + 1) % run.eval_every == 0 or epoch + 1 == recipe.epochs):
+        bank_x, bank_y = extract_features(run.core.backbone, run.monitor[0], run.device, workers=opts.workers)
+        query_x, query_y = extract_features(run.core.backbone, run.monitor[1], run.device, workers=opts.workers)
+        # a monitor (cosine, subsets), not the papers' 5-NN (Euclidean, full sets)
+        record["monitor_knn_cos"] = knn_accuracy(bank_x, bank_y, query_x, query_y, k=recipe.knn_k, rule="majority-cosine")
+        record["effective_rank"] = feature_effective_rank(bank_x)
+        record["feature_dim"] = bank_x.shape[1]
+    _save(run, epoch + 1, 0)
+    if run.is_main:
+        with open(run.log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if "monitor_knn_cos" in record:
+            _plot_curves(run.log_path)
+        if run.writer is not None:
+            for key, value in record.items():
+                if key != "epoch":
+                    run.writer.add_scalar(f"pretrain/{key}", value, epoch + 1)
+        if run.bar is not None:
+            extra = (f", kNN {record['monitor_knn_cos']:.2f}%, eff. rank {record['effective_rank']:.1f}"
+                     if "monitor_knn_cos" in record else "")
+            run.bar.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {record['loss']:.4f}{extra}")
+    return record
+
+
+def _finish(run: _Run, summary: dict[str, Any], run_start: float) -> dict[str, Any]:
+    """Close the loggers, export the model directory and ``summary.json`` (rank 0)."""
+    if run.bar is not None:
+        run.bar.close()
+    if run.writer is not None:
+        run.writer.close()
+    summary = dict(summary, wall_seconds=time.perf_counter() - run_start, recipe=run.recipe.name)
+    if run.is_main:
+        _export_model(run.out, run.core, run.recipe, run.mean, run.std, run.opts, run.config)
+        _write_json(run.out / "summary.json", summary)
+    if run.world > 1:
         dist.barrier()
     return summary
 
