@@ -16,8 +16,9 @@ import torch
 import wssl_zoo
 from hub_server import HubServer
 from wssl_zoo.cli import main
-from wssl_zoo.hub import HashMismatchError, HubError, publish, update_registry_hub
+from wssl_zoo.hub import HashMismatchError, HubError
 from wssl_zoo.modelio import save_model_dir, sha256_file
+from wssl_zoo.publish import publish, update_registry_hub
 from wssl_zoo.registry import clear_cache, default_registry_dir, get_entry, tomllib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -228,7 +229,7 @@ def _readme(staging: Path) -> tuple[dict, str]:
 
 
 def test_a_2_epoch_run_published_under_an_entry_gets_a_card_that_says_2_epochs(tmp_path, registry):
-    from wssl_zoo.hub import stage
+    from wssl_zoo.publish import stage
 
     run = tmp_path / "run"
     make_run_dir(run)
@@ -562,6 +563,20 @@ def test_publish_a_registry_name_mirrors_its_verified_files(published, hub, tmp_
     clear_cache()
     assert get_entry(ENTRY).hub.repo_id == "backup/cwrgp_r18"
     assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))
+
+
+def test_publish_takes_any_resolvable_source_an_hf_hub_repo_too(published, hub, tmp_path, registry):
+    """stage() finds its source with wssl_zoo.weights.resolve: an hf-hub: repo (verified with its
+    SHA256SUMS) stages like the directory it was published from; a random init is refused."""
+    from wssl_zoo.publish import stage
+
+    model, result = published
+    hashes, _, entry = stage(f"hf-hub:{REPO_ID}@{result.revision}", "backup/r18", tmp_path / "staged",
+                             entry_name=ENTRY)
+    assert entry.name == ENTRY and hashes["model.safetensors"] == result.files["model.safetensors"]
+    assert (tmp_path / "staged" / "projector.safetensors").is_file()
+    with pytest.raises(ValueError, match=r"^random:resnet18: publish takes trained weights, not a random init$"):
+        stage("random:resnet18", "backup/r18", tmp_path / "staged2")
 
 
 @pytest.mark.slow

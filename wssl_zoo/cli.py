@@ -224,7 +224,7 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
                      "pinned to the new commit with the file hashes, and its MODEL_CARDS/ card rewritten. The token "
                      "comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT selects the Hub.")
     p.add_argument("source", help="a pretraining output directory, a `wssl-zoo convert` directory, or a published "
-                   "registry name (mirrored to --repo)")
+                   "registry name or hf-hub:ORG/NAME[@REV] repo with SHA256SUMS (mirrored to --repo)")
     p.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub model repo (created if needed)")
     p.add_argument("--entry", metavar="NAME", help="the registry entry to pin (default: the one recorded in the "
                    "directory by `convert --entry`, else the entry named like the repo; none if nothing matches)")
@@ -241,7 +241,7 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
 def _publish_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .hub import publish
+    from .publish import publish
 
     publish(args.source, args.repo, dry_run=args.dry_run, staging=Path(args.staging) if args.staging else None,
             entry_name=args.entry, message=args.message, private=args.private,
