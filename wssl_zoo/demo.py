@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import cliargs
     from .data.transforms import derive_seed
     from .encoders import create_backbone
     from .outdir import claim
@@ -86,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from .api import load
     from .evaluation import heldout_metrics
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = cliargs.device(args.device)
     trained = load(out).to(device)
     torch.manual_seed(derive_seed(args.seed, 2))  # the initialisation the run started from
     random_init = create_backbone(args.arch, args.stem).eval().to(device)
