@@ -146,7 +146,11 @@ def run(args, argv: list[str]) -> int:
     from .export import export_detectron2, load_backbone
     from .job import PROTOCOL_VERSION, _fingerprint, schedule_label, write_record
 
+    from wssl_zoo.cliargs import device as parse_device
+
     t0 = time.perf_counter()
+    # --device as in every tool: cpu, one named GPU (cuda:N), or auto / cuda: every GPU (detectron2's launcher)
+    dev = parse_device(args.device)
     from .job import claim_out
 
     out = Path(args.out)
@@ -158,10 +162,10 @@ def run(args, argv: list[str]) -> int:
     weights, fragment = export_detectron2(backbone, info, out / "backbone_d2.pkl", layout=layout)
     cfg, ours, suffix, task = build_cfg(args, weights, fragment)
     cfg.freeze()
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
+    gpus = 0 if dev.type == "cpu" else (1 if ":" in str(args.device) else torch.cuda.device_count())
+    if gpus <= 1:
         cfg.defrost()
-        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.DEVICE = "cpu" if gpus == 0 else str(dev)
         cfg.freeze()
     if gpus <= 1:
         results = _worker(cfg, args, args.eval_only) or {}
