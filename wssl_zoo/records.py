@@ -45,8 +45,12 @@ REQUIRED = {"schema_version": int, "task": str, "model": str, "weights_sha256": 
             "torch": str, "code_version": str, "created": str, "command": str}
 
 
-def hardware() -> str:
-    if torch.cuda.is_available():
+def hardware(device: torch.device | None = None) -> str:
+    """What a measurement ran on: the GPU's name (``device``'s, else the first one's where CUDA is
+    present), else the CPU and its threads."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device is None and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -420,13 +419,14 @@ def _wrap_distributed(run: _Run) -> None:
 def _setup_logging(run: _Run) -> None:
     """``train_config.json``, the monitor's data, tensorboard and the progress bar."""
     from ..data.datasets import balanced_subset
+    from ..records import hardware
 
     recipe, opts = run.recipe, run.opts
     run.config = dict(recipe=recipe.to_dict(), options={k: str(v) if isinstance(v, Path) else v
                                                         for k, v in dataclasses.asdict(opts).items()},
                       world_size=run.world, local_batch=run.local_batch, gather_distributed=run.gather,
                       steps_per_epoch=run.steps_per_epoch, torch=torch.__version__,
-                      device=str(run.device), hardware=_hardware(run.device))
+                      device=str(run.device), hardware=hardware(run.device))
     if run.is_main:
         _write_json(run.out / "train_config.json", run.config)
     run.eval_every = opts.eval_every if opts.eval_every is not None else recipe.eval_every
@@ -598,12 +598,6 @@ def _monitor_sets(train_set, name, opts: RunOptions, recipe: Recipe, balanced_su
     query_idx = balanced_subset(heldout.targets, per_class, opts.seed)
     return (TransformedDataset(Subset(bank_base, bank_idx), tf),
             TransformedDataset(Subset(heldout, query_idx), tf))
-
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def _export_model(out: Path, core: nn.Module, recipe: Recipe, mean, std, opts: RunOptions, config) -> None:
