@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "protocol config, and write a zoo/results record.")
     p.add_argument("--model", required=True,
                    help="backbone (required): model directory, registry name/alias, hf-hub:ORG/NAME[@REV], or "
-                        "random:ARCH (random init, plumbing checks only)")
+                        "random:ARCH[:STEM[:SIZE]] (random init, plumbing checks only)")
     p.add_argument("--config", required=True,
                    help="protocol (required): a name in detection/configs (coco_R_50_C4_1x, coco_R_50_C4_2x, "
                         "voc_R_50_C4_24k, coco_R_50_FPN_1x) or a YAML path")

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", required=True, help="comma-separated models (registry names, directories, hf-hub:..., "
-                   "random:ARCH)")
+                   "random:ARCH[:STEM[:SIZE]])")
     p.add_argument("--tasks", default="linear,knn", help=f"comma-separated, from {','.join(TASKS)} (default: %(default)s)")
     p.add_argument("--data-root", required=True, metavar="DIR", help="holds imagenet/ (or <dataset>/) and coco/")
     p.add_argument("--dataset", default="imagefolder", choices=["imagefolder", "cifar10", "cifar100", "stl10"],
