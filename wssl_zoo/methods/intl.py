@@ -50,7 +50,8 @@ def _cifar(ds: str) -> dict[str, Fact]:
         "batch_size": Fact(256, s("cifar/cfg.py:23-25 --bs 256")),
         "lr": Fact(0.3, cmd + " --lr 0.3"),
         "arch": Fact("resnet18", cmd + " --arch resnet18"),
-        "stem": Fact("cifar", s("src/model.py:23-25 conv1 3x3/1, maxpool removed")),
+        "stem": Fact("cifar_pad2", s("src/model.py:23-25 conv1 3x3/1 pad 1, maxpool removed, inside "
+                                     "src/resnet.py:156,276 ConstantPad2d(1): padding 2 in effect (quirk; corrected: cifar)")),
         "img_size": Fact(32, s("cifar/transform.py:60 crop_size=32")),
         "num_views": Fact(2, s("cifar/cfg.py:74-79 --nmb_crops 2")),
         "multi_crop": Fact(False, NA),
