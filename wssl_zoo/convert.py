@@ -179,14 +179,6 @@ def infer_arch(backbone: dict[str, torch.Tensor]) -> str:
     return arch
 
 
-# The stems each codebase builds for a 3x3 conv1 (the checkpoint does not say which when there are two).
-# W-MSE htdt/self-supervised@d9662c8 model.py:22-25 and CW-RGP winci-ai/CW-RGP@5bbf6ed base/model.py:22-25:
-# conv1 3x3/1 for every small dataset, the max-pool removed for CIFAR only. INTL winci-ai/INTL@0aa69af
-# src/model.py:23-25 (CIFAR only) inside src/resnet.py's ResNet, which zero-pads by 1 before conv1
-# (src/resnet.py:156,276): the cifar_pad2 stem.
-SMALL_STEMS = {"wmse": ("cifar", "small"), "cwrgp": ("cifar", "small"), "intl": ("cifar_pad2",)}
-
-
 def infer_stem(backbone: dict[str, torch.Tensor], stem: str | None, method: str | None = None) -> str:
     """The stem of the network that ``method``'s code trained with these tensors (``stem``: the one asked for)."""
     k = backbone["conv1.weight"].shape[-1] if "conv1.weight" in backbone else None
@@ -195,7 +187,10 @@ def infer_stem(backbone: dict[str, torch.Tensor], stem: str | None, method: str 
             raise ConversionError(f"conv1 is 7x7 (the ImageNet stem) but --stem {stem} was given")
         return "imagenet"
     if k == 3:
-        allowed = SMALL_STEMS.get(method, ("cifar", "small", "cifar_pad2"))
+        # the stems each codebase builds for a 3x3 conv1 (wssl_zoo.methods; INTL: its padded cifar_pad2)
+        from .methods import fact
+
+        allowed = fact(method, "converter_small_stems") if method else ("cifar", "small", "cifar_pad2")
         if stem is None and len(allowed) == 1:
             return allowed[0]
         if stem not in allowed:

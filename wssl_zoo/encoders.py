@@ -177,26 +177,27 @@ def momentum_at(step: int, total_steps: int, base: float) -> float:
     return 1.0 - 0.5 * (1.0 + math.cos(math.pi * step / total_steps)) * (1.0 - base)
 
 
-# loss class name -> whether the projector runs once on all views concatenated (the authors' code)
-_HEAD_ON_CONCAT_BY_LOSS = {"WMSELoss": True, "CWRGPLoss": True, "INTLLoss": False}
-
-
 def _default_head_on_concat(loss: nn.Module) -> bool:
     """W-MSE / CW-RGP: ``head(torch.cat(h))``; INTL: ``projection(backbone(x))`` per crop.
 
-    A loss may state its own choice as a bool attribute ``head_on_concat``; otherwise the class
-    (or a base class) name decides, which needs no import of :mod:`wssl_zoo.losses`.
+    A loss may state its own choice as a bool attribute ``head_on_concat``; otherwise the method it
+    names in its ``method`` attribute decides (``wssl_zoo.methods.fact(method, "head_on_concat")``).
     """
+    from .methods import fact
+
     own = getattr(loss, "head_on_concat", None)
     if isinstance(own, bool):
         return own
-    for cls in type(loss).__mro__:
-        if cls.__name__ in _HEAD_ON_CONCAT_BY_LOSS:
-            return _HEAD_ON_CONCAT_BY_LOSS[cls.__name__]
+    method = getattr(loss, "method", None)
+    if isinstance(method, str):
+        try:
+            return bool(fact(method, "head_on_concat"))
+        except ValueError:
+            pass
     raise ValueError(
         f"SSLModel: cannot tell whether the projector runs on concatenated views for a "
-        f"{type(loss).__name__} loss (known: {sorted(_HEAD_ON_CONCAT_BY_LOSS)}); pass head_on_concat=True "
-        "(one projector call on all views, W-MSE/CW-RGP style) or False (per view, INTL style)"
+        f"{type(loss).__name__} loss (its method attribute is {method!r}, not one of wssl_zoo.methods'); pass "
+        "head_on_concat=True (one projector call on all views, W-MSE/CW-RGP style) or False (per view, INTL style)"
     )
 
 
@@ -212,8 +213,8 @@ class SSLModel(nn.Module):
       views together), or
     - once per view (``head_on_concat=False``; INTL: ``projection(backbone(x))`` per crop).
 
-    ``head_on_concat=None`` derives the choice from the loss (WMSELoss/CWRGPLoss -> True,
-    INTLLoss -> False; other losses must say it).
+    ``head_on_concat=None`` derives the choice from the loss's ``method`` (WMSELoss/CWRGPLoss -> True,
+    INTLLoss -> False, from ``wssl_zoo.methods``; other losses must say it).
 
     With ``momentum`` (INTL_M) the backbone and projector are deep-copied into
     ``momentum_backbone`` / ``momentum_projector`` (``requires_grad=False``). ``views[0]`` is the key

@@ -59,21 +59,18 @@ STATS = {
     # measured on the 60000 training images of Fashion-MNIST, grey replicated to RGB
     "fashion_mnist": ((0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530)),
 }
-# Where an author normalised differently from the table above.
-# W-MSE datasets/cifar10.py and cifar100.py (copied by CW-RGP base/datasets/): the widely
-# copied CIFAR-10 "std" (0.2023, 0.1994, 0.2010), which is really a mean per-image std.
-_WMSE_CIFAR = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-}
-METHOD_STATS = {"wmse": _WMSE_CIFAR, "cwrgp": _WMSE_CIFAR, "intl": {}}
-# Where an author's *evaluation* code normalises differently from its training views: a quirk that
-# shaped the reported numbers, reproduced by default (``normalisation="authors"``; ``"train"`` is the
-# corrected behaviour). INTL winci-ai/INTL@0aa69af cifar/eval/dataloader.py:63-67 (CIFAR-10: the
-# std rounded to 3 digits) and :77-81 (CIFAR-100: CIFAR-10's statistics), used by the kNN monitor
-# and the linear evaluation of cifar/main.py:107-110, while the views use cifar/transform.py:64-69.
-_INTL_CIFAR_EVAL = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
-AUTHORS_EVAL_STATS = {"wmse": {}, "cwrgp": {}, "intl": {"cifar10": _INTL_CIFAR_EVAL, "cifar100": _INTL_CIFAR_EVAL}}
+# Where an author's training views (``train_stats``) or evaluation code (``eval_stats``: a quirk that
+# shaped the reported numbers, reproduced by default; ``normalisation="train"`` corrects it)
+# normalise otherwise than the table above: the method's facts, cited in wssl_zoo/methods/<method>.py.
+def _method_stats(key: str) -> dict[str, dict]:
+    from ..methods import fact
+    from ..registry import METHODS
+
+    return {m: fact(m, key) for m in METHODS}
+
+
+METHOD_STATS = _method_stats("train_stats")
+AUTHORS_EVAL_STATS = _method_stats("eval_stats")
 NORMALISATIONS = ("authors", "train")
 
 

@@ -167,3 +167,19 @@ PROTOCOLS: dict[str, dict[str, Fact]] = {
         "temperature": Fact(0.07, UNUSED),
     },
 }
+
+
+# The method's facts the library reads (``wssl_zoo.methods.fact(method, key)``): one home per method.
+FACTS: dict[str, Fact] = {
+    "head_on_concat": Fact(True, s("base/methods/cwrgp.py:26-28, ImageNet/methods/cwrgp.py:26-28 "
+                                   "h = self.head(torch.cat(h))")),
+    "gather_distributed": Fact(False, s("ImageNet/methods/cwrgp.py:24-46 whitens each GPU's local batch (no "
+                                        "all_gather in ImageNet/methods/whitening.py; DDP, ImageNet/train.py:99-101); "
+                                        "base/model.py:29 nn.DataParallel: one process")),
+    "train_stats": Fact({"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+                         "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))},
+                        s("base/datasets/cifar10.py:9, base/datasets/cifar100.py:9 (W-MSE's)")),
+    "eval_stats": Fact({}, s("base/datasets/*.py ds_clf / ds_test: base_transform(), the views' normalisation")),
+    "converter_small_stems": Fact(("cifar", "small"), s("base/model.py:22-25 conv1 3x3/1 unless in100; maxpool "
+                                                        "removed for CIFAR only")),
+}
