@@ -100,7 +100,8 @@ def flatten_recipe(data: dict[str, Any]) -> dict[str, Any]:
 
 def show_recipe(recipe) -> dict[str, Any]:
     """``--show``: the resolved recipe's fields plus ``provenance``: per hyper-parameter, the authors' value and source;
-    ``"override": true`` where the resolved value is not the table's."""
+    ``"override": true`` where the resolved value is not the table's; and ``method_facts``: the method's
+    facts (projector placement, distributed whitening = ``--gather auto``, normalisations) with sources."""
     table = recipe_provenance(recipe.name)
     rows = {}
     for key, value in flatten_recipe(recipe.to_dict()).items():
@@ -115,4 +116,5 @@ def show_recipe(recipe) -> dict[str, Any]:
                 row["authors_value"] = list(fact.value) if isinstance(fact.value, tuple) else fact.value
                 row["override"] = True
         rows[key] = row
-    return {**recipe.to_dict(), "provenance": rows}
+    facts = {key: {"value": f.value, "source": f.source} for key, f in _module(recipe.method).FACTS.items()}
+    return {**recipe.to_dict(), "provenance": rows, "method_facts": facts}
