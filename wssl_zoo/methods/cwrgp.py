@@ -147,7 +147,8 @@ PROTOCOLS: dict[str, dict[str, Fact]] = {
         "standardize": Fact(False, s(f"{_LIN} no feature standardisation")),
     },
     "small": {
-        "features": Fact("cached", s(f"{_SGD}:6 on precomputed features")),
+        "features": Fact("cached", s(f"{_SGD}:6 on precomputed features; INTL's CIFAR evaluation is the same code "
+                                     "(winci-ai/INTL@0aa69af cifar/eval/evaluate.py:6-60)")),
         "optimizer": Fact("adam", s("base/eval/sgd.py:15 optim.Adam")),
         "lr": Fact(1e-2, s("base/eval/sgd.py:8 lr_start 1e-2")),
         "epochs": Fact(500, s("base/eval/sgd.py:6 epoch=500")),
@@ -163,7 +164,8 @@ PROTOCOLS: dict[str, dict[str, Fact]] = {
     },
     "knn5": {
         "k": Fact(5, s("base/cfg.py:69 --knn 5 (W-MSE cfg.py:53)")),
-        "rule": Fact("majority-euclidean", s("base/eval/knn.py torch.cdist + majority vote, ties to the smallest class")),
+        "rule": Fact("majority-euclidean", s("base/eval/knn.py torch.cdist + majority vote, ties to the smallest class "
+                                             "(= INTL cifar/eval/evaluate.py:20-32)")),
         "temperature": Fact(0.07, UNUSED),
     },
 }
