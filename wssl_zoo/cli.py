@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from .registry import STEMS, get_entry, list_models
+from .registry import METHODS, STEMS, get_entry, list_models
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Subcommand:
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["wmse", "cwrgp", "intl"], help="only this method")
+    p.add_argument("--method", choices=list(METHODS), help="only this method")
     p.add_argument("--update-readme", metavar="README", help="rewrite the generated sections (zoo table, measured "
                    "pretraining results) between their markers in this file instead of printing")
 
