@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import build_split, pick_device, resolve_model
+    from .features import build_split, mark_normalisation, pick_device, resolve_model
     from .records import dataset_fingerprint, make_record, write_record
 
     check_out(args, args.seeds)
@@ -242,9 +242,10 @@ def run(args, command: str) -> int:
     indices = read_split_file(args.split_file, args.split, train)
     device = pick_device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):
-        info = resolve_model(args.model, seed, verify=not args.allow_unverified)
+        info = resolve_model(args.model, seed, verify=not args.allow_unverified, normalisation=args.normalisation)
         protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "semi"),
                                                 epochs=args.epochs, batch_size=args.batch_size)
+        proto_record = mark_normalisation(proto_record, args.normalisation)
         start = time.perf_counter()
         metrics = finetune(protocol, info, args.dataset, args.data, indices, args.split, seed, device, args.workers,
                            not args.no_progress, epochs=args.epochs)

@@ -316,3 +316,29 @@ def test_intl_cifar_eval_normalisation_quirk_and_its_correction():
     assert torch.equal(other.eval_transform("cifar10")(img), base(IMAGENET)(img))
     with pytest.raises(ValueError, match="normalisation 'paper'"):
         eval_transform("cifar10", 32, "intl", normalisation="paper")
+
+
+def test_eval_clis_take_normalisation_and_record_the_corrected_one_as_an_override(tmp_path):
+    """``--normalisation train`` reaches the feature transform of a saved INTL CIFAR model and marks the record."""
+    from eval import knn
+    from eval.features import eval_tf, mark_normalisation, resolve_model
+    from wssl_zoo.data.datasets import dataset_stats
+    from wssl_zoo.encoders import create_backbone
+    from wssl_zoo.modelio import save_model_dir
+
+    mean, std = dataset_stats("cifar100", "intl")
+    save_model_dir(tmp_path / "m", create_backbone("resnet18", "cifar_pad2"), arch="resnet18", stem="cifar_pad2",
+                   mean=mean, std=std, img_size=32, extra_meta=dict(method="intl", dataset="cifar100"))
+    img = _image((32, 32), seed=6)
+    authors = resolve_model(str(tmp_path / "m"))
+    assert torch.equal(eval_tf(authors, "cifar100")(img), base(INTL_CIFAR_EVAL)(img))
+    corrected = resolve_model(str(tmp_path / "m"), normalisation="train")
+    assert torch.equal(eval_tf(corrected, "cifar100")(img), base(INTL_STATS["cifar100"])(img))
+    with pytest.raises(ValueError, match="--normalisation 'paper'"):
+        resolve_model(str(tmp_path / "m"), normalisation="paper")
+    args = knn.build_parser().parse_args(["--model", "m", "--data", "d", "--normalisation", "train"])
+    assert args.normalisation == "train"
+    assert knn.build_parser().parse_args(["--model", "m", "--data", "d"]).normalisation == "authors"
+    record = mark_normalisation({"name": "knn5", "version": 1}, "train")
+    assert record["name"] == "knn5+normalisation=train" and record["overrides"] == {"normalisation": "train"}
+    assert mark_normalisation({"name": "knn5"}, "authors") == {"name": "knn5"}
