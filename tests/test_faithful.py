@@ -195,12 +195,17 @@ def test_method_facts_live_in_wssl_zoo_methods_with_the_authors_sources():
 
     repos = {"wmse": "htdt/self-supervised@", "cwrgp": "winci-ai/CW-RGP@", "intl": "winci-ai/INTL@"}
     for method in METHODS:
-        for key in ("head_on_concat", "gather_distributed", "train_stats", "eval_stats", "converter_small_stems"):
+        for key in ("head_on_concat", "gather_distributed", "train_stats", "eval_stats", "converter_small_stems",
+                    "checkpoint_layout"):
             methods.fact(method, key)
             assert methods.fact_source(method, key).startswith(repos[method]), (method, key)
     assert [methods.fact(m, "head_on_concat") for m in METHODS] == [True, True, False]
     assert [methods.fact(m, "gather_distributed") for m in METHODS] == [False, False, True]
     # the old per-class-name table and the method test in the loop are gone
     assert '"WMSELoss"' not in inspect.getsource(encoders) and 'method == "intl"' not in inspect.getsource(loop)
+    from wssl_zoo.convert import LAYOUTS
+
+    assert {name: layout.method for name, layout in LAYOUTS.items()} == {f"official-{m}": m for m in METHODS}
+    assert LAYOUTS["official-intl"].hidden_bias is False and LAYOUTS["official-wmse"].hidden_bias is True
     with pytest.raises(ValueError, match="unknown method 'byol'"):
         methods.fact("byol", "head_on_concat")

@@ -56,15 +56,15 @@ class Layout:
     hidden_bias: bool = True  # INTL's hidden projector layers have no bias
 
 
-LAYOUTS = {
-    "official-intl": Layout("intl", ("module.backbone.", "backbone."), ("module.projection.", "projection."),
-                            ("module.momentum_backbone.", "momentum_backbone."),
-                            ("module.momentum_projection.", "momentum_projection."), hidden_bias=False),
-    "official-cwrgp": Layout("cwrgp", ("module.model.module.", "module.model.", "model.module.", "model."),
-                             ("module.head.", "head.")),
-    "official-wmse": Layout("wmse", ("model.module.", "module.model.module.", "module.model.", "model."),
-                            ("head.", "module.head.")),
-}
+def _layouts() -> dict[str, Layout]:
+    from .methods import fact
+    from .registry import METHODS
+
+    return {f"official-{m}": Layout(m, **fact(m, "checkpoint_layout")) for m in METHODS}
+
+
+# --from official-<method>: the key prefixes of each codebase's checkpoints (wssl_zoo.methods, cited there)
+LAYOUTS = _layouts()
 _TORCHVISION_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
 
 
@@ -134,7 +134,7 @@ def split_state(state: dict[str, torch.Tensor], layout: Layout, branch: str = "o
     if not backbone:
         others = [name for name, other in LAYOUTS.items() if other is not layout
                   and any(k.startswith(other.backbone) for k in state)]
-        hint = f"; these keys look like --from {' or '.join(others)}" if others else ""
+        hint = f"; these keys look like --from {' or '.join(sorted(others))}" if others else ""
         raise ConversionError(f"no backbone tensors: expected keys starting with one of {list(layout.backbone)}"
                               f" (first keys: {sorted(state)[:3]}){hint}")
     if branch == "momentum":

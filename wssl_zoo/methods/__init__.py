@@ -59,7 +59,8 @@ def fact(method: str, key: str) -> Any:
     - ``gather_distributed``: the authors' whitening sees the global batch of all DDP processes;
     - ``train_stats`` / ``eval_stats``: ``{dataset: (mean, std)}`` where the authors' training views /
       evaluation code normalise otherwise than the standard statistics / the views;
-    - ``converter_small_stems``: the stems the authors' code builds for a 3x3 conv1.
+    - ``converter_small_stems``: the stems the authors' code builds for a 3x3 conv1;
+    - ``checkpoint_layout``: the key prefixes of the authors' checkpoints (``wssl_zoo.convert.LAYOUTS``).
     """
     return _module(method).FACTS[key].value
 

@@ -184,4 +184,10 @@ FACTS: dict[str, Fact] = {
     "eval_stats": Fact({}, s("base/datasets/*.py ds_clf / ds_test: base_transform(), the views' normalisation")),
     "converter_small_stems": Fact(("cifar", "small"), s("base/model.py:22-25 conv1 3x3/1 unless in100; maxpool "
                                                         "removed for CIFAR only")),
+    # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
+    "checkpoint_layout": Fact(dict(backbone=("module.model.module.", "module.model.", "model.module.", "model."),
+                                   projector=("module.head.", "head."), hidden_bias=True),
+                              s("ImageNet/train.py:183-187 state_dict of the DDP-wrapped method -> module.model.*, "
+                                "module.head.* (ImageNet/model.py:24-25: nn.DataParallel without DDP -> model.module.*); "
+                                "base/train.py:95-100 -> model.module.*, head.*; base/model.py:10 Linear with bias")),
 }

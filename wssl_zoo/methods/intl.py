@@ -185,4 +185,11 @@ FACTS: dict[str, Fact] = {
     "eval_stats": Fact({"cifar10": _CIFAR_EVAL, "cifar100": _CIFAR_EVAL}, s("cifar/eval/dataloader.py:63-67,77-81")),
     "converter_small_stems": Fact(("cifar_pad2",), s("src/model.py:23-25 (CIFAR only) inside src/resnet.py's "
                                                      "ResNet, which zero-pads by 1 before conv1 (src/resnet.py:156,276)")),
+    # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
+    "checkpoint_layout": Fact(dict(backbone=("module.backbone.", "backbone."), projector=("module.projection.", "projection."),
+                                   momentum_backbone=("module.momentum_backbone.", "momentum_backbone."),
+                                   momentum_projector=("module.momentum_projection.", "momentum_projection."),
+                                   hidden_bias=False),
+                              s("main.py:143-147 state_dict of the DDP-wrapped method (methods/base.py:13-14 backbone, "
+                                "projection; methods/intl_m.py:14-15 momentum_*); src/model.py:9 hidden Linear without bias")),
 }

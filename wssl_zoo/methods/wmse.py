@@ -106,4 +106,10 @@ FACTS: dict[str, Fact] = {
     "eval_stats": Fact({}, s("datasets/*.py ds_clf / ds_test: base_transform(), the views' normalisation")),
     "converter_small_stems": Fact(("cifar", "small"), s("model.py:22-25 conv1 3x3/1 unless imagenet; maxpool "
                                                         "removed for CIFAR only")),
+    # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
+    "checkpoint_layout": Fact(dict(backbone=("model.module.", "module.model.module.", "module.model.", "model."),
+                                   projector=("head.", "module.head."), hidden_bias=True),
+                              s("train.py:76-77 torch.save(model.state_dict()): the method's encoder in "
+                                "nn.DataParallel (model.py:29) -> model.module.*, head -> head.* "
+                                "(methods/base.py:16-17); model.py:10 hidden Linear with bias")),
 }
