@@ -49,7 +49,7 @@ def configs(device: str, tiny: bool = False):
             loss.update(cpu_r50_loss[method])
             proj.update(cpu_r50_proj[method])
         img = 16 if tiny else 32
-        rows.append(dict(name=f"{method} R18 {img}px", recipe=r, arch="resnet18", stem="cifar", img=img,
+        rows.append(dict(name=f"{method} R18 {img}px", recipe=r, arch="resnet18", stem=r.stem, img=img,
                          batch=batch, views=r.num_views, loss=loss, proj=proj))
     for method, recipe in (("wmse", "wmse_imagenet"), ("cwrgp", "cwrgp_imagenet"), ("intl", "intl_imagenet")):
         r = get_recipe(recipe)

@@ -32,6 +32,11 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     cliargs.add_workers(p, cap=2)
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     p.add_argument("--cache-dir", help="feature cache (default: $WSSL_ZOO_CACHE or ~/.cache/wssl_zoo/features)")
+    p.add_argument("--normalisation", choices=["authors", "train"], default="authors",
+                   help="authors: normalise as the model's authors evaluate (INTL's CIFAR evaluation uses other "
+                   "statistics than its training views, winci-ai/INTL cifar/eval/dataloader.py:63-67,77-81); train: "
+                   "the training normalisation everywhere, the corrected behaviour, recorded as a protocol override "
+                   "(default: %(default)s)")
     cliargs.add_progress(p)
 
 

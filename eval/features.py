@@ -31,6 +31,9 @@ class ModelInfo:
 
     weights: ResolvedWeights
     model: nn.Module
+    # "authors": normalise as the model's authors evaluate (INTL's CIFAR evaluation differs from its
+    # training views); "train": with the training normalisation everywhere (the corrected behaviour)
+    normalisation: str = "authors"
 
     spec = property(lambda self: self.weights.spec)
     label = property(lambda self: self.weights.label)
@@ -64,12 +67,26 @@ class ModelInfo:
             return None
 
 
-def resolve_model(spec: str, seed: int = 0, verify: bool = True) -> ModelInfo:
+def resolve_model(spec: str, seed: int = 0, verify: bool = True, normalisation: str = "authors") -> ModelInfo:
     """``spec``: anything :func:`wssl_zoo.weights.resolve` takes (registry name/alias, model
     directory, ``hf-hub:org/name[@rev]``, ``random:ARCH[:STEM[:SIZE]]`` drawn from ``seed``);
-    ``verify=False`` accepts an ``hf-hub:`` repo without ``SHA256SUMS``."""
+    ``verify=False`` accepts an ``hf-hub:`` repo without ``SHA256SUMS``; ``normalisation``: see
+    :meth:`wssl_zoo.weights.ResolvedWeights.eval_transform` (``--normalisation``)."""
+    from wssl_zoo.data.datasets import NORMALISATIONS
+
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"--normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
     weights = resolve(spec, seed, verify=verify)
-    return ModelInfo(weights, weights.build())
+    return ModelInfo(weights, weights.build(), normalisation)
+
+
+def mark_normalisation(proto_record: dict, normalisation: str) -> dict:
+    """``--normalisation train`` is not the authors' evaluation: record it as an override of the protocol."""
+    if normalisation != "authors":
+        proto_record["name"] += f"+normalisation={normalisation}"
+        proto_record.setdefault("base_protocol", proto_record["name"].split("+")[0])
+        proto_record["overrides"] = {**proto_record.get("overrides", {}), "normalisation": normalisation}
+    return proto_record
 
 
 def build_split(dataset: str, root: str | None, split: str):
@@ -87,8 +104,9 @@ def build_split(dataset: str, root: str | None, split: str):
 
 
 def eval_tf(info: ModelInfo, dataset: str):
-    """The dataset's deterministic evaluation transform, normalised as the model was trained."""
-    return info.weights.eval_transform(dataset)
+    """The dataset's deterministic evaluation transform, normalised as the model was trained (or as its
+    authors evaluate, where that differs and ``info.normalisation`` is "authors")."""
+    return info.weights.eval_transform(dataset, info.normalisation)
 
 
 def cache_dir(override: str | None = None) -> Path:

@@ -38,14 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import cached_features, resolve_model
+    from .features import cached_features, mark_normalisation, resolve_model
     from .protocols import with_overrides
     from .records import make_record, write_record
 
     check_out(args, len([n for n in args.protocols.split(",") if n.strip()]) * args.seeds)
     device = cliargs.device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):  # k-NN is deterministic; seeds only matter for random-init baselines
-        info = resolve_model(args.model, seed, verify=not args.allow_unverified)
+        info = resolve_model(args.model, seed, verify=not args.allow_unverified, normalisation=args.normalisation)
         start = time.perf_counter()
         xtr, ytr, meta = cached_features(info, args.dataset, args.data, "train", device, args.cache_dir,
                                          workers=args.workers, progress=not args.no_progress)
@@ -54,6 +54,7 @@ def run(args, command: str) -> int:
         for name in args.protocols.split(","):
             protocol, proto_record = with_overrides(get_protocol(name.strip(), "knn"), k=args.k,
                                                     temperature=args.temperature if name.strip() != "knn5" else None)
+            proto_record = mark_normalisation(proto_record, args.normalisation)
             pred = knn_predict(protocol, xtr, ytr, xte)
             metrics = {"top1": 100.0 * float((pred == yte).float().mean())}
             record = make_record(task="knn", model=info.spec, weights_sha256=info.weights_sha256,

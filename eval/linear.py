@@ -159,14 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args, command: str, seed: int) -> dict:
     """One seed: train and write the record; returns it."""
-    from .features import cached_features, resolve_model
+    from .features import cached_features, mark_normalisation, resolve_model
     from .records import dataset_fingerprint, make_record, write_record
 
     device = cliargs.device(args.device)
-    info = resolve_model(args.model, seed, verify=not args.allow_unverified)
+    info = resolve_model(args.model, seed, verify=not args.allow_unverified, normalisation=args.normalisation)
     # an authors' protocol takes the values for the model it evaluates (e.g. intl -> intl_plain)
     protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "linear"),
                                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    proto_record = mark_normalisation(proto_record, args.normalisation)
     start = time.perf_counter()
     extra = {}
     if protocol.features == "cached":

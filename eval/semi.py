@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import build_split, resolve_model
+    from .features import build_split, mark_normalisation, resolve_model
     from .records import dataset_fingerprint, make_record, write_record
 
     check_out(args, args.seeds)
@@ -244,9 +244,10 @@ def run(args, command: str) -> int:
     indices = read_split_file(args.split_file, args.split, train)
     device = cliargs.device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):
-        info = resolve_model(args.model, seed, verify=not args.allow_unverified)
+        info = resolve_model(args.model, seed, verify=not args.allow_unverified, normalisation=args.normalisation)
         protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "semi"),
                                                 epochs=args.epochs, batch_size=args.batch_size)
+        proto_record = mark_normalisation(proto_record, args.normalisation)
         start = time.perf_counter()
         metrics = finetune(protocol, info, args.dataset, args.data, indices, args.split, seed, device, args.workers,
                            not args.no_progress, epochs=args.epochs)

@@ -47,11 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import cached_features, resolve_model
+    from .features import cached_features, mark_normalisation, resolve_model
     from .records import make_record, write_record
 
     device = cliargs.device(args.device)
-    info = resolve_model(args.model, args.seed, verify=not args.allow_unverified)
+    info = resolve_model(args.model, args.seed, verify=not args.allow_unverified,
+                         normalisation=args.normalisation)
     start = time.perf_counter()
     x, _, meta = cached_features(info, args.dataset, args.data, args.split, device, args.cache_dir,
                                  workers=args.workers, progress=not args.no_progress)
@@ -67,7 +68,7 @@ def run(args, command: str) -> int:
     baseline = None
     spec = baseline_spec(info, args.baseline)
     if spec is not None:  # the same images (same subsample) through the baseline's backbone
-        base = resolve_model(spec, args.seed)
+        base = resolve_model(spec, args.seed, normalisation=args.normalisation)
         bx, _, _ = cached_features(base, args.dataset, args.data, args.split, device, args.cache_dir,
                                    workers=args.workers, progress=not args.no_progress)
         ev = spectrum(bx if keep is None else bx[keep])
@@ -79,13 +80,14 @@ def run(args, command: str) -> int:
         top = max(1, math.ceil(0.01 * len(ev)))
         metrics[f"{name}_top1pct_variance"] = 100.0 * float(ev[:top].sum() / ev.sum())
     record = make_record(task="spectrum", model=info.spec, weights_sha256=info.weights_sha256,
-                         protocol=dict(name="spectrum", version=1, split=args.split, max_samples=args.max_samples),
+                         protocol=mark_normalisation(dict(name="spectrum", version=1, split=args.split,
+                                                          max_samples=args.max_samples), args.normalisation),
                          dataset=dict(name=args.dataset, root=str(args.data), fingerprint=meta["fingerprint"]),
                          seed=args.seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
                          extra=dict(model_label=info.label, samples=len(x),
                                     eigenvalues={k: _rounded(ev) for k, ev in spectra.items()},
                                     **({"baseline": baseline} if baseline else {})))
-    path = write_record(record, record_path(args, "spectrum", info.label, "spectrum", args.seed, record))
+    path = write_record(record, record_path(args, "spectrum", info.label, record["protocol"]["name"], args.seed, record))
     png = Path(args.plot) if args.plot else path.with_suffix(".png")
     from wssl_zoo.plots import INSTALL_HINT, have_matplotlib
 

@@ -19,7 +19,17 @@ CASES = {
     "cwrgp": dict(w_size=16, groups=2, cov_weight=0.01),
     "intl": dict(),
     "intl_m": dict(momentum=True),
+    "intl_auto": dict(),  # gather as `wssl-zoo pretrain --gather auto` sets it for INTL (methods/whitening.py:14)
 }
+
+
+def _gather(name: str) -> bool:
+    if name != "intl_auto":
+        return True
+    from wssl_zoo.pretrain.loop import resolve_gather
+    from wssl_zoo.pretrain.recipes import RECIPES
+
+    return resolve_gather(RECIPES["intl_cifar10"], "auto", WORLD)
 
 
 def _free_port() -> int:
@@ -42,7 +52,7 @@ def _worker(rank: int, port: int, x: torch.Tensor, out_dir: str) -> None:
             local = x[:, rank * n_local : (rank + 1) * n_local].clone().requires_grad_(True)
             # Different generators on purpose: rank 0's random draws must win everywhere.
             torch.manual_seed(123 + 1000 * rank)
-            loss = build_loss(_method(name), gather_distributed=True, **params)(list(local.unbind(0)))
+            loss = build_loss(_method(name), gather_distributed=_gather(name), **params)(list(local.unbind(0)))
             loss.backward()
             results[name] = (loss.detach(), local.grad)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))

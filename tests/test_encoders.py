@@ -172,11 +172,13 @@ class _Record(nn.Module):
         return sum(v.sum() for v in views)
 
 
-class WMSELoss(_Record):  # named like the real classes: SSLModel derives head_on_concat by name
-    pass
+class WMSELoss(_Record):  # declares its method like the real classes: SSLModel derives head_on_concat from it
+    method = "wmse"
 
 
 class INTLLoss(_Record):
+    method = "intl"
+
     def __init__(self, momentum: bool = False):
         super().__init__()
         self.momentum = momentum

@@ -169,3 +169,43 @@ def test_each_recipe_states_the_authors_precision(name):
     recipe = RECIPES[name]
     expected = "fp16" if name.startswith("intl_") and recipe.dataset in ("imagenet", "imagenet100") else "fp32"
     assert recipe.authors_precision == expected  # INTL main.py:129,174-178 autocast; cifar/main.py none
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_gather_auto_is_the_authors_distributed_whitening(name):
+    """INTL whitens the global batch (winci-ai/INTL methods/whitening.py:14 FullGatherLayer); CW-RGP ImageNet each
+    GPU's batch (ImageNet/methods/cwrgp.py:24-46, no all_gather); W-MSE / CW-RGP base one process (nn.DataParallel)."""
+    from wssl_zoo.pretrain.loop import resolve_gather
+
+    recipe = RECIPES[name]
+    authors = recipe.method == "intl"
+    assert resolve_gather(recipe, "auto", 2) is authors
+    assert resolve_gather(recipe, "auto", 1) is False  # one process: nothing to gather
+    assert resolve_gather(recipe, "yes", 2) is True and resolve_gather(recipe, "no", 2) is False
+    with pytest.raises(ValueError, match="--gather 'maybe'"):
+        resolve_gather(recipe, "maybe", 2)
+
+
+def test_method_facts_live_in_wssl_zoo_methods_with_the_authors_sources():
+    import inspect
+
+    from wssl_zoo import encoders, methods
+    from wssl_zoo.pretrain import loop
+    from wssl_zoo.registry import METHODS
+
+    repos = {"wmse": "htdt/self-supervised@", "cwrgp": "winci-ai/CW-RGP@", "intl": "winci-ai/INTL@"}
+    for method in METHODS:
+        for key in ("head_on_concat", "gather_distributed", "train_stats", "eval_stats", "converter_small_stems",
+                    "checkpoint_layout"):
+            methods.fact(method, key)
+            assert methods.fact_source(method, key).startswith(repos[method]), (method, key)
+    assert [methods.fact(m, "head_on_concat") for m in METHODS] == [True, True, False]
+    assert [methods.fact(m, "gather_distributed") for m in METHODS] == [False, False, True]
+    # the old per-class-name table and the method test in the loop are gone
+    assert '"WMSELoss"' not in inspect.getsource(encoders) and 'method == "intl"' not in inspect.getsource(loop)
+    from wssl_zoo.convert import LAYOUTS
+
+    assert {name: layout.method for name, layout in LAYOUTS.items()} == {f"official-{m}": m for m in METHODS}
+    assert LAYOUTS["official-intl"].hidden_bias is False and LAYOUTS["official-wmse"].hidden_bias is True
+    with pytest.raises(ValueError, match="unknown method 'byol'"):
+        methods.fact("byol", "head_on_concat")

@@ -42,3 +42,13 @@ def test_show_marks_overrides_with_the_authors_value():
     assert shown["provenance"]["epochs"]["authors_value"] == 1000
     assert "override" not in shown["provenance"]["lr"]
     assert "scripts/base.sh:3" in shown["provenance"]["lr"]["source"]
+
+
+def test_show_prints_the_methods_facts_with_sources():
+    import json
+
+    shown = json.loads(json.dumps(show_recipe(resolve_recipe("intl_cifar10"))))
+    facts = shown["method_facts"]
+    assert facts["gather_distributed"]["value"] is True and "methods/whitening.py:14" in facts["gather_distributed"]["source"]
+    assert facts["eval_stats"]["value"]["cifar100"] == [[0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261]]
+    assert show_recipe(resolve_recipe("wmse_cifar10"))["method_facts"]["head_on_concat"]["value"] is True

@@ -64,7 +64,8 @@ def test_every_entry_parses_and_validates():
         assert e.embedding_dim == e.projector["out_dim"]
         assert (e.arch, e.feature_dim) in {("resnet50", 2048), ("resnet18", 512)}
         imagenet = e.training["dataset"] == "imagenet"
-        assert e.stem == ("imagenet" if imagenet else "cifar")
+        # INTL's CIFAR network pads by 2 (winci-ai/INTL src/resnet.py:156,276 + src/model.py:24)
+        assert e.stem == ("imagenet" if imagenet else "cifar_pad2" if e.method == "intl" else "cifar")
         assert e.img_size == (224 if imagenet else 32)
         assert e.mean == ((0.485, 0.456, 0.406) if imagenet else (0.4914, 0.4822, 0.4465))
         assert e.hub.repo_id.endswith(f"/{name}")

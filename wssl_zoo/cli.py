@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from .registry import get_entry, list_models
+from .registry import METHODS, STEMS, get_entry, list_models
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Subcommand:
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["wmse", "cwrgp", "intl"], help="only this method")
+    p.add_argument("--method", choices=list(METHODS), help="only this method")
     p.add_argument("--update-readme", metavar="README", help="rewrite the generated sections (zoo table, measured "
                    "pretraining results) between their markers in this file instead of printing")
 
@@ -267,8 +267,9 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entry", metavar="NAME", help="the registry entry these weights are (sets arch, stem, "
                    "normalisation and input size, checked against the tensors; `publish` then pins it)")
     p.add_argument("--arch", help="timm ResNet name (default: inferred from the tensors)")
-    p.add_argument("--stem", choices=["imagenet", "cifar", "small"], help="default: imagenet for a 7x7 conv1; "
-                   "required for a 3x3 conv1 (cifar: no max-pool; small: STL-10/Tiny-ImageNet, max-pool kept)")
+    p.add_argument("--stem", choices=list(STEMS), help="default: imagenet for a 7x7 conv1; for a 3x3 conv1 "
+                   "cifar_pad2 for INTL (its padded CIFAR network), else required (cifar: no max-pool; small: "
+                   "STL-10/Tiny-ImageNet, max-pool kept)")
     p.add_argument("--dataset", help="pretraining dataset, for the normalisation and input size (default: the "
                    "entry's, or imagenet for a 7x7 conv1)")
     p.add_argument("--img-size", type=int, help="input size recorded in config.json (default: the dataset's)")
@@ -287,7 +288,9 @@ def _convert_run(args: argparse.Namespace) -> int:
           + (f", projector {prov['projector']}" if prov["projector"] else ", no projector")
           + (f", dropped {len(prov['dropped_keys'])} tensors of the other branch" if prov["dropped_keys"] else "")
           + f") -> {args.out}")
-    print(f"features equal the authors' torchvision {prov['arch']}: max |diff| {prov['feature_check']['max_abs_diff']:.2g}")
+    pad = " behind INTL's 1-pixel zero pad" if prov["method"] == "intl" else ""
+    print(f"features equal the authors' torchvision {prov['arch']}{pad}: max |diff| "
+          f"{prov['feature_check']['max_abs_diff']:.2g} ({prov['stem']} stem)")
     print(f"next: wssl-zoo publish {args.out} --repo ORG/NAME" + (f"  (registry entry {prov['entry']})" if prov["entry"] else ""))
     return 0
 

@@ -21,8 +21,9 @@ Layouts handled (the checkpoint may be a bare state dict or wrapped in ``state_d
 Every tensor must be accounted for: backbone tensors map one-to-one onto the timm ResNet (strict:
 missing and unexpected keys are named), projector tensors onto :class:`~wssl_zoo.heads.Projector`,
 the other branch of INTL_M is dropped by name. Then the converted timm model's features on a
-fixed input are compared with those of the torchvision ResNet the authors trained, loaded with
-the original tensors.
+fixed input are compared with those of the network the authors trained, loaded with the original
+tensors: torchvision's ResNet with the authors' stem changes, behind INTL's 1-pixel zero pad for
+INTL (whose CIFAR checkpoints therefore convert to the ``cifar_pad2`` stem).
 """
 
 from __future__ import annotations
@@ -55,15 +56,15 @@ class Layout:
     hidden_bias: bool = True  # INTL's hidden projector layers have no bias
 
 
-LAYOUTS = {
-    "official-intl": Layout("intl", ("module.backbone.", "backbone."), ("module.projection.", "projection."),
-                            ("module.momentum_backbone.", "momentum_backbone."),
-                            ("module.momentum_projection.", "momentum_projection."), hidden_bias=False),
-    "official-cwrgp": Layout("cwrgp", ("module.model.module.", "module.model.", "model.module.", "model."),
-                             ("module.head.", "head.")),
-    "official-wmse": Layout("wmse", ("model.module.", "module.model.module.", "module.model.", "model."),
-                            ("head.", "module.head.")),
-}
+def _layouts() -> dict[str, Layout]:
+    from .methods import fact
+    from .registry import METHODS
+
+    return {f"official-{m}": Layout(m, **fact(m, "checkpoint_layout")) for m in METHODS}
+
+
+# --from official-<method>: the key prefixes of each codebase's checkpoints (wssl_zoo.methods, cited there)
+LAYOUTS = _layouts()
 _TORCHVISION_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
 
 
@@ -133,7 +134,7 @@ def split_state(state: dict[str, torch.Tensor], layout: Layout, branch: str = "o
     if not backbone:
         others = [name for name, other in LAYOUTS.items() if other is not layout
                   and any(k.startswith(other.backbone) for k in state)]
-        hint = f"; these keys look like --from {' or '.join(others)}" if others else ""
+        hint = f"; these keys look like --from {' or '.join(sorted(others))}" if others else ""
         raise ConversionError(f"no backbone tensors: expected keys starting with one of {list(layout.backbone)}"
                               f" (first keys: {sorted(state)[:3]}){hint}")
     if branch == "momentum":
@@ -178,14 +179,28 @@ def infer_arch(backbone: dict[str, torch.Tensor]) -> str:
     return arch
 
 
-def infer_stem(backbone: dict[str, torch.Tensor], stem: str | None) -> str:
+def infer_stem(backbone: dict[str, torch.Tensor], stem: str | None, method: str | None = None) -> str:
+    """The stem of the network that ``method``'s code trained with these tensors (``stem``: the one asked for)."""
     k = backbone["conv1.weight"].shape[-1] if "conv1.weight" in backbone else None
     if k == 7:
         if stem not in (None, "imagenet"):
             raise ConversionError(f"conv1 is 7x7 (the ImageNet stem) but --stem {stem} was given")
         return "imagenet"
     if k == 3:
-        if stem not in ("cifar", "small"):
+        # the stems each codebase builds for a 3x3 conv1 (wssl_zoo.methods; INTL: its padded cifar_pad2)
+        from .methods import fact
+
+        allowed = fact(method, "converter_small_stems") if method else ("cifar", "small", "cifar_pad2")
+        if stem is None and len(allowed) == 1:
+            return allowed[0]
+        if stem not in allowed:
+            if method == "intl":
+                raise ConversionError(f"conv1 is 3x3: INTL's CIFAR network pads by 2 (winci-ai/INTL src/resnet.py:156,"
+                                      f"276 + src/model.py:24), the cifar_pad2 stem; --stem {stem} would change its "
+                                      "features")
+            if stem == "cifar_pad2":
+                raise ConversionError("--stem cifar_pad2 is INTL's padded CIFAR stem; the W-MSE / CW-RGP code builds "
+                                      "torchvision's conv1 (model.py:23): pass --stem cifar or --stem small")
             raise ConversionError("conv1 is 3x3: pass --stem cifar (CIFAR: no max-pool) or --stem small "
                                   "(STL-10 / Tiny-ImageNet: max-pool kept); the checkpoint does not say which")
         return stem
@@ -193,19 +208,47 @@ def infer_stem(backbone: dict[str, torch.Tensor], stem: str | None) -> str:
                           "not a ResNet stem this converter knows")
 
 
-def torchvision_reference(arch: str, stem: str) -> nn.Module:
-    """The torchvision ResNet the authors' code builds for ``stem`` (classifier replaced by Identity)."""
+class _PaddedResNet(nn.Module):
+    """INTL's ResNet: ``nn.ConstantPad2d(1, 0.0)`` before a torchvision ResNet (src/resnet.py:156,276);
+    ``resnet`` holds the tensors under torchvision's names."""
+
+    def __init__(self, resnet: nn.Module):
+        super().__init__()
+        self.pad, self.resnet = nn.ConstantPad2d(1, 0.0), resnet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resnet(self.pad(x))
+
+
+def torchvision_reference(arch: str, stem: str, method: str | None = None) -> nn.Module:
+    """The network the authors' code builds for ``stem``, from torchvision's ResNet (classifier replaced
+    by Identity); load it with :func:`load_reference`.
+
+    W-MSE / CW-RGP: torchvision's ResNet with conv1 3x3/1 (``cifar``, ``small``) and no max-pool
+    (``cifar``). INTL (``method="intl"``): the same layers behind src/resnet.py's 1-pixel zero pad,
+    with conv1 padding 2 for the 7x7/2 conv (src/resnet.py:172-181) and 1 for the CIFAR 3x3 conv
+    (src/model.py:24).
+    """
     import torchvision
 
     if not hasattr(torchvision.models, arch):
         raise ConversionError(f"torchvision has no {arch}")
     model = getattr(torchvision.models, arch)(weights=None)
-    if stem in ("cifar", "small"):
+    if stem in ("cifar", "small", "cifar_pad2"):
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    if stem == "cifar":
+    elif method == "intl":
+        model.conv1.padding = (2, 2)
+    if stem in ("cifar", "cifar_pad2"):
         model.maxpool = nn.Identity()
     model.fc = nn.Identity()
+    if method == "intl" or stem == "cifar_pad2":
+        return _PaddedResNet(model)
     return model
+
+
+def load_reference(reference: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Strictly load torchvision-named ``state`` into a :func:`torchvision_reference` network."""
+    (reference.resnet if isinstance(reference, _PaddedResNet) else reference).load_state_dict(state, strict=True)
 
 
 def _projector_from(state: dict[str, torch.Tensor], in_dim: int, hidden_bias_default: bool):
@@ -269,7 +312,7 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
     arch = arch or (e.arch if e else None) or found_arch
     if found_arch and arch != found_arch:
         raise ConversionError(f"{ckpt}: the tensors are a {found_arch}, not the requested {arch}")
-    stem = infer_stem(backbone_state, stem or (e.stem if e else None))
+    stem = infer_stem(backbone_state, stem or (e.stem if e else None), layout.method)
     if e is not None and stem != e.stem:
         raise ConversionError(f"{ckpt}: the checkpoint has the {stem} stem but entry {e.name} has {e.stem}")
     dataset = dataset or (e.training.get("dataset") if e else None) or ("imagenet" if stem == "imagenet" else None)
@@ -286,11 +329,11 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
         load_state_into(timm_model, backbone_state, f"{ckpt} (backbone, prefix {parts['prefixes']['backbone']!r})")
     except ValueError as exc:
         raise ConversionError(str(exc)) from None
-    reference = torchvision_reference(arch, stem)
-    reference.load_state_dict(backbone_state, strict=True)
+    reference = torchvision_reference(arch, stem, layout.method)
+    load_reference(reference, backbone_state)
     diff = check_features(timm_model, reference, img_size)
     if diff > tolerance:
-        raise ConversionError(f"{ckpt}: the converted timm {arch} differs from the authors' torchvision {arch} by "
+        raise ConversionError(f"{ckpt}: the converted timm {arch} differs from the authors' {arch} by "
                               f"{diff:.3g} on a fixed input (tolerance {tolerance}); not written")
 
     projector = proj_cfg = None
@@ -301,7 +344,8 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
         entry=e.name if e else None, arch=arch, stem=stem, dataset=dataset, branch=branch,
         prefixes=parts["prefixes"], dropped_keys=sorted(parts["dropped"]), backbone_tensors=len(backbone_state),
         projector=proj_cfg, feature_check=dict(max_abs_diff=diff, tolerance=tolerance, input=f"2x3x{img_size}x{img_size} "
-                                               "float64 normal(seed 0)", reference=f"torchvision.models.{arch}"),
+                                               "float64 normal(seed 0)", reference=f"torchvision.models.{arch}"
+                                               + (" behind INTL's ConstantPad2d(1)" if layout.method == "intl" else "")),
     )
     extra = dict(method=layout.method, dataset=dataset, converted_from=layout_name,
                  source_sha256=provenance["source_sha256"])

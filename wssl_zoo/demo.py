@@ -30,8 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=d["dataset"], help="fashion_mnist, cifar10, cifar100 or imagefolder (default: %(default)s)")
     parser.add_argument("--data", help="dataset root (default for fashion_mnist: /usr/share/datasets/fashion-mnist)")
     parser.add_argument("--arch", default=d["arch"], help="timm backbone (default: %(default)s)")
-    parser.add_argument("--stem", default=d["stem"], choices=["imagenet", "cifar", "small"],
-                        help="backbone stem (default: %(default)s; 'cifar' is the papers' but ~15x slower on a CPU)")
+    from .registry import STEMS
+
+    parser.add_argument("--stem", default=d["stem"], choices=list(STEMS),
+                        help="backbone stem (default: %(default)s; 'cifar' is the papers' (INTL's: 'cifar_pad2') but "
+                             "~15x slower on a CPU)")
     parser.add_argument("--img-size", type=int, default=d["img_size"], help="view size in pixels (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=d["epochs"], help="epochs (default: %(default)s)")
     parser.add_argument("--steps-per-epoch", type=int, default=d["steps_per_epoch"], help="steps per epoch (default: %(default)s)")

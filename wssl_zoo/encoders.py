@@ -20,6 +20,14 @@ Stems (all three papers modify torchvision ResNets this way for small images):
   channels) and the max-pool becomes ``nn.Identity``, so the stem no longer downsamples.
 - ``small`` (W-MSE / CW-RGP on STL-10 and Tiny-ImageNet): the same 3x3 stride-1 first conv, the
   max-pool kept (the authors replace conv1 for every non-ImageNet dataset, the max-pool for CIFAR only).
+- ``cifar_pad2`` (INTL on CIFAR, the network the authors trained): ``cifar`` with a first conv of
+  padding 2. INTL's ResNet (winci-ai/INTL@0aa69af src/resnet.py:156 ``nn.ConstantPad2d(1, 0.0)``,
+  applied first in ``forward``, src/resnet.py:276) keeps that extra zero padding when
+  src/model.py:24 swaps in the 3x3/1 padding-1 CIFAR conv, so its stem convolves with 2 pixels of
+  zeros: a 32-px image gives 34 x 34 maps (17 / 9 / 5 after layers 2-4) where ``cifar`` gives 32
+  (16 / 8 / 4). A quirk that shaped INTL's CIFAR numbers: INTL's CIFAR recipes and entry use it by
+  default; ``cifar`` is the corrected stem. (INTL's ImageNet stem, pad 1 + 7x7/2 padding 2, is
+  torchvision's padding 3 exactly: ``imagenet``.)
 
 The replacement conv keeps PyTorch's default ``nn.Conv2d`` initialisation, as in the authors' code
 (they swap the conv after the torchvision model is built). Key names stay timm's: the cifar/small
@@ -66,8 +74,8 @@ def create_backbone(arch: str, stem: str = "imagenet", **timm_kwargs) -> nn.Modu
     Args:
         arch: any timm architecture name (``resnet18``, ``resnet50``, ``vit_small_patch16_224``,
             ...), optionally with a pretrained tag (``resnet18.a1_in1k``; the weights are not loaded).
-        stem: ``"imagenet"``, ``"cifar"`` or ``"small"`` (see the module docstring); the last two
-            are defined for timm ResNet-family models only.
+        stem: ``"imagenet"``, ``"cifar"``, ``"small"`` or ``"cifar_pad2"`` (see the module
+            docstring); all but ``imagenet`` are defined for timm ResNet-family models only.
         **timm_kwargs: passed to ``timm.create_model`` (``in_chans``, ``drop_path_rate``, ...).
 
     Returns:
@@ -100,14 +108,18 @@ def create_backbone(arch: str, stem: str = "imagenet", **timm_kwargs) -> nn.Modu
     return model
 
 
-def _stride1_conv_like(conv: nn.Conv2d) -> nn.Conv2d:
-    """3x3, stride 1, padding 1, no bias, same channels as ``conv`` (PyTorch default init)."""
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+# stem -> (padding of the 3x3 stride-1 first conv, whether the max-pool is removed)
+_SMALL_STEMS = {"cifar": (1, True), "small": (1, False), "cifar_pad2": (2, True)}
+
+
+def _stride1_conv_like(conv: nn.Conv2d, padding: int = 1) -> nn.Conv2d:
+    """3x3, stride 1, ``padding``, no bias, same channels as ``conv`` (PyTorch default init)."""
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=padding, bias=False)
     return new.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
 
 def _apply_small_image_stem(model: nn.Module, arch: str, stem: str) -> None:
-    """Turn ``model``'s stem into the papers' ``cifar``/``small`` stem, in place.
+    """Turn ``model``'s stem into the papers' ``cifar``/``small``/``cifar_pad2`` stem, in place.
 
     Checks everything before changing anything, so a ValueError leaves ``model`` untouched.
     """
@@ -134,18 +146,19 @@ def _apply_small_image_stem(model: nn.Module, arch: str, stem: str) -> None:
             raise unsupported("its deep stem is not a 3x3 stride-2 conv followed by stride-1 convs")
     else:
         raise unsupported(f"its conv1 is a {type(conv1).__name__}, not a Conv2d or a deep-stem Sequential")
-    if stem == "cifar" and any(True for _ in model.maxpool.parameters()):
+    padding, no_pool = _SMALL_STEMS[stem]
+    if no_pool and any(True for _ in model.maxpool.parameters()):
         # replace_stem_pool=True (resnetrs*): the "pool" is a learned stride-2 conv, not a max-pool
         raise unsupported("its stem pool is a learned conv (replace_stem_pool), not a max-pool to remove")
 
     if deep:
-        model.conv1[0] = _stride1_conv_like(first)
+        model.conv1[0] = _stride1_conv_like(first, padding)
     else:
-        model.conv1 = _stride1_conv_like(first)
-    if stem == "cifar":
+        model.conv1 = _stride1_conv_like(first, padding)
+    if no_pool:
         model.maxpool = nn.Identity()
-    # keep timm's feature metadata truthful: conv1 no longer halves; for cifar the pool no longer does
-    after_pool = 4 if stem == "cifar" else 2
+    # keep timm's feature metadata truthful: conv1 no longer halves; without the pool it no longer does
+    after_pool = 4 if no_pool else 2
     for info in getattr(model, "feature_info", None) or []:
         if isinstance(info, dict) and "reduction" in info:
             factor = 2 if info.get("module") in ("act1", "bn1", "conv1") else after_pool
@@ -164,26 +177,27 @@ def momentum_at(step: int, total_steps: int, base: float) -> float:
     return 1.0 - 0.5 * (1.0 + math.cos(math.pi * step / total_steps)) * (1.0 - base)
 
 
-# loss class name -> whether the projector runs once on all views concatenated (the authors' code)
-_HEAD_ON_CONCAT_BY_LOSS = {"WMSELoss": True, "CWRGPLoss": True, "INTLLoss": False}
-
-
 def _default_head_on_concat(loss: nn.Module) -> bool:
     """W-MSE / CW-RGP: ``head(torch.cat(h))``; INTL: ``projection(backbone(x))`` per crop.
 
-    A loss may state its own choice as a bool attribute ``head_on_concat``; otherwise the class
-    (or a base class) name decides, which needs no import of :mod:`wssl_zoo.losses`.
+    A loss may state its own choice as a bool attribute ``head_on_concat``; otherwise the method it
+    names in its ``method`` attribute decides (``wssl_zoo.methods.fact(method, "head_on_concat")``).
     """
+    from .methods import fact
+
     own = getattr(loss, "head_on_concat", None)
     if isinstance(own, bool):
         return own
-    for cls in type(loss).__mro__:
-        if cls.__name__ in _HEAD_ON_CONCAT_BY_LOSS:
-            return _HEAD_ON_CONCAT_BY_LOSS[cls.__name__]
+    method = getattr(loss, "method", None)
+    if isinstance(method, str):
+        try:
+            return bool(fact(method, "head_on_concat"))
+        except ValueError:
+            pass
     raise ValueError(
         f"SSLModel: cannot tell whether the projector runs on concatenated views for a "
-        f"{type(loss).__name__} loss (known: {sorted(_HEAD_ON_CONCAT_BY_LOSS)}); pass head_on_concat=True "
-        "(one projector call on all views, W-MSE/CW-RGP style) or False (per view, INTL style)"
+        f"{type(loss).__name__} loss (its method attribute is {method!r}, not one of wssl_zoo.methods'); pass "
+        "head_on_concat=True (one projector call on all views, W-MSE/CW-RGP style) or False (per view, INTL style)"
     )
 
 
@@ -199,8 +213,8 @@ class SSLModel(nn.Module):
       views together), or
     - once per view (``head_on_concat=False``; INTL: ``projection(backbone(x))`` per crop).
 
-    ``head_on_concat=None`` derives the choice from the loss (WMSELoss/CWRGPLoss -> True,
-    INTLLoss -> False; other losses must say it).
+    ``head_on_concat=None`` derives the choice from the loss's ``method`` (WMSELoss/CWRGPLoss -> True,
+    INTLLoss -> False, from ``wssl_zoo.methods``; other losses must say it).
 
     With ``momentum`` (INTL_M) the backbone and projector are deep-copied into
     ``momentum_backbone`` / ``momentum_projector`` (``requires_grad=False``). ``views[0]`` is the key

@@ -12,7 +12,7 @@ elsewhere. Every file is validated when the registry is read; errors name the fi
 Schema of ``zoo/models/<name>.toml`` (all keys required unless marked optional)::
 
     name, aliases, method (wmse|cwrgp|intl), variant, description, arch (timm name),
-    stem (imagenet|cifar|small), img_size, mean, std, feature_dim, embedding_dim,
+    stem (imagenet|cifar|small|cifar_pad2), img_size, mean, std, feature_dim, embedding_dim,
     recipe (the ``wssl-zoo pretrain --recipe`` name), citation (bibtex), notes (optional)
     [loss]          keyword arguments of the method's loss class (wssl_zoo.losses.LOSSES)
     [projector]     num_layers, hidden_dim, out_dim (= embedding_dim), hidden_bias
@@ -45,7 +45,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 METHODS = ("wmse", "cwrgp", "intl")
-STEMS = ("imagenet", "cifar", "small")
+# cifar_pad2: INTL's CIFAR network (winci-ai/INTL src/resnet.py:156,276 pads by 1 before a conv1 that
+# src/model.py:24 makes 3x3/1 pad 1; see wssl_zoo.encoders).
+STEMS = ("imagenet", "cifar", "small", "cifar_pad2")
 REGISTRY_ENV = "WSSL_ZOO_REGISTRY"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

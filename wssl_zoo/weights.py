@@ -141,18 +141,26 @@ class ResolvedWeights:
 
         return dataset_stats(dataset, self.method)
 
-    def eval_transform(self, dataset: str):
+    def eval_transform(self, dataset: str, normalisation: str = "authors"):
         """The dataset's deterministic eval transform at this model's input size, normalised with
-        :meth:`normalisation` (what the model was trained with)."""
+        :meth:`normalisation` (what the model was trained with), except that a model trained with
+        its authors' normalisation of ``dataset`` is evaluated with their evaluation code's where that
+        differs (``normalisation="authors"``, the default: INTL's CIFAR evaluation,
+        :data:`wssl_zoo.data.datasets.AUTHORS_EVAL_STATS`); ``"train"`` always takes the model's own."""
         import torchvision.transforms as T
 
         from .data import eval_transform
-        from .data.datasets import SMALL_DATASETS
+        from .data.datasets import SMALL_DATASETS, dataset_stats, eval_stats
 
-        tf = eval_transform(dataset if dataset in SMALL_DATASETS else "imagefolder", self.img_size, self.method)
+        tf = eval_transform(dataset if dataset in SMALL_DATASETS else "imagefolder", self.img_size, self.method,
+                            normalisation)
         if self.mean is None or self.std is None:
             return tf
-        return T.Compose([T.Normalize(self.mean, self.std) if isinstance(t, T.Normalize) else t
+        mean, std = self.mean, self.std
+        if self.method is not None and dataset in SMALL_DATASETS and \
+                (tuple(mean), tuple(std)) == dataset_stats(dataset, self.method):
+            mean, std = eval_stats(dataset, self.method, normalisation)
+        return T.Compose([T.Normalize(mean, std) if isinstance(t, T.Normalize) else t
                           for t in tf.transforms])
 
 

@@ -6,6 +6,7 @@ from .datasets import (
     balanced_subset,
     build_dataset,
     dataset_stats,
+    eval_stats,
     load_rgb,
     read_idx,
     scan_images,
@@ -23,7 +24,7 @@ from .transforms import (
 )
 
 __all__ = [
-    "ImageFolderDataset", "build_dataset", "balanced_subset", "dataset_stats", "load_rgb", "read_idx", "scan_images",
+    "ImageFolderDataset", "build_dataset", "balanced_subset", "dataset_stats", "eval_stats", "load_rgb", "read_idx", "scan_images",
     "MultiViewTransform", "build_view_transform", "wmse_views", "cwrgp_views", "intl_views", "eval_transform",
     "SeededViews", "derive_seed", "BatchViewAugment", "batch_view_augments", "RawImages",
 ]

@@ -35,7 +35,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from .datasets import dataset_stats
+from .datasets import dataset_stats, eval_stats
 
 BICUBIC = T.InterpolationMode.BICUBIC
 BILINEAR = T.InterpolationMode.BILINEAR
@@ -82,13 +82,15 @@ def _check_size(img_size: int) -> None:
 
 class RandomGaussianBlur:
     """PIL Gaussian blur with a radius drawn uniformly from ``sigma`` (SimCLR's blur as in all
-    three repositories). Draws from torch's generator, which :class:`SeededViews` seeds."""
+    three repositories). The radius comes from Python's ``random.uniform``, as in the authors' code
+    (W-MSE datasets/imagenet.py:14, CW-RGP ImageNet/transform.py:13, INTL src/transform.py:13), so
+    torch's generator sees the same draws as in their pipelines; :class:`SeededViews` seeds both."""
 
     def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)):
         self.sigma = tuple(sigma)
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        radius = float(torch.empty(()).uniform_(self.sigma[0], self.sigma[1]))
+        radius = random.uniform(self.sigma[0], self.sigma[1])
         return img.filter(ImageFilter.GaussianBlur(radius=radius))
 
     def __repr__(self) -> str:
@@ -315,7 +317,8 @@ def build_view_transform(method: str, dataset: str, img_size: int, num_views: in
     return intl_views(img_size, dataset, multi_crop=multi_crop, num_views=num_views)
 
 
-def eval_transform(dataset: str, img_size: int, method: str | None = None) -> T.Compose:
+def eval_transform(dataset: str, img_size: int, method: str | None = None,
+                   normalisation: str = "authors") -> T.Compose:
     """Deterministic transform for feature extraction (kNN, linear probe): PIL -> ``(3, S, S)``.
 
     - ImageNet-size (imagenet, imagenet100, imagefolder at >= 128 px): ``Resize(int(S / 0.875))``
@@ -324,12 +327,14 @@ def eval_transform(dataset: str, img_size: int, method: str | None = None) -> T.
     - Other small data: unchanged when the image is already S x S (CIFAR at 32, Tiny-ImageNet at
       64, STL-10 at 96), otherwise bicubic resize + centre crop (Fashion-MNIST's 28 px to 32).
 
-    Normalised with ``dataset_stats(dataset, method)``: pass the pretraining method so that
-    features are computed with the normalisation the views were trained with.
+    Normalised with ``eval_stats(dataset, method, normalisation)``: pass the pretraining method so
+    that features are computed as that method's authors evaluate: with the normalisation the views
+    were trained with, except where the authors' evaluation code differs (INTL's CIFAR evaluation,
+    ``normalisation="authors"``, the default; ``"train"`` takes the views' normalisation there too).
     """
     dataset = _dataset(dataset)
     _check_size(img_size)
-    mean, std = dataset_stats(dataset, method)
+    mean, std = eval_stats(dataset, method, normalisation)
     if _is_large(dataset, img_size):
         resize = [T.Resize(int(img_size / 0.875), interpolation=BILINEAR), T.CenterCrop(img_size)]
     elif dataset == "stl10" and img_size < NATIVE_SIZE["stl10"]:

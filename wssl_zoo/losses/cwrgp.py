@@ -72,6 +72,8 @@ class CWRGPLoss(ViewLoss):
         gather_distributed: whiten over the global batch gathered from all DDP ranks.
     """
 
+    method = "cwrgp"  # its facts (projector placement, distributed whitening): wssl_zoo.methods.fact
+
     def __init__(
         self,
         w_size: int = 64,

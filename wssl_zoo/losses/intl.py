@@ -48,6 +48,8 @@ class INTLLoss(ViewLoss):
         gather_distributed: transform over the global batch gathered from all DDP ranks.
     """
 
+    method = "intl"  # its facts (projector placement, distributed whitening): wssl_zoo.methods.fact
+
     def __init__(
         self,
         iterations: int = 4,

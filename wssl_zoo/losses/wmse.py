@@ -41,6 +41,8 @@ class WMSELoss(ViewLoss):
     Input: a list of V >= 2 tensors (N, D). Output: a scalar (float32, or float64 for float64 input).
     """
 
+    method = "wmse"  # its facts (projector placement, distributed whitening): wssl_zoo.methods.fact
+
     def __init__(
         self,
         w_size: int = 128,

@@ -7,7 +7,9 @@ One module per method (:mod:`.wmse`, :mod:`.cwrgp`, :mod:`.intl`); each defines
   :class:`wssl_zoo.pretrain.recipes.Recipe` (``loss.*`` / ``projector.*`` for the tables) except
   ``name``, ``source``, ``description`` and ``notes``;
 - ``PROTOCOLS``: ``{protocol name: {setting: Fact}}``, the settings of the
-  :mod:`eval.protocols` dataclasses except ``name``, ``version``, ``source`` and ``kind``.
+  :mod:`eval.protocols` dataclasses except ``name``, ``version``, ``source`` and ``kind``;
+- ``FACTS``: ``{key: Fact}``, the method's facts the library reads through :func:`fact` (projector
+  placement, distributed whitening, the authors' normalisations, the converter's stems).
 
 ``tests/test_methods.py`` asserts that every recipe and protocol resolves to exactly these
 values, so an edit cannot drift from the authors silently. A value that is not the authors'
@@ -43,6 +45,30 @@ def _modules():
     return (wmse, cwrgp, intl)
 
 
+def _module(method: str):
+    for module in _modules():
+        if module.__name__.rsplit(".", 1)[-1] == method:
+            return module
+    raise ValueError(f"unknown method {method!r}; the methods are {', '.join(m.__name__.rsplit('.', 1)[-1] for m in _modules())}")
+
+
+def fact(method: str, key: str) -> Any:
+    """The value of ``method``'s fact ``key`` (its module's ``FACTS``; the source is :func:`fact_source`):
+
+    - ``head_on_concat``: the projector runs once on all views concatenated (else per view);
+    - ``gather_distributed``: the authors' whitening sees the global batch of all DDP processes;
+    - ``train_stats`` / ``eval_stats``: ``{dataset: (mean, std)}`` where the authors' training views /
+      evaluation code normalise otherwise than the standard statistics / the views;
+    - ``converter_small_stems``: the stems the authors' code builds for a 3x3 conv1;
+    - ``checkpoint_layout``: the key prefixes of the authors' checkpoints (``wssl_zoo.convert.LAYOUTS``).
+    """
+    return _module(method).FACTS[key].value
+
+
+def fact_source(method: str, key: str) -> str:
+    return _module(method).FACTS[key].source
+
+
 def recipe_provenance(name: str) -> dict[str, Fact]:
     """``{field: Fact}`` of recipe ``name``; ValueError if no table has it."""
     for module in _modules():
@@ -75,7 +101,8 @@ def flatten_recipe(data: dict[str, Any]) -> dict[str, Any]:
 
 def show_recipe(recipe) -> dict[str, Any]:
     """``--show``: the resolved recipe's fields plus ``provenance``: per hyper-parameter, the authors' value and source;
-    ``"override": true`` where the resolved value is not the table's."""
+    ``"override": true`` where the resolved value is not the table's; and ``method_facts``: the method's
+    facts (projector placement, distributed whitening = ``--gather auto``, normalisations) with sources."""
     table = recipe_provenance(recipe.name)
     rows = {}
     for key, value in flatten_recipe(recipe.to_dict()).items():
@@ -90,4 +117,5 @@ def show_recipe(recipe) -> dict[str, Any]:
                 row["authors_value"] = list(fact.value) if isinstance(fact.value, tuple) else fact.value
                 row["override"] = True
         rows[key] = row
-    return {**recipe.to_dict(), "provenance": rows}
+    facts = {key: {"value": f.value, "source": f.source} for key, f in _module(recipe.method).FACTS.items()}
+    return {**recipe.to_dict(), "provenance": rows, "method_facts": facts}

@@ -147,7 +147,8 @@ PROTOCOLS: dict[str, dict[str, Fact]] = {
         "standardize": Fact(False, s(f"{_LIN} no feature standardisation")),
     },
     "small": {
-        "features": Fact("cached", s(f"{_SGD}:6 on precomputed features")),
+        "features": Fact("cached", s(f"{_SGD}:6 on precomputed features; INTL's CIFAR evaluation is the same code "
+                                     "(winci-ai/INTL@0aa69af cifar/eval/evaluate.py:6-60)")),
         "optimizer": Fact("adam", s("base/eval/sgd.py:15 optim.Adam")),
         "lr": Fact(1e-2, s("base/eval/sgd.py:8 lr_start 1e-2")),
         "epochs": Fact(500, s("base/eval/sgd.py:6 epoch=500")),
@@ -163,7 +164,30 @@ PROTOCOLS: dict[str, dict[str, Fact]] = {
     },
     "knn5": {
         "k": Fact(5, s("base/cfg.py:69 --knn 5 (W-MSE cfg.py:53)")),
-        "rule": Fact("majority-euclidean", s("base/eval/knn.py torch.cdist + majority vote, ties to the smallest class")),
+        "rule": Fact("majority-euclidean", s("base/eval/knn.py torch.cdist + majority vote, ties to the smallest class "
+                                             "(= INTL cifar/eval/evaluate.py:20-32)")),
         "temperature": Fact(0.07, UNUSED),
     },
+}
+
+
+# The method's facts the library reads (``wssl_zoo.methods.fact(method, key)``): one home per method.
+FACTS: dict[str, Fact] = {
+    "head_on_concat": Fact(True, s("base/methods/cwrgp.py:26-28, ImageNet/methods/cwrgp.py:26-28 "
+                                   "h = self.head(torch.cat(h))")),
+    "gather_distributed": Fact(False, s("ImageNet/methods/cwrgp.py:24-46 whitens each GPU's local batch (no "
+                                        "all_gather in ImageNet/methods/whitening.py; DDP, ImageNet/train.py:99-101); "
+                                        "base/model.py:29 nn.DataParallel: one process")),
+    "train_stats": Fact({"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+                         "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))},
+                        s("base/datasets/cifar10.py:9, base/datasets/cifar100.py:9 (W-MSE's)")),
+    "eval_stats": Fact({}, s("base/datasets/*.py ds_clf / ds_test: base_transform(), the views' normalisation")),
+    "converter_small_stems": Fact(("cifar", "small"), s("base/model.py:22-25 conv1 3x3/1 unless in100; maxpool "
+                                                        "removed for CIFAR only")),
+    # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
+    "checkpoint_layout": Fact(dict(backbone=("module.model.module.", "module.model.", "model.module.", "model."),
+                                   projector=("module.head.", "head."), hidden_bias=True),
+                              s("ImageNet/train.py:183-187 state_dict of the DDP-wrapped method -> module.model.*, "
+                                "module.head.* (ImageNet/model.py:24-25: nn.DataParallel without DDP -> model.module.*); "
+                                "base/train.py:95-100 -> model.module.*, head.*; base/model.py:10 Linear with bias")),
 }

@@ -50,7 +50,8 @@ def _cifar(ds: str) -> dict[str, Fact]:
         "batch_size": Fact(256, s("cifar/cfg.py:23-25 --bs 256")),
         "lr": Fact(0.3, cmd + " --lr 0.3"),
         "arch": Fact("resnet18", cmd + " --arch resnet18"),
-        "stem": Fact("cifar", s("src/model.py:23-25 conv1 3x3/1, maxpool removed")),
+        "stem": Fact("cifar_pad2", s("src/model.py:23-25 conv1 3x3/1 pad 1, maxpool removed, inside "
+                                     "src/resnet.py:156,276 ConstantPad2d(1): padding 2 in effect (quirk; corrected: cifar)")),
         "img_size": Fact(32, s("cifar/transform.py:60 crop_size=32")),
         "num_views": Fact(2, s("cifar/cfg.py:74-79 --nmb_crops 2")),
         "multi_crop": Fact(False, NA),
@@ -163,4 +164,32 @@ PROTOCOLS: dict[str, dict[str, Fact]] = {
     "intl_plain": _linear(0.2, s("scripts/ep800.sh:13, scripts/in100.sh:16 --lr-classifier 0.2 (cfg.py:138)")),
     "semi_intl": _semi(0.004, "ep100_multi-crop_ema.sh:19-26"),
     "semi_intl_plain": _semi(0.006, "ep800.sh:18-25"),
+}
+
+
+# INTL's CIFAR evaluation normalises with these, not with its views' statistics (a quirk that shaped
+# the reported CIFAR numbers, reproduced by default; ``normalisation="train"`` corrects it):
+# cifar/eval/dataloader.py:63-67 (CIFAR-10: the std rounded to 3 digits) and :77-81 (CIFAR-100:
+# CIFAR-10's statistics), used by the monitor and linear evaluation of cifar/main.py:107-110.
+_CIFAR_EVAL = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
+
+# The method's facts the library reads (``wssl_zoo.methods.fact(method, key)``): one home per method.
+FACTS: dict[str, Fact] = {
+    "head_on_concat": Fact(False, s("methods/intl.py:19, methods/intl_m.py:41-42 "
+                                    "self.projection(self.backbone(x)) per crop")),
+    "gather_distributed": Fact(True, s("methods/whitening.py:14 torch.cat(FullGatherLayer.apply(x)) "
+                                       "(methods/whitening.py:62-78 all_gather with gradients): IterNorm and the "
+                                       "trace loss over the global batch; methods/base.py:18,31 trade-off from the "
+                                       "global --bs")),
+    "train_stats": Fact({}, s("cifar/transform.py:64-69, src/transform.py:86-87: the standard table's values")),
+    "eval_stats": Fact({"cifar10": _CIFAR_EVAL, "cifar100": _CIFAR_EVAL}, s("cifar/eval/dataloader.py:63-67,77-81")),
+    "converter_small_stems": Fact(("cifar_pad2",), s("src/model.py:23-25 (CIFAR only) inside src/resnet.py's "
+                                                     "ResNet, which zero-pads by 1 before conv1 (src/resnet.py:156,276)")),
+    # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
+    "checkpoint_layout": Fact(dict(backbone=("module.backbone.", "backbone."), projector=("module.projection.", "projection."),
+                                   momentum_backbone=("module.momentum_backbone.", "momentum_backbone."),
+                                   momentum_projector=("module.momentum_projection.", "momentum_projection."),
+                                   hidden_bias=False),
+                              s("main.py:143-147 state_dict of the DDP-wrapped method (methods/base.py:13-14 backbone, "
+                                "projection; methods/intl_m.py:14-15 momentum_*); src/model.py:9 hidden Linear without bias")),
 }

@@ -90,3 +90,26 @@ RECIPES: dict[str, dict[str, Fact]] = {row[0]: _recipe(*row) for row in _ROWS}
 # W-MSE's own evaluation (eval/sgd.py, eval/knn.py) is the one CW-RGP copied: see cwrgp.PROTOCOLS
 # ("small", "knn5"), cited from both repositories there.
 PROTOCOLS: dict[str, dict[str, Fact]] = {}
+
+
+# The method's facts the library reads (``wssl_zoo.methods.fact(method, key)``): one home per method.
+FACTS: dict[str, Fact] = {
+    "head_on_concat": Fact(True, s("methods/w_mse.py:21-22 h = self.head(torch.cat(h)): one projector call on "
+                                   "all views")),
+    "gather_distributed": Fact(False, s("model.py:29 nn.DataParallel, one process: the whitening draws w_size "
+                                        "sub-batches (methods/w_mse.py:26) from the batch the process holds; "
+                                        "per DDP process that is the same draw (--gather yes pools them)")),
+    # the widely copied CIFAR-10 "std" (0.2023, 0.1994, 0.2010), really a mean per-image std
+    "train_stats": Fact({"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+                         "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))},
+                        s("datasets/cifar10.py:9, datasets/cifar100.py:9 (other datasets: the standard table)")),
+    "eval_stats": Fact({}, s("datasets/*.py ds_clf / ds_test: base_transform(), the views' normalisation")),
+    "converter_small_stems": Fact(("cifar", "small"), s("model.py:22-25 conv1 3x3/1 unless imagenet; maxpool "
+                                                        "removed for CIFAR only")),
+    # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
+    "checkpoint_layout": Fact(dict(backbone=("model.module.", "module.model.module.", "module.model.", "model."),
+                                   projector=("head.", "module.head."), hidden_bias=True),
+                              s("train.py:76-77 torch.save(model.state_dict()): the method's encoder in "
+                                "nn.DataParallel (model.py:29) -> model.module.*, head -> head.* "
+                                "(methods/base.py:16-17); model.py:10 hidden Linear with bias")),
+}

@@ -22,7 +22,7 @@ from .recipes import get_recipe, list_recipes, recipe_from_dict, resolve_recipe
 # flag -> recipe field, for the fields researchers override most
 FIELD_FLAGS = {
     "--arch": ("arch", str, "timm architecture of the backbone (e.g. resnet18, resnet50, convnext_tiny)"),
-    "--stem": ("stem", str, "backbone stem: imagenet, cifar (3x3 stride-1 conv, no max-pool) or small (3x3 stride-1 conv, max-pool kept)"),
+    "--stem": ("stem", str, "backbone stem: imagenet, cifar (3x3 stride-1 conv, no max-pool) small (3x3 stride-1 conv, max-pool kept) or cifar_pad2 (INTL's CIFAR network: cifar with padding 2)"),
     "--dataset": ("dataset", str, "dataset kind: cifar10, cifar100, stl10, tiny_imagenet, imagenet100, imagenet, imagefolder, fashion_mnist"),
     "--img-size": ("img_size", int, "crop size of the views"),
     "--epochs": ("epochs", int, "number of epochs"),

@@ -148,6 +148,19 @@ def _dataset_name(recipe: Recipe) -> str:
 # ---------------------------------------------------------------------------- model
 
 
+def resolve_gather(recipe: Recipe, option: str, world: int) -> bool:
+    """``--gather auto|yes|no`` -> whether the whitening statistics span all ``world`` processes.
+    ``auto`` is the authors' setting for the recipe's method (``wssl_zoo.methods.fact(method,
+    "gather_distributed")``: INTL gathers, W-MSE and CW-RGP whiten per process)."""
+    from ..methods import fact
+
+    choices = {"auto": None, "yes": True, "no": False}
+    if option not in choices:
+        raise ValueError(f"--gather {option!r}: choose auto, yes or no")
+    want = choices[option]
+    return bool(fact(recipe.method, "gather_distributed") if want is None else want) and world > 1
+
+
 def build_model(recipe: Recipe, gather: bool) -> nn.Module:
     """Backbone + the paper's projector + loss, wrapped in :class:`~wssl_zoo.encoders.SSLModel`."""
     from ..encoders import SSLModel, create_backbone
@@ -292,7 +305,7 @@ def _setup(recipe: Recipe, opts: RunOptions) -> _Run:
     if recipe.batch_size % world:
         raise ValueError(f"batch_size={recipe.batch_size} is not divisible by the {world} processes")
     local_batch = recipe.batch_size // world
-    gather = {"auto": recipe.method == "intl", "yes": True, "no": False}[opts.gather] and world > 1
+    gather = resolve_gather(recipe, opts.gather, world)
     w_size = recipe.loss.get("w_size")
     if w_size and not gather and local_batch % w_size:
         raise ValueError(
