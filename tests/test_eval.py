@@ -108,6 +108,21 @@ def test_fast_protocol_writes_a_valid_record_and_the_second_run_hits_the_cache(m
     assert first["metrics"]["top1"] > 80  # colour-coded classes are linearly separable even at random init
 
 
+@pytest.mark.parametrize("protocol", ["fast", "intl"])  # cached features; augmented images every epoch
+def test_the_record_holds_the_final_epoch_never_the_best(model_dir, folder, tmp_path, monkeypatch, protocol):
+    """The README's "final-epoch metrics": a schedule whose 4th epoch is gradient ascent (lr -100)
+    ruins a classifier that was good after 3 epochs; the 4-epoch record must hold the ruined
+    final accuracy, not the better one of epoch 3 (the 3-epoch run's record: the same trajectory)."""
+    monkeypatch.setattr(linear, "lr_at", lambda p, epoch: -100.0 if epoch == 3 else 0.1)
+    tops = {}
+    for epochs in (3, 4):
+        out = tmp_path / f"{epochs}.json"
+        assert linear.main([*_common(model_dir, folder, out), "--protocol", protocol, "--epochs", str(epochs),
+                            "--batch-size", "8"]) == 0
+        tops[epochs] = json.loads(out.read_text())["metrics"]["top1"]
+    assert tops[3] >= 75 and tops[4] <= tops[3] - 30, tops
+
+
 def test_every_linear_protocol_runs(model_dir, folder, tmp_path):
     for name in ("small", "intl", "cwrgp"):
         out = tmp_path / f"{name}.json"
