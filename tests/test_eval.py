@@ -302,6 +302,34 @@ def test_benchmark_is_resumable_and_prints_one_table(model_dir, folder, tmp_path
     assert "unknown task(s) ['nope']" in capsys.readouterr().err
 
 
+def test_benchmark_semi_tasks_fine_tune_on_the_split_files(model_dir, folder, tmp_path, capsys):
+    """semi1 / semi10 through the benchmark: each reads its split file (--split-files DIR), fine-tunes
+    on exactly the listed images and writes a bench- record; a second run skips both."""
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    lists = {"1percent.txt": [f"class{c}/im0.png" for c in range(3)],
+             "10percent.txt": [f"class{c}/im{i}.png" for c in range(3) for i in (1, 2)]}
+    for name, lines in lists.items():
+        (splits / name).write_text("\n".join(lines) + "\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "imagenet").symlink_to(folder)
+    argv = ["--models", str(model_dir), "--tasks", "semi1,semi10", "--data-root", str(root), "--split-files",
+            str(splits), "--epochs", "1", "--results-dir", str(tmp_path / "res"), "--no-progress", "--workers", "0"]
+    assert benchmark.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 task(s) run, 0 already recorded" in out and "| model | semi_10pct | semi_1pct |" in out
+    records = {r["task"]: r for r in read_records(tmp_path / "res")}
+    assert sorted(records) == ["semi_10pct", "semi_1pct"]
+    for task, name, n in (("semi_1pct", "1percent.txt", 3), ("semi_10pct", "10percent.txt", 6)):
+        rec = records[task]
+        validate_record(rec)
+        assert rec["file"].startswith("bench-semi") and rec["labelled_images"] == n
+        assert rec["split_sha256"] == sha256_file(splits / name) and rec["protocol"]["name"] == "semi_intl+epochs=1"
+    assert benchmark.main(argv) == 0
+    assert "0 task(s) run, 2 already recorded (skipped)" in capsys.readouterr().out
+
+
 def test_report_is_deterministic_and_updates_readme_markers(tmp_path):
     base = dict(schema_version=1, weights_sha256="a" * 64, seed=0, wall_seconds=1.0, hardware="cpu", torch="x",
                 code_version="y", created="z", command="c", dataset={"name": "cifar10", "fingerprint": "f"})
