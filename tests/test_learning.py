@@ -129,7 +129,7 @@ def test_a_broken_loss_does_not_reach_the_margin(broken):
 
 # ---------------------------------------------------------------------------- real CIFAR-10 images
 
-CIFAR_MARGIN = 6.0  # kNN top-1 points over random init (see the test's docstring)
+CIFAR_MARGINS = {"knn5": 6.0, "knn200": 10.0}  # kNN top-1 points over random init (see the test's docstring)
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +153,10 @@ def test_short_pretraining_on_real_cifar10_beats_random_init(cifar_2000, tmp_pat
     27.1 / 28.9 and knn200 33.2 / 32.3 / 32.6; random init seeds 0/1/2, knn5 16.1 / 16.3 / 17.1 and
     knn200 17.9 / 17.4 / 16.0. Gains of 10.0-12.8 (knn5) and 14.4-17.2 (knn200) points; the
     spreads between seeds, pretrained plus random init, add up to 1.8 + 1.0 = 2.8 (knn5) and
-    0.9 + 1.9 = 2.8 (knn200) points. ``CIFAR_MARGIN`` = 6 is twice that, and 4 points below the
-    smallest gain measured."""
+    0.9 + 1.9 = 2.8 (knn200) points. A run that learns nothing (the same command with --lr 1e-12:
+    only the BatchNorm statistics change) gains 0.2 (knn5, 16.3) and 6.3 (knn200, 24.2) points.
+    ``CIFAR_MARGINS``: knn5 6 (twice the spread, 4 below the smallest gain, far above 0.2); knn200
+    10 (the no-learning gain plus the spread is 9.1; 4.4 below the smallest gain)."""
     from eval import knn
     from wssl_zoo.pretrain.cli import main as pretrain_main
 
@@ -172,5 +174,5 @@ def test_short_pretraining_on_real_cifar10_beats_random_init(cifar_2000, tmp_pat
             record = json.loads(path.read_text())
             assert record["train_samples"] == 2000 and record["test_samples"] == 1000
             top1[name, record["protocol"]["name"]] = record["metrics"]["top1"]
-    for protocol in ("knn5", "knn200"):
-        assert top1["trained", protocol] - top1["random", protocol] >= CIFAR_MARGIN, top1
+    for protocol, margin in CIFAR_MARGINS.items():
+        assert top1["trained", protocol] - top1["random", protocol] >= margin, top1
