@@ -11,7 +11,7 @@ fault's doing::
     python tests/mutation_check.py --no-baseline   # skip the green runs
 
 Prints one line per run and exits 1 if a fault left its tests green (or a baseline was red).
-All six faults with their baselines: about 2.5 minutes on the project's 2-core machine.
+All six faults with their baselines: about 2 minutes (105 s on 2026-12-02) on the project's 2-core machine.
 """
 
 from __future__ import annotations
