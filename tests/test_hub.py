@@ -431,8 +431,24 @@ def test_environment_variables_are_honoured_in_a_fresh_process(published, hub, r
     assert torch.equal(torch.load(out1), features(model)) and torch.equal(torch.load(out2), features(model))
 
 
-def test_a_dropped_connection_resumes_or_fails_clearly_never_loading_a_partial_file(published, hub, tmp_path):
+class _TimeWithoutSleep:
+    """The ``time`` module without its waits, for the client's 1-s pause before each resumed download."""
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(_seconds):
+        pass
+
+
+def test_a_dropped_connection_resumes_or_fails_clearly_never_loading_a_partial_file(published, hub, tmp_path,
+                                                                                    monkeypatch):
     model, result = published
+    # huggingface_hub sleeps 1 s before each of its up to 5 resume attempts: waiting, not behaviour
+    monkeypatch.setattr("huggingface_hub.file_download.time", _TimeWithoutSleep())
     cache = Path(tmp_path / "hf-cache")
     shutil.rmtree(cache, ignore_errors=True)
     hub.truncate_next["model.safetensors"] = 1  # one drop: the client resumes with a Range request
