@@ -136,7 +136,7 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_restored(tmp_path, data):
 
     This test used to xfail ("resumed weights differ although the scaler state matches"). Not
     reproducible on 2026-12-02: the old test (32 px) took its bit-identical branch in 2 of 2 runs,
-    this one (16 px) passed in 2 of 2, and resuming in-process from the
+    this one (16 px) passed in 3 of 3, and resuming in-process from the
     checkpoint of every global step 1-8 of this run (among them step 3, whose gradients overflowed:
     the scaler backed off 65536 -> 32768 and Adam skipped the step) ended with the same bytes, on
     the current code and on 935c5a6 where the xfail was written. So nothing in the scaler's state
