@@ -79,6 +79,9 @@ def _cli(args, **kw):
 DDP_RUN = ["--recipe", "intl_cifar10", "--dataset", "imagefolder", "--arch", "test_resnet", "--stem", "imagenet",
            "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--set", "projector.num_layers=1",
            "--set", "projector.out_dim=32", "--workers", "0", "--eval-every", "0", "--no-progress", "--device", "cpu"]
+# W-MSE whitens per process unless --gather yes: with w_size 16 only the gathered 2 x 8 batch works
+WMSE_DDP_RUN = [*DDP_RUN[DDP_RUN.index("--dataset"):], "--recipe", "wmse_cifar10_2views", "--set", "loss.w_size=16",
+                "--set", "projector.out_dim=8"]
 
 
 @pytest.mark.slow
@@ -87,7 +90,11 @@ def test_ddp_two_gloo_processes_agree_with_one_process_on_the_concatenated_batch
     process on the same 16 images per step: INTL whitens over the gathered global batch and DDP
     averages the gradients. ``--gather no`` (per-process whitening) does not agree, so the gather
     is what makes them equal. Measured 2026-12-02: max |weight difference| 1.2e-7 gathered, 2.4e-3
-    with --gather no; losses 0.6478689 / 0.6478692 / 0.354. The backbone's BatchNorms are GroupNorms
+    with --gather no; losses 0.6478689 / 0.6478692 / 0.354. W-MSE (per process by default) with
+    ``--gather yes``: the loss of one process on the 16 images (1.72990974 / 1.72990998); its
+    weights are not compared: Adam moves each weight by about the learning rate (1.8e-5 in this
+    warm-up) whatever the gradient's size, so float rounding in near-zero gradients shows at the
+    size of the whole update. The backbone's BatchNorms are GroupNorms
     (tests/bn_free_pretrain.py: on the CPU each rank's BatchNorm would see only its own half of the
     batch) and the projector is one Linear layer (no BatchNorm); the rest is the real CLI and loop."""
     from safetensors.torch import load_file
@@ -100,12 +107,14 @@ def test_ddp_two_gloo_processes_agree_with_one_process_on_the_concatenated_batch
     with monkeypatch.context() as mp:
         mp.setattr(encoders, "create_backbone", bn_free_pretrain.create_groupnorm_backbone)
         assert pretrain_main([*DDP_RUN, *data, "--out", str(tmp_path / "one")]) == 0
+        assert pretrain_main([*WMSE_DDP_RUN, *data, "--out", str(tmp_path / "wmse-one")]) == 0
     script = Path(bn_free_pretrain.__file__)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(script.parent.parent),
                                                                            os.environ.get("PYTHONPATH", "")]))
-    for name, extra in (("ddp", []), ("ddp-no-gather", ["--gather", "no"])):
+    for name, run_args in (("ddp", DDP_RUN), ("ddp-no-gather", [*DDP_RUN, "--gather", "no"]),
+                           ("wmse-ddp-gather", [*WMSE_DDP_RUN, "--gather", "yes"])):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               *DDP_RUN, *data, *extra, "--out", str(tmp_path / name)]
+               *run_args, *data, "--out", str(tmp_path / name)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     cfg = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
@@ -126,6 +135,8 @@ def test_ddp_two_gloo_processes_agree_with_one_process_on_the_concatenated_batch
         torch.testing.assert_close(ddp[k], one[k], rtol=0, atol=1e-5, msg=k)
     assert abs(loss_local - loss_one) > 1e-2
     assert max((local[k] - one[k]).abs().max().item() for k in one) > 1e-4
+    assert json.loads((tmp_path / "wmse-ddp-gather" / "train_config.json").read_text())["gather_distributed"] is True
+    assert run("wmse-ddp-gather")[0] == pytest.approx(run("wmse-one")[0], rel=1e-6)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_data, monkeypatch):
