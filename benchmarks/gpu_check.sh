@@ -224,9 +224,9 @@ print(max(1, math.floor(budget * min(rates) / (images * views))) if rates else 1
 EOF
 }
 {
-  echo "## Short CIFAR-10 runs (ResNet-18, CIFAR stem), $TRAIN_SECONDS s budget each"
+  echo "## Short CIFAR-10 runs (ResNet-18, $([ "$DRY" = 1 ] && echo 'ImageNet stem in the dry run' || echo 'CIFAR stem')), $TRAIN_SECONDS s budget each"
   echo
-  echo "$(date -u +%Y-%m-%d), $MACHINE$([ "$DRY" = 1 ] && echo ', DRY RUN (synthetic 32 px JPEGs, 2 steps): not a measurement')."
+  echo "$(date -u +%Y-%m-%d), $MACHINE$([ "$DRY" = 1 ] && echo ', DRY RUN (synthetic 32 px JPEGs, 2 steps, ImageNet stem: the CIFAR stem costs 15x more on a CPU): not a measurement')."
   echo
   echo "| recipe | epochs | train wall s | kNN top-1 | fast linear top-1 | records |"
   echo "|---|---|---|---|---|---|"
@@ -236,7 +236,7 @@ for recipe in wmse_cifar10_2views intl_cifar10; do
   run="$OUT/runs/$recipe"
   if [ "$DRY" = 1 ]; then
     epochs=1
-    extra=(--steps-per-epoch 2 --batch-size 16 --workers 1 --set projector.out_dim=8 --device cpu)
+    extra=(--steps-per-epoch 2 --batch-size 16 --workers 1 --set projector.out_dim=8 --device cpu --stem imagenet)
     [ "$method" = wmse ] && extra+=(--set loss.w_size=16)
   else
     epochs=$(epochs_for "$method" 32)

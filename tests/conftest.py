@@ -31,6 +31,34 @@ def shared_data_dir() -> Path:
     return path
 
 
+def cifar10_subset(shared_data: Path, root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """``root/{train,test}/<class>/*.jpg``: the first ``train_per_class`` / ``test_per_class`` JPEGs
+    of every CIFAR-10 class, streamed out of ``shared_data/cifar10-jpeg.tar.gz`` (skips the test
+    when the tarball is absent)."""
+    import tarfile
+
+    tar_path = shared_data / "cifar10-jpeg.tar.gz"
+    if not tar_path.is_file():
+        pytest.skip(f"{tar_path} not found")
+    limit = {"train": train_per_class, "test": test_per_class}
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(tar_path, "r:gz") as tar:
+        for member in tar:
+            parts = Path(member.name).parts  # cifar10/<split>/<class>/<file>
+            if not member.isfile() or len(parts) != 4 or parts[1] not in limit:
+                continue
+            key = (parts[1], parts[2])
+            if counts.get(key, 0) >= limit[parts[1]]:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            dest = root / parts[1] / parts[2] / parts[3]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(tar.extractfile(member).read())
+            if len(counts) == 20 and all(v >= limit[s] for (s, _), v in counts.items()):
+                break
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _adhoc_results(tmp_path, monkeypatch):
     """Ad-hoc records of a test go to its own folder, never to the checkout's ./results."""

@@ -130,11 +130,15 @@ def test_few_iterations_give_cocoeval_numbers(coco, tmp_path, config, sets):
 
 @pytest.mark.slow
 def test_overfit_four_images(tmp_path):
-    """Boxes, labels and masks flow: trained on 4 images, AP50 on those same images is high."""
-    root = make_coco(tmp_path / "tiny", n=4, size=96, seed=1, same_val=True)
+    """Boxes, labels and masks flow: trained on 4 images, AP50 on those same images is high.
+
+    64-px images and 60 iterations (was 96 px, 120: about 5x the time); measured 2026-12-02 with
+    --seed 0/1/2: bbox AP50 87.6 / 100 / 100, segm AP50 87.6 / 100 / 100."""
+    root = make_coco(tmp_path / "tiny", n=4, size=64, seed=1, same_val=True)
     record = tmp_path / "rec.json"
-    sets = FPN_FAST + ["SOLVER.STEPS=(110,)", "SOLVER.WARMUP_ITERS=10"]
-    rc = _run("coco_R_50_FPN_1x", root, tmp_path / "run", "--max-iter", "120", "--ims-per-batch", "4",
+    sets = [s.replace("(96,)", "(64,)").replace("=96", "=64") for s in FPN_FAST]
+    sets += ["SOLVER.STEPS=(50,)", "SOLVER.WARMUP_ITERS=10"]
+    rc = _run("coco_R_50_FPN_1x", root, tmp_path / "run", "--max-iter", "60", "--ims-per-batch", "4",
               "--record", str(record), "--seed", "0", sets=sets)
     assert rc == 0
     m = _record(record)["metrics"]

@@ -108,6 +108,21 @@ def test_fast_protocol_writes_a_valid_record_and_the_second_run_hits_the_cache(m
     assert first["metrics"]["top1"] > 80  # colour-coded classes are linearly separable even at random init
 
 
+@pytest.mark.parametrize("protocol", ["fast", "intl"])  # cached features; augmented images every epoch
+def test_the_record_holds_the_final_epoch_never_the_best(model_dir, folder, tmp_path, monkeypatch, protocol):
+    """The README's "final-epoch metrics": a schedule whose 4th epoch is gradient ascent (lr -100)
+    ruins a classifier that was good after 3 epochs; the 4-epoch record must hold the ruined
+    final accuracy, not the better one of epoch 3 (the 3-epoch run's record: the same trajectory)."""
+    monkeypatch.setattr(linear, "lr_at", lambda p, epoch: -100.0 if epoch == 3 else 0.1)
+    tops = {}
+    for epochs in (3, 4):
+        out = tmp_path / f"{epochs}.json"
+        assert linear.main([*_common(model_dir, folder, out), "--protocol", protocol, "--epochs", str(epochs),
+                            "--batch-size", "8"]) == 0
+        tops[epochs] = json.loads(out.read_text())["metrics"]["top1"]
+    assert tops[3] >= 75 and tops[4] <= tops[3] - 30, tops
+
+
 def test_every_linear_protocol_runs(model_dir, folder, tmp_path):
     for name in ("small", "intl", "cwrgp"):
         out = tmp_path / f"{name}.json"
@@ -285,6 +300,34 @@ def test_benchmark_is_resumable_and_prints_one_table(model_dir, folder, tmp_path
     assert "0 task(s) run, 4 already recorded (skipped)" in capsys.readouterr().out
     assert benchmark.main([*argv[:2], "--tasks", "linear,nope", *argv[4:]]) == 2
     assert "unknown task(s) ['nope']" in capsys.readouterr().err
+
+
+def test_benchmark_semi_tasks_fine_tune_on_the_split_files(model_dir, folder, tmp_path, capsys):
+    """semi1 / semi10 through the benchmark: each reads its split file (--split-files DIR), fine-tunes
+    on exactly the listed images and writes a bench- record; a second run skips both."""
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    lists = {"1percent.txt": [f"class{c}/im0.png" for c in range(3)],
+             "10percent.txt": [f"class{c}/im{i}.png" for c in range(3) for i in (1, 2)]}
+    for name, lines in lists.items():
+        (splits / name).write_text("\n".join(lines) + "\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "imagenet").symlink_to(folder)
+    argv = ["--models", str(model_dir), "--tasks", "semi1,semi10", "--data-root", str(root), "--split-files",
+            str(splits), "--epochs", "1", "--results-dir", str(tmp_path / "res"), "--no-progress", "--workers", "0"]
+    assert benchmark.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 task(s) run, 0 already recorded" in out and "| model | semi_10pct | semi_1pct |" in out
+    records = {r["task"]: r for r in read_records(tmp_path / "res")}
+    assert sorted(records) == ["semi_10pct", "semi_1pct"]
+    for task, name, n in (("semi_1pct", "1percent.txt", 3), ("semi_10pct", "10percent.txt", 6)):
+        rec = records[task]
+        validate_record(rec)
+        assert rec["file"].startswith("bench-semi") and rec["labelled_images"] == n
+        assert rec["split_sha256"] == sha256_file(splits / name) and rec["protocol"]["name"] == "semi_intl+epochs=1"
+    assert benchmark.main(argv) == 0
+    assert "0 task(s) run, 2 already recorded (skipped)" in capsys.readouterr().out
 
 
 def test_report_is_deterministic_and_updates_readme_markers(tmp_path):

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import types
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from eval import benchmark, knn, linear, records, report, semi, spectrum
 from eval.protocols import get_protocol, with_overrides
 from eval.records import RECORD_SCHEMA_VERSION, default_record_path, make_record, validate_record
 from wssl_zoo.modelio import save_model_dir
+
+from conftest import cifar10_subset
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -285,26 +286,7 @@ def test_torchrun_semi_fine_tuning_writes_one_record(model_dir, folder, tmp_path
 @pytest.fixture(scope="module")
 def cifar_small(tmp_path_factory, shared_data_dir) -> Path:
     """20 training and 10 test JPEGs of every CIFAR-10 class, streamed out of the shared tarball."""
-    tar_path = shared_data_dir / "cifar10-jpeg.tar.gz"
-    if not tar_path.is_file():
-        pytest.skip(f"{tar_path} not found")
-    root = tmp_path_factory.mktemp("cifar")
-    counts: dict[tuple[str, str], int] = {}
-    with tarfile.open(tar_path, "r:gz") as tar:
-        for member in tar:
-            parts = Path(member.name).parts  # cifar10/<split>/<class>/<file>
-            if not member.isfile() or len(parts) != 4:
-                continue
-            key = (parts[1], parts[2])
-            if counts.get(key, 0) >= (20 if parts[1] == "train" else 10):
-                continue
-            counts[key] = counts.get(key, 0) + 1
-            dest = root / parts[1] / parts[2] / parts[3]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(tar.extractfile(member).read())
-            if len(counts) == 20 and all(v >= (20 if s == "train" else 10) for (s, _), v in counts.items()):
-                break
-    return root
+    return cifar10_subset(shared_data_dir, tmp_path_factory.mktemp("cifar"), 20, 10)
 
 
 @pytest.mark.slow

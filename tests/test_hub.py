@@ -467,8 +467,24 @@ def test_environment_variables_are_honoured_in_a_fresh_process(published, hub, r
     assert torch.equal(torch.load(out1), features(model)) and torch.equal(torch.load(out2), features(model))
 
 
-def test_a_dropped_connection_resumes_or_fails_clearly_never_loading_a_partial_file(published, hub, tmp_path):
+class _TimeWithoutSleep:
+    """The ``time`` module without its waits, for the client's 1-s pause before each resumed download."""
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(_seconds):
+        pass
+
+
+def test_a_dropped_connection_resumes_or_fails_clearly_never_loading_a_partial_file(published, hub, tmp_path,
+                                                                                    monkeypatch):
     model, result = published
+    # huggingface_hub sleeps 1 s before each of its up to 5 resume attempts: waiting, not behaviour
+    monkeypatch.setattr("huggingface_hub.file_download.time", _TimeWithoutSleep())
     cache = Path(tmp_path / "hf-cache")
     shutil.rmtree(cache, ignore_errors=True)
     hub.truncate_next["model.safetensors"] = 1  # one drop: the client resumes with a Range request
@@ -481,6 +497,35 @@ def test_a_dropped_connection_resumes_or_fails_clearly_never_loading_a_partial_f
     assert not snapshot.exists()
     hub.truncate_next.clear()
     assert torch.equal(features(wssl_zoo.load(ENTRY)), features(model))
+
+
+def test_eval_model_takes_a_registry_name_and_hf_hub(published, hub, tmp_path):
+    """``python -m eval.linear --model`` with the published registry name, an alias and
+    ``hf-hub:org/name@rev`` evaluates the published weights: the same weights hash and the same
+    accuracy as the local model directory it was published from (each run with its own empty
+    feature cache, so every one extracts features from the model it loaded)."""
+    from eval import linear
+    from test_eval import colour_folder
+
+    _, result = published
+    data = colour_folder(tmp_path / "data")
+    cache = tmp_path / "hf-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    specs = {"dir": str(tmp_path / "run"), "name": ENTRY, "alias": "cwrgp_r18_c10",
+             "hf-hub": f"hf-hub:{REPO_ID}@{result.revision}"}
+    records = {}
+    for key, spec in specs.items():
+        out = tmp_path / f"{key}.json"
+        assert linear.main(["--model", spec, "--data", str(data), "--out", str(out), "--epochs", "5", "--no-progress",
+                            "--workers", "0", "--cache-dir", str(tmp_path / f"features-{key}")]) == 0
+        records[key] = json.loads(out.read_text())
+        assert records[key]["cache_hit"] is False
+        if key == "name":  # the registry name downloaded the pinned revision into the Hub cache
+            assert list(cache.glob(f"models--wssl-zoo--{ENTRY}/snapshots/{result.revision}/model.safetensors"))
+    weights = sha256_file(tmp_path / "run" / "model.safetensors")
+    assert {r["weights_sha256"] for r in records.values()} == {weights}
+    assert len({json.dumps(r["metrics"], sort_keys=True) for r in records.values()}) == 1
+    assert records["hf-hub"]["model"] == specs["hf-hub"] and records["name"]["model"] == ENTRY
 
 
 def test_missing_repo_revision_and_file_are_named(hub):

@@ -91,10 +91,10 @@ def assert_same_tensors(a, b, where=""):
         assert a == b, where
 
 
-def run_kill_resume(tmp_path: Path, data: Path, args: list[str], at_least: int = 2, same_bytes: bool = True):
+def run_kill_resume(tmp_path: Path, data: Path, args: list[str], at_least: int = 2):
     full_out, killed_out = tmp_path / "full", tmp_path / "killed"
-    full = _cli([*args, *COMMON, "--data", str(data), "--out", str(full_out)])
-    killed = _cli([*args, *COMMON, "--data", str(data), "--out", str(killed_out)])
+    full = _cli([*COMMON, *args, "--data", str(data), "--out", str(full_out)])
+    killed = _cli([*COMMON, *args, "--data", str(data), "--out", str(killed_out)])
     step = kill_after_checkpoint(killed, killed_out, at_least)
     assert full.wait(timeout=600) == 0, full.stdout.read()
     assert at_least <= step < STEPS and not (killed_out / "model.safetensors").exists()
@@ -110,8 +110,6 @@ def run_kill_resume(tmp_path: Path, data: Path, args: list[str], at_least: int =
     assert [r["epoch"] for r in log] == [1, 2, 3], "an epoch was repeated or skipped"
     assert [r["epoch"] for r in log][: len(logged_before)] == logged_before
     assert [r["global_step"] for r in log] == [3, 6, 9]
-    if not same_bytes:
-        return step, _final_checkpoint(killed_out), _final_checkpoint(full_out)
     for name in ("model.safetensors", "projector.safetensors"):
         assert (full_out / name).read_bytes() == (killed_out / name).read_bytes(), name
     a, b = _final_checkpoint(full_out), _final_checkpoint(killed_out)
@@ -133,19 +131,25 @@ def test_sigkill_after_a_seen_checkpoint_resumes_from_it_bit_identically(tmp_pat
 
 @pytest.mark.slow
 def test_fp16_grad_scaler_state_is_checkpointed_and_restored(tmp_path, data):
-    """AMP fp16: the GradScaler's scale and growth tracker go into the checkpoint and come back."""
+    """AMP fp16: the GradScaler's scale and growth tracker go into the checkpoint and come back, and
+    the resumed run ends bit-identical to the uninterrupted one (weights, optimiser, scaler).
+
+    This test used to xfail ("resumed weights differ although the scaler state matches"). Not
+    reproducible on 2026-12-02: the old test (32 px) took its bit-identical branch in 2 of 2 runs,
+    this one (16 px) passed in 3 of 3, and resuming in-process from the
+    checkpoint of every global step 1-8 of this run (among them step 3, whose gradients overflowed:
+    the scaler backed off 65536 -> 32768 and Adam skipped the step) ended with the same bytes, on
+    the current code and on 935c5a6 where the xfail was written. So nothing in the scaler's state
+    is lost (its state_dict is all of it: scale, growth/backoff factors, interval, growth tracker)
+    and the assertion is strict. fp16 autocast on the CPU is slow (no fast fp16 kernels), so this
+    run uses 16-px views: 4x fewer pixels than the other resume cases."""
     try:
         with torch.autocast("cpu", dtype=torch.float16):
             torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3))
     except RuntimeError as exc:  # pragma: no cover - depends on the CPU build
         pytest.skip(f"fp16 autocast unsupported on this CPU build: {exc}")
-    _, final, full = run_kill_resume(tmp_path, data, [*CASES["cwrgp_adam"], "--amp", "fp16"], same_bytes=False)
+    _, final = run_kill_resume(tmp_path, data, [*CASES["cwrgp_adam"], "--amp", "fp16", "--img-size", "16"])
     assert set(final["scaler"]) >= {"scale", "_growth_tracker"} and final["scaler"]["scale"] > 0
-    assert final["scaler"] == full["scaler"]
-    if not all(torch.equal(final["model"][k], full["model"][k]) for k in full["model"]):
-        # measured 2026-12-02 on this CPU: the resumed fp16 run's weights differ from the straight
-        # run's although the scaler state matches; reported, not yet explained
-        pytest.xfail("fp16 autocast on CPU: resumed weights differ from the uninterrupted run")
 
 
 def test_scaler_state_round_trips_through_a_checkpoint(tmp_path):
