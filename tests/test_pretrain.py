@@ -203,3 +203,20 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "wssl_zoo.pretrain", "--list-recipes"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "intl_m_imagenet" in proc.stdout and "cwrgp_cifar10_2views" in proc.stdout
+
+
+def test_a_non_resnet_timm_backbone_trains_and_a_resnet_init_on_it_is_a_named_error(tmp_path, tiny_data, capsys):
+    """timm models outside the ResNet family take no ``zero_init_last``: a recipe without the authors'
+    zero-init trains on one (it used to be a TypeError traceback), one with it names the setting."""
+    summary = pretrain(_recipe("wmse", arch="test_convnext", epochs=1),
+                       RunOptions(out=tmp_path / "convnext", data=str(tiny_data), workers=0, eval_every=0, progress=False))
+    assert summary["epoch"] == 1 and np.isfinite(summary["loss"])
+    with pytest.raises(ValueError, match=r"zero_init_residual=True .* 'test_convnext' has no zero_init_last; "
+                                         r"add --set zero_init_residual=false"):
+        pretrain(_recipe("cwrgp", arch="test_convnext", epochs=1),
+                 RunOptions(out=tmp_path / "c2", data=str(tiny_data), workers=0, eval_every=0, progress=False))
+    # print_recipes reads sys.stdout when called, so in-process capture sees the table
+    from wssl_zoo.pretrain.cli import print_recipes
+
+    print_recipes()
+    assert "cwrgp_cifar10_2views" in capsys.readouterr().out

@@ -103,7 +103,8 @@ def _read_config(path: str) -> dict:
     return flat
 
 
-def print_recipes(out=sys.stdout) -> None:
+def print_recipes(out=None) -> None:
+    out = sys.stdout if out is None else out  # read at call time, so redirection and capture see it
     print(f"{'recipe':<28} {'method':<6} {'dataset':<14} {'views':>5} {'batch':>5} {'epochs':>6} {'lr':>8}  source", file=out)
     for r in list_recipes():
         crops = f"{r.num_views}{'mc' if r.multi_crop else ''}"

@@ -167,7 +167,17 @@ def build_model(recipe: Recipe, gather: bool) -> nn.Module:
     from ..heads import Projector
     from ..losses import build_loss
 
-    backbone = create_backbone(recipe.arch, recipe.stem, zero_init_last=recipe.zero_init_residual)
+    try:
+        backbone = create_backbone(recipe.arch, recipe.stem, zero_init_last=recipe.zero_init_residual)
+    except TypeError as exc:  # timm models outside the ResNet family have no zero_init_last
+        if "zero_init_last" not in str(exc):
+            raise
+        if recipe.zero_init_residual:
+            raise ValueError(
+                f"recipe {recipe.name!r}: zero_init_residual=True (the authors' ResNet init) but timm "
+                f"architecture {recipe.arch!r} has no zero_init_last; add --set zero_init_residual=false"
+            ) from None
+        backbone = create_backbone(recipe.arch, recipe.stem)
     p = recipe.projector
     projector = Projector(
         backbone.num_features, p["hidden_dim"], p["out_dim"], p["num_layers"],
