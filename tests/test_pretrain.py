@@ -220,3 +220,26 @@ def test_a_non_resnet_timm_backbone_trains_and_a_resnet_init_on_it_is_a_named_er
 
     print_recipes()
     assert "cwrgp_cifar10_2views" in capsys.readouterr().out
+
+
+def test_distributed_on_cpu_warns_that_batchnorm_is_per_process(monkeypatch):
+    """No SyncBatchNorm without CUDA: a CPU DDP run says its BatchNorms see only their process's batch."""
+    from torch import nn
+
+    from wssl_zoo.pretrain import loop
+
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", lambda model, device_ids=None: model)
+    opts = RunOptions(out=Path("unused"))
+
+    def wrap(model):
+        run = loop._Run(recipe=None, opts=opts, out=Path("unused"), rank=0, world=2, device=torch.device("cpu"),
+                        local_batch=8, gather=True, dataset="imagefolder", model=model, core=model)
+        loop._wrap_distributed(run)
+
+    with pytest.warns(UserWarning, match=r"SyncBatchNorm needs CUDA, so each of the 2 processes normalises"):
+        wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)))  # nothing to say without BatchNorm

@@ -432,6 +432,10 @@ def _wrap_distributed(run: _Run) -> None:
         if run.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             run.core = model
+        elif run.rank == 0 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            warnings.warn(f"distributed on {run.device.type}: SyncBatchNorm needs CUDA, so each of the {run.world} "
+                          "processes normalises with its own part of the batch; the run is not one process on the "
+                          "whole batch", stacklevel=2)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
