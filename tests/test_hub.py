@@ -170,11 +170,16 @@ def test_model_index_lists_measured_results_of_these_weights(tmp_path, registry)
     digest = sha256_file(run / "model.safetensors")
     results = tmp_path / "results"
     results.mkdir()
-    (results / "linear_x.json").write_text(json.dumps({
-        "task": "linear", "weights_sha256": digest, "dataset": {"name": "cifar10"},
-        "protocol": {"name": "fast", "version": 1}, "metrics": {"top1": 41.5, "top5": 88.25}}))
-    (results / "other.json").write_text(json.dumps({"task": "linear", "weights_sha256": "0" * 64,
-                                                    "metrics": {"top1": 99.0}}))
+    from wssl_zoo.records import make_record, write_record
+
+    def record(sha, metrics):
+        return make_record(task="linear", model="run", weights_sha256=sha, protocol={"name": "fast", "version": 1},
+                           dataset={"name": "cifar10", "fingerprint": "0" * 16}, seed=0, metrics=metrics,
+                           wall_seconds=1.0, command="test")
+
+    write_record(record(digest, {"top1": 41.5, "top5": 88.25}), results / "linear_x.json")
+    write_record(record("0" * 64, {"top1": 99.0}), results / "other.json")
+    (results / "notes.json").write_text(json.dumps({"comment": "not a record"}))  # skipped by the one reader
     import dataclasses
 
     from wssl_zoo.registry import HubInfo

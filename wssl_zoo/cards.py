@@ -64,14 +64,9 @@ def metric_rows(record: dict) -> list[dict[str, Any]]:
     Understands the records of :mod:`wssl_zoo.records` (``task`` plus a flat ``metrics`` mapping;
     for task ``pretrain_eval`` those are the pretrained model's numbers, the random-init baseline is
     apart in ``random_init_metrics`` and is not a result of the weights; a mean/std summary of several
-    seeds is reported as its mean) and the pre-schema ``kind: pretrain_eval`` records (nested
-    ``metrics.pretrained``).
+    seeds is reported as its mean).
     """
-    from .records import PRETRAIN_EVAL_TASK
-
     metrics = record.get("metrics", {})
-    if record.get("kind") == PRETRAIN_EVAL_TASK:  # the format before the one schema
-        metrics = metrics.get("pretrained", {})
     rows = []
     for key, value in sorted(metrics.items()):
         if isinstance(value, dict) and "mean" in value:
@@ -86,17 +81,12 @@ def metric_rows(record: dict) -> list[dict[str, Any]]:
 
 
 def measured_results(entry: ZooEntry, results_dir: Path | None = None) -> list[dict]:
-    """Records of ``zoo/results`` measured on this entry's pinned weights (matched by sha256)."""
+    """Records of ``zoo/results`` measured on this entry's pinned weights (matched by sha256), read
+    through :func:`wssl_zoo.records.read_records` (the one reader: a malformed record names its file)."""
+    from .records import read_records
+
     wanted = {entry.hub.files.get("model.safetensors", "")} - {""}
-    out = []
-    for path in sorted(Path(results_dir or RESULTS_DIR).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        if isinstance(record, dict) and record.get("weights_sha256") in wanted:
-            out.append(dict(record, file=path.name))
-    return out
+    return [r for r in read_records(results_dir or RESULTS_DIR) if r.get("weights_sha256") in wanted]
 
 
 # ---------------------------------------------------------------------------- metadata
@@ -110,7 +100,7 @@ def comparable(record: dict) -> bool:
     kNN/linear protocols) or a spectrum (effective rank is no accuracy)."""
     from .records import PRETRAIN_EVAL_TASK
 
-    if PRETRAIN_EVAL_TASK in (record.get("kind"), record.get("task")) or record.get("task") in ("spectrum", None, ""):
+    if record.get("task") in (PRETRAIN_EVAL_TASK, "spectrum", None, ""):
         return False
     proto = record.get("protocol", {})
     own = isinstance(proto, dict) and str(proto.get("source", "")).startswith("wssl-zoo")

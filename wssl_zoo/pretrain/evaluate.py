@@ -48,31 +48,6 @@ def pretrain_eval_record(*, model: str, model_label: str, arch: str, stem: str, 
                        command=command, extra=extra)
 
 
-def upgrade_record(old: dict, created: str) -> dict:
-    """A ``kind: pretrain_eval`` record of the format before :mod:`wssl_zoo.records` (nested
-    ``metrics.pretrained`` / ``metrics.random_init``) in the one schema, with the same measured
-    values and the provenance it had (hardware, torch, code version); ``created`` is when it was
-    measured (the old format did not say; the migration used the commit that added the file).
-    The dataset fingerprint was not recorded then: ``None``."""
-    from ..records import validate_record
-
-    if old.get("kind") != "pretrain_eval" or "schema_version" in old:
-        raise ValueError("not a pre-schema kind=pretrain_eval record")
-    pretrain = dict(old["pretrain"])
-    pretrain.setdefault("hardware", old.get("hardware"))
-    record = pretrain_eval_record(
-        model=old["model"], model_label=Path(old["model"]).name, arch=old["arch"], stem=old["stem"],
-        weights_sha256=old["weights_sha256"],
-        dataset=dict(name=old["dataset"], fingerprint=None), seed=old["seed"], pretrained=old["metrics"]["pretrained"],
-        random_init=old["metrics"]["random_init"],
-        train_cfg=dict(recipe=pretrain["recipe"], options=pretrain.get("options", {}), hardware=pretrain["hardware"]),
-        summary=dict(wall_seconds=pretrain.get("wall_seconds")), command=old["eval_command"],
-        pretrain_command=pretrain.get("command", ""), wall_seconds=old["eval_wall_seconds"], protocol=old["protocol"])
-    record.update(hardware=old["hardware"], torch=old["torch"], code_version=old["code_version"], created=created)
-    validate_record(record)
-    return record
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .. import cliargs
 
