@@ -132,3 +132,14 @@ def test_the_checker_finds_a_cycle():  # the test above can fail
 def test_each_concept_is_defined_once(name):
     hits = [str(p.relative_to(REPO)) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py") if name in p.read_text()]
     assert len(hits) <= 1, f"{name!r} is defined in {hits}"
+
+
+def test_every_package_of_the_tree_is_in_the_wheel():
+    """pyproject lists its packages by name: a new package folder (``wssl_zoo/methods`` once) that is
+    not listed is missing from the wheel, and an installed ``import wssl_zoo`` then fails."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for top in ("wssl_zoo", "eval", "detection")
+             for p in (REPO / top).rglob("__init__.py") if "__pycache__" not in p.parts}
+    assert found - listed == set(), f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
