@@ -355,19 +355,23 @@ def test_eval_transform_sizes_and_values():
 # ---------------------------------------------------------------------------- seeding
 
 
-def test_derive_seed_is_stable():
+@pytest.mark.slow
+def test_derive_seed_is_the_same_in_a_fresh_process_with_another_str_hash_salt():
     # resumed runs and data workers must see the same seeds: the same value in a fresh process whose
-    # str hashing is salted differently (so it is not hash()), 63 bits, no collisions on a grid
-    code = "import sys; from wssl_zoo.data.transforms import derive_seed; print(derive_seed(0, 1, 2), derive_seed(7, 3))"
+    # str hashing is salted differently (so it is not hash()); slow: the fresh process imports torch
     import os
     import subprocess
     import sys
 
-    # one fresh process (importing torch costs seconds) whose salt differs from this one's
+    code = "import sys; from wssl_zoo.data.transforms import derive_seed; print(derive_seed(0, 1, 2), derive_seed(7, 3))"
     salt = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONHASHSEED=salt)).stdout.split()
     assert out == [str(derive_seed(0, 1, 2)), str(derive_seed(7, 3))]
+
+
+def test_derive_seed_is_stable():
+    # 63 bits, no collisions on a grid, integer-like inputs alike
     grid = {derive_seed(s, e, i) for s in range(4) for e in range(20) for i in range(50)}
     assert len(grid) == 4 * 20 * 50 and all(0 <= v < 2**63 for v in grid)
     assert derive_seed(1, 23) != derive_seed(12, 3)  # the separator matters

@@ -80,6 +80,7 @@ def test_export_loads_into_build_model_exactly(tmp_path, arch, config, layout):
     assert torch.equal(after[first], backbone.state_dict()["layer1.0.conv1.weight"])
 
 
+@pytest.mark.slow
 def test_detectron2_backend_two_iterations(tmp_path):
     from test_detection_train import FPN_FAST, make_coco
 

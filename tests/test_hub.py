@@ -452,6 +452,7 @@ def test_offline_from_the_cache_and_a_clear_error_for_what_is_not_cached(publish
         wssl_zoo.load("hf-hub:someone/never-downloaded")
 
 
+@pytest.mark.slow
 def test_environment_variables_are_honoured_in_a_fresh_process(published, hub, registry, tmp_path):
     """HF_ENDPOINT and HF_HOME select the Hub and the cache; HF_HUB_OFFLINE=1 then loads from it."""
     model, _ = published

@@ -195,14 +195,16 @@ def test_bad_input_gives_clear_errors(tmp_path, tiny_data):
             pretrain(_recipe("wmse", **extra), RunOptions(out=tmp_path / "o", data=str(data), workers=0, progress=False))
 
 
-def test_cli_errors_exit_2_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "wssl_zoo.pretrain", "--recipe", "intl_cifar", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "did you mean intl_cifar10" in proc.stderr and "Traceback" not in proc.stderr
-    # a subprocess, not main(argv) under capsys: print_recipes(out=sys.stdout) binds the stream at import
-    proc = subprocess.run([sys.executable, "-m", "wssl_zoo.pretrain", "--list-recipes"], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0 and "intl_m_imagenet" in proc.stdout and "cwrgp_cifar10_2views" in proc.stdout
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
+    # in-process (python -m wssl_zoo.pretrain is the same main: test_api.test_python_dash_m_runs_the_cli)
+    from wssl_zoo.pretrain.cli import main
+
+    code = main(["--recipe", "intl_cifar", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "did you mean intl_cifar10" in err and "Traceback" not in err
+    assert main(["--list-recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "intl_m_imagenet" in out and "cwrgp_cifar10_2views" in out
 
 
 def test_a_non_resnet_timm_backbone_trains_and_a_resnet_init_on_it_is_a_named_error(tmp_path, tiny_data, capsys):
