@@ -52,3 +52,33 @@ def test_show_prints_the_methods_facts_with_sources():
     assert facts["gather_distributed"]["value"] is True and "methods/whitening.py:14" in facts["gather_distributed"]["source"]
     assert facts["eval_stats"]["value"]["cifar100"] == [[0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261]]
     assert show_recipe(resolve_recipe("wmse_cifar10"))["method_facts"]["head_on_concat"]["value"] is True
+
+
+def test_every_per_method_table_covers_exactly_the_registry_methods():
+    """registry.METHODS is the one list of methods; every table keyed by method (loss class, projector,
+    views, GPU views, provenance module, checkpoint layout, demo recipe, recipes) has exactly those
+    keys, so a fourth method added to METHODS fails here until each part exists, and a part
+    removed or misnamed fails too."""
+    from wssl_zoo import demo, methods
+    from wssl_zoo.convert import LAYOUTS
+    from wssl_zoo.data.gpu_augment import batch_view_augments
+    from wssl_zoo.data.transforms import build_view_transform
+    from wssl_zoo.heads import PROJECTORS
+    from wssl_zoo.losses import LOSSES
+    from wssl_zoo.registry import METHODS
+
+    assert [m.__name__.rsplit(".", 1)[-1] for m in methods._modules()] == list(METHODS)
+    assert set(LOSSES) == set(PROJECTORS) == set(demo.BASE_RECIPE) == set(METHODS)
+    assert {layout.method for layout in LAYOUTS.values()} == set(METHODS)
+    assert {r.method for r in RECIPES.values()} == set(METHODS)
+    facts = [set(m.FACTS) for m in methods._modules()]
+    assert all(f == facts[0] for f in facts), "every method answers the same fact keys"
+    for method in METHODS:
+        assert LOSSES[method].method == method, "a loss declares the method whose facts it reads"
+        assert RECIPES[demo.BASE_RECIPE[method]].method == method
+        assert len(build_view_transform(method, "cifar10", 32, 2)) == 2
+        assert len(batch_view_augments(method, "cifar10", 32, 2)) == 2
+    with pytest.raises(ValueError, match="unknown method 'simclr'"):
+        build_view_transform("simclr", "cifar10", 32, 2)
+    with pytest.raises(ValueError, match="unknown method 'simclr'"):
+        methods.fact("simclr", "head_on_concat")
