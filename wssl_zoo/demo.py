@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 DEFAULTS = dict(method="wmse", dataset="fashion_mnist", arch="resnet18", stem="imagenet", img_size=32,
-                epochs=2, steps_per_epoch=120, batch_size=256, train_subset=30000, bank=5000, queries=2000)
+                epochs=2, steps_per_epoch=120, batch_size=256, train_subset=30720, bank=5000, queries=2000)
 BASE_RECIPE = {"wmse": "wmse_cifar10_2views", "cwrgp": "cwrgp_cifar10_2views", "intl": "intl_cifar10"}
 
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["projector.out_dim"] = 1024
     recipe = resolve_recipe(BASE_RECIPE[args.method], overrides)
     print(f"wssl-zoo demo: {args.method} ({recipe.name} settings) on {args.dataset}, {args.arch} "
-          f"({args.stem} stem) at {args.img_size} px, {args.epochs} x {args.steps_per_epoch} steps of "
+          f"({args.stem} stem) at {args.img_size} px, {args.epochs} x {args.steps_per_epoch} steps (at most) of "
           f"{args.batch_size} images x {recipe.num_views} views", flush=True)
     start = time.perf_counter()
     opts = RunOptions(out=out, data=args.data, device=args.device, workers=args.workers, seed=args.seed,
@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
           replace_own=True)
     pretrain(recipe, opts)
     train_time = time.perf_counter() - start
+    # the steps the run made: --steps-per-epoch is a cap, fewer when --train-subset / --batch-size allow fewer
+    steps = json.loads((out / "train_config.json").read_text())["steps_per_epoch"]
 
     from .api import load
     from .evaluation import heldout_metrics
@@ -107,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {label} | {r['monitor_knn5_cos']:.2f} | {r['monitor_knn20_cos']:.2f} | {r['linear_top1']:.2f} | {r['effective_rank']:.1f} |")
     any_row = next(iter(rows.values()))
     print(f"\n{any_row['bank']} labelled training images, {any_row['queries']} held-out test images; "
-          f"pretraining {train_time:.0f} s, total {total:.0f} s. Model: {out} (wssl_zoo.load('{out}')).")
+          f"pretraining {args.epochs} x {steps} steps in {train_time:.0f} s, total {total:.0f} s. Model: {out} (wssl_zoo.load('{out}')).")
     result = dict(command=" ".join(["python -m wssl_zoo.demo", *sys.argv[1:]]), args=vars(args) | {"out": str(out)},
-                  results=rows, pretrain_seconds=train_time, total_seconds=total)
+                  results=rows, steps_per_epoch=steps, pretrain_seconds=train_time, total_seconds=total)
     from .modelio import atomic_write_bytes
 
     atomic_write_bytes(out / "demo_results.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
