@@ -82,3 +82,16 @@ def test_every_per_method_table_covers_exactly_the_registry_methods():
         build_view_transform("simclr", "cifar10", 32, 2)
     with pytest.raises(ValueError, match="unknown method 'simclr'"):
         methods.fact("simclr", "head_on_concat")
+
+
+def test_the_recipes_are_built_from_the_tables_alone(monkeypatch):
+    """One home for a recipe's values: editing a table's value (and only the table) changes the recipe."""
+    from wssl_zoo.methods import Fact, intl
+    from wssl_zoo.pretrain import recipes
+
+    table = dict(intl.RECIPES["intl_cifar10"], epochs=Fact(7, "test"), **{"loss.iterations": Fact(3, "test")})
+    monkeypatch.setitem(intl.RECIPES, "intl_cifar10", table)
+    rebuilt = recipes._build_recipes()["intl_cifar10"]
+    assert (rebuilt.epochs, rebuilt.loss["iterations"]) == (7, 3)
+    assert rebuilt.source == intl.RECIPE_DOCS["intl_cifar10"]["source"]
+    assert recipes.RECIPES["intl_cifar10"].epochs == 1000  # the module's recipes are untouched

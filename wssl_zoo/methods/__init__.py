@@ -5,7 +5,9 @@ One module per method (:mod:`.wmse`, :mod:`.cwrgp`, :mod:`.intl`); each defines
 
 - ``RECIPES``: ``{recipe name: {field: Fact}}``, the fields of
   :class:`wssl_zoo.pretrain.recipes.Recipe` (``loss.*`` / ``projector.*`` for the tables) except
-  ``name``, ``source``, ``description`` and ``notes``;
+  ``name``, ``source``, ``description`` and ``notes``: the recipes' values, held only here;
+- ``RECIPE_DOCS``: ``{recipe name: {"description", "source", "notes"}}``, what each recipe is and the
+  authors' command it reproduces (``wssl_zoo.pretrain.recipes`` builds every recipe from the two);
 - ``PROTOCOLS``: ``{protocol name: {setting: Fact}}``, the settings of the
   :mod:`eval.protocols` dataclasses except ``name``, ``version``, ``source`` and ``kind``;
 - ``FACTS``: ``{key: Fact}``, the method's facts the library reads through :func:`fact` (projector
@@ -75,6 +77,19 @@ def recipe_provenance(name: str) -> dict[str, Fact]:
         if name in module.RECIPES:
             return module.RECIPES[name]
     raise ValueError(f"no provenance table has recipe {name!r} (wssl_zoo/methods/)")
+
+
+def recipe_definitions() -> dict[str, tuple[dict[str, Fact], dict[str, str]]]:
+    """Every recipe of every method: ``{name: (its RECIPES table, its RECIPE_DOCS fields)}``, in the
+    methods' order. :mod:`wssl_zoo.pretrain.recipes` builds the recipes from these (and nothing else)."""
+    out: dict[str, tuple[dict[str, Fact], dict[str, str]]] = {}
+    for module in _modules():
+        if set(module.RECIPES) != set(module.RECIPE_DOCS):
+            raise ValueError(f"{module.__name__}: RECIPES and RECIPE_DOCS name other recipes: "
+                             f"{sorted(set(module.RECIPES) ^ set(module.RECIPE_DOCS))}")
+        for name, table in module.RECIPES.items():
+            out[name] = (table, module.RECIPE_DOCS[name])
+    return out
 
 
 def protocol_provenance(name: str) -> dict[str, Fact]:

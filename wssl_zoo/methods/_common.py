@@ -30,3 +30,11 @@ def src(repo: str, commit: str, where: str) -> str:
 
 OURS_MONITOR = "wssl-zoo: the pretraining monitor (cosine kNN on subsets), not an authors' setting"
 UNUSED = "wssl-zoo: not used by this recipe's optimiser / schedule (dataclass default)"
+
+
+def recipe_docs(repo: str, commit: str, rows: dict[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
+    """``{recipe: (description, where[, notes])}`` -> the recipes' documentation fields, ``source``
+    being ``https://github.com/<repo> @ <commit>: <where>``."""
+    home = f"https://github.com/{repo} @ {commit}"
+    return {name: dict(description=row[0], source=f"{home}: {row[1]}", notes=row[2] if len(row) > 2 else "")
+            for name, row in rows.items()}

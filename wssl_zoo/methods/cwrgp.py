@@ -8,7 +8,7 @@ ImageNet/lincls.py, base/eval/sgd.py, base/eval/knn.py), read line by line.
 
 from __future__ import annotations
 
-from ._common import Fact, UNUSED, src
+from ._common import Fact, UNUSED, recipe_docs, src
 
 REPO, COMMIT = "winci-ai/CW-RGP", "5bbf6ed4df355d151fe278e87ad51dd2bff89a14"
 NA = "wssl-zoo: not defined for this CW-RGP recipe (dataclass default)"
@@ -129,6 +129,44 @@ RECIPES["cwrgp_imagenet_100ep"] = _imagenet(100, 0.005, 50, "3-8")
 
 _LIN = "ImageNet/lincls.py"
 _SGD = "base/eval/sgd.py (W-MSE htdt/self-supervised@d9662c8 eval/sgd.py)"
+
+# Each recipe's documentation: what it is and the authors' command it reproduces (its values and
+# their sources are RECIPES above; wssl_zoo.pretrain.recipes builds the recipes from both).
+RECIPE_DOCS: dict[str, dict[str, str]] = recipe_docs(REPO, COMMIT, {
+    "cwrgp_cifar10": ("CW-RGP 4 on cifar10",
+                      "scripts/base.sh `python base/train.py --dataset cifar10 --epochs 1000 --lr 3e-3 --num_samples "
+                      "4 --bs 256 --w_size 64 --group 4`; base/cfg.py defaults"),
+    "cwrgp_cifar100": ("CW-RGP 4 on cifar100",
+                       "scripts/base.sh `python base/train.py --dataset cifar100 --epochs 1000 --lr 3e-3 "
+                       "--num_samples 4 --bs 256 --w_size 64 --group 4`; base/cfg.py defaults"),
+    "cwrgp_stl10": ("CW-RGP 4 on stl10",
+                    "scripts/base.sh `python base/train.py --dataset stl10 --epochs 2000 --lr 2e-3 --num_samples 4 "
+                    "--bs 256 --w_size 64 --group 4`; base/cfg.py defaults"),
+    "cwrgp_tiny_imagenet": ("CW-RGP 4 on tiny_imagenet",
+                            "scripts/base.sh `python base/train.py --dataset tiny_in --epochs 1000 --lr 2e-3 "
+                            "--num_samples 4 --bs 256 --emb 1024 --w_size 128 --group 2 --head_size 2048`; "
+                            "base/cfg.py defaults"),
+    "cwrgp_cifar10_2views": ("CW-RGP 2 on cifar10",
+                             "scripts/base.sh `python base/train.py --dataset cifar10 --epochs 1000 --lr 3e-3 --bs "
+                             "256 --w_size 64 --group 4 --w_iter 4`; base/cfg.py defaults"),
+    "cwrgp_cifar100_2views": ("CW-RGP 2 on cifar100",
+                              "scripts/base.sh `python base/train.py --dataset cifar100 --epochs 1000 --lr 3e-3 "
+                              "--w_size 64 --group 4`; base/cfg.py defaults"),
+    "cwrgp_stl10_2views": ("CW-RGP 2 on stl10",
+                           "scripts/base.sh `python base/train.py --dataset stl10 --epochs 2000 --lr 2e-3 --w_size "
+                           "64 --group 4`; base/cfg.py defaults"),
+    "cwrgp_tiny_imagenet_2views": ("CW-RGP 2 on tiny_imagenet",
+                                   "scripts/base.sh `python base/train.py --dataset tiny_in --epochs 1000 --lr 2e-3 "
+                                   "--emb 1024 --w_size 128 --group 2 --head_size 2048`; base/cfg.py defaults"),
+    "cwrgp_imagenet": ("CW-RGP 4 on ImageNet-1k, 200 epochs, covariance term until epoch 100",
+                       "scripts/ImageNet.sh (CW-RGP 4, 200 epochs, --cov_w 0.01 --cov_stop 100); ImageNet/cfg.py "
+                       "defaults; ImageNet/train.py (SGD, warm-up, cosine per epoch)"),
+    "cwrgp_imagenet_100ep": ("CW-RGP 4 on ImageNet-1k, 100 epochs, covariance term until epoch 50",
+                             "scripts/ImageNet.sh (CW-RGP 4, 100 epochs, --cov_w 0.005 --cov_stop 50); "
+                             "ImageNet/cfg.py defaults; ImageNet/train.py (SGD, warm-up, cosine per epoch)"),
+})
+
+
 PROTOCOLS: dict[str, dict[str, Fact]] = {
     "cwrgp": {
         "features": Fact("augmented", s(f"{_LIN}:211 backbone run on augmented images each epoch")),

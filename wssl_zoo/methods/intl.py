@@ -7,7 +7,7 @@ evaluate.py), read line by line.
 
 from __future__ import annotations
 
-from ._common import Fact, UNUSED, src
+from ._common import Fact, UNUSED, recipe_docs, src
 
 REPO, COMMIT = "winci-ai/INTL", "0aa69af20a263d1d714e45bc835925a84dc11956"
 NA = "wssl-zoo: not defined for this INTL recipe (dataclass default)"
@@ -122,6 +122,39 @@ RECIPES: dict[str, dict[str, Fact]] = {
 }
 
 
+# Each recipe's documentation: what it is and the authors' command it reproduces (its values and
+# their sources are RECIPES above; wssl_zoo.pretrain.recipes builds the recipes from both).
+RECIPE_DOCS: dict[str, dict[str, str]] = recipe_docs(REPO, COMMIT, {
+    "intl_cifar10": ("INTL on cifar10",
+                     "scripts/cifar10.sh `python cifar/main.py --dataset cifar10 --arch resnet18 --projection_size "
+                     "2048 --epochs 1000 --lr 0.3 --wd 1e-4 --method intl`; cifar/cfg.py defaults"),
+    "intl_cifar100": ("INTL on cifar100",
+                      "scripts/cifar100.sh `python cifar/main.py --dataset cifar100 --arch resnet18 "
+                      "--projection_size 2048 --epochs 1000 --lr 0.3 --wd 1e-4 --method intl`; cifar/cfg.py defaults"),
+    "intl_imagenet100": ("INTL on ImageNet-100",
+                         "scripts/in100.sh `python main.py --dataset in100 --arch resnet18 --bs 128 "
+                         "--projection_size 4096 --epochs 400 --lr 0.5 --wd 2.5e-5 --method intl`; cfg.py defaults"),
+    "intl_imagenet": ("INTL on ImageNet-1k, 2 x 224 crops, no EMA, 800 epochs",
+                      "scripts/ep800.sh `python main.py --dataset imagenet --epochs 800 --lr 0.3 --method intl`; "
+                      "cfg.py defaults"),
+    "intl_m_imagenet": ("INTL_M (momentum encoder) with multi-crop 2x224+192+160+128+96 on ImageNet-1k, 200 epochs",
+                        "scripts/ep200_multi-crop_ema.sh `python main.py --dataset imagenet --epochs 200 --lr 0.4 "
+                        "--method intl_m --multi-crop`; cfg.py defaults (m 0.996), main.py"),
+    "intl_m_imagenet_100ep": ("INTL_M (momentum encoder) with multi-crop 2x224+192+160+128+96 on ImageNet-1k, 100 "
+                              "epochs",
+                              "scripts/ep100_multi-crop_ema.sh `python main.py --dataset imagenet --epochs 100 --lr "
+                              "0.5 --method intl_m --multi-crop`; cfg.py defaults (m 0.996), main.py"),
+    "intl_m_imagenet_400ep": ("INTL_M (momentum encoder) with multi-crop 2x224+192+160+128+96 on ImageNet-1k, 400 "
+                              "epochs",
+                              "scripts/ep400_multi-crop_ema.sh `python main.py --dataset imagenet --epochs 400 --lr "
+                              "0.4 --method intl_m --multi-crop`; cfg.py defaults (m 0.996), main.py"),
+    "intl_m_imagenet_800ep": ("INTL_M (momentum encoder) with multi-crop 2x224+192+160+128+96 on ImageNet-1k, 800 "
+                              "epochs",
+                              "scripts/ep800_multi-crop_ema.sh `python main.py --dataset imagenet --epochs 800 --lr "
+                              "0.3 --method intl_m --multi-crop`; cfg.py defaults (m 0.996), main.py"),
+})
+
+
 def _linear(lr: float, lr_src: str) -> dict[str, Fact]:
     return {
         "features": Fact("augmented", s("evaluate.py:170 RandomResizedCrop(224) + flip every epoch, frozen backbone")),
@@ -157,6 +190,7 @@ def _semi(lr_backbone: float, script: str) -> dict[str, Fact]:
         "gamma": Fact(0.1, s("evaluate.py:97 gamma=0.1")),
         "bn_train": Fact(True, s("evaluate.py:249 model.train() (--weights finetune)")),
     }
+
 
 
 PROTOCOLS: dict[str, dict[str, Fact]] = {

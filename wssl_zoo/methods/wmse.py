@@ -6,7 +6,7 @@ Source: https://github.com/htdt/self-supervised @ d9662c8d07dafd194a9045375f4f6a
 
 from __future__ import annotations
 
-from ._common import Fact, OURS_MONITOR, UNUSED, src
+from ._common import Fact, OURS_MONITOR, UNUSED, recipe_docs, src
 
 REPO, COMMIT = "htdt/self-supervised", "d9662c8d07dafd194a9045375f4f6aa09f5b03e9"
 NA = "wssl-zoo: not defined for W-MSE (dataclass default)"
@@ -86,6 +86,50 @@ def _recipe(name, dataset, views, line, epochs, lr, emb, w_size, w_iter, crop, c
 
 
 RECIPES: dict[str, dict[str, Fact]] = {row[0]: _recipe(*row) for row in _ROWS}
+
+# Each recipe's documentation: what it is and the authors' command it reproduces (its values and
+# their sources are RECIPES above; wssl_zoo.pretrain.recipes builds the recipes from both).
+RECIPE_DOCS: dict[str, dict[str, str]] = recipe_docs(REPO, COMMIT, {
+    "wmse_cifar10": ("W-MSE 4 on cifar10",
+                     "README.md `python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --num_samples 4 --bs 256 "
+                     "--emb 64 --w_size 128`; cfg.py defaults"),
+    "wmse_cifar100": ("W-MSE 4 on cifar100",
+                      "README.md `python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --num_samples 4 --bs 256 "
+                      "--emb 64 --w_size 128`; cfg.py defaults"),
+    "wmse_stl10": ("W-MSE 4 on stl10",
+                   "README.md `python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --num_samples 4 --bs 256 --emb "
+                   "128 --w_size 256`; cfg.py defaults"),
+    "wmse_tiny_imagenet": ("W-MSE 4 on tiny_imagenet",
+                           "README.md `python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --num_samples 4 --bs "
+                           "256 --emb 128 --w_size 256`; cfg.py defaults"),
+    "wmse_cifar10_2views": ("W-MSE 2 on cifar10",
+                            "README.md `python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --w_size "
+                            "128`; cfg.py defaults"),
+    "wmse_cifar100_2views": ("W-MSE 2 on cifar100",
+                             "README.md `python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --emb 64 --w_size "
+                             "128`; cfg.py defaults"),
+    "wmse_stl10_2views": ("W-MSE 2 on stl10",
+                          "README.md `python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --emb 128 --w_size 256 "
+                          "--w_iter 4`; cfg.py defaults"),
+    "wmse_tiny_imagenet_2views": ("W-MSE 2 on tiny_imagenet",
+                                  "README.md `python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --emb 128 "
+                                  "--w_size 256 --w_iter 4`; cfg.py defaults"),
+    "wmse_imagenet100": ("W-MSE 4 on imagenet100",
+                         "README.md `python -m train --dataset imagenet --epoch 240 --lr 2e-3 --num_samples 4 --bs "
+                         "256 --emb 128 --w_size 256 --crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p "
+                         "0.2`; cfg.py defaults"),
+    "wmse_imagenet100_2views": ("W-MSE 2 on imagenet100",
+                                "README.md `python -m train --dataset imagenet --epoch 240 --lr 2e-3 --emb 128 "
+                                "--w_size 256 --crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2`; "
+                                "cfg.py defaults"),
+    "wmse_imagenet": ("W-MSE 4 on imagenet",
+                      "README.md `python -m train --dataset imagenet --epoch 240 --lr 2e-3 --num_samples 4 --bs 256 "
+                      "--emb 128 --w_size 256 --crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2`; "
+                      "cfg.py defaults",
+                      "Not the authors' recipe: W-MSE published no ImageNet-1k recipe; this is its ImageNet-100 "
+                      "recipe (W-MSE 4) with a ResNet-50 backbone."),
+})
+
 
 # W-MSE's own evaluation (eval/sgd.py, eval/knn.py) is the one CW-RGP copied: see cwrgp.PROTOCOLS
 # ("small", "knn5"), cited from both repositories there.

@@ -1,8 +1,10 @@
 """The papers' pretraining recipes, named ``<method>_<dataset>[_<variant>]``.
 
-Every value comes from the authors' scripts and configs at the commits below (cited per recipe
-in ``source``); the only recipe that is not the authors' is ``wmse_imagenet`` (W-MSE published no
-ImageNet-1k recipe), flagged in its ``notes``.
+The values and their sources live in one place, the provenance tables of :mod:`wssl_zoo.methods`
+(``wssl_zoo/methods/<method>.py``: ``RECIPES``, every value with the authors' file and line, and
+``RECIPE_DOCS``, the command each recipe reproduces); this module builds the :class:`Recipe`
+objects from them. The only recipe that is not the authors' is ``wmse_imagenet`` (W-MSE published
+no ImageNet-1k recipe), flagged in its ``notes``.
 
 - W-MSE: https://github.com/htdt/self-supervised @ d9662c8 (README commands, cfg.py, train.py)
 - CW-RGP: https://github.com/winci-ai/CW-RGP @ 5bbf6ed (scripts/base.sh, scripts/ImageNet.sh,
@@ -22,9 +24,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-WMSE_SRC = "https://github.com/htdt/self-supervised @ d9662c8d07dafd194a9045375f4f6aa09f5b03e9"
-CWRGP_SRC = "https://github.com/winci-ai/CW-RGP @ 5bbf6ed4df355d151fe278e87ad51dd2bff89a14"
-INTL_SRC = "https://github.com/winci-ai/INTL @ 0aa69af20a263d1d714e45bc835925a84dc11956"
 
 from ..registry import METHODS  # noqa: E402  (the one list of methods)
 DATASETS = ("cifar10", "cifar100", "stl10", "tiny_imagenet", "imagenet100", "imagenet", "imagefolder", "fashion_mnist")
@@ -178,146 +177,22 @@ class Recipe:
         return self
 
 
-def _wmse(name, dataset, views, batch, epochs, lr, emb, w_size, w_iter=1, img=32, stem="cifar",
-          arch="resnet18", command="", notes=""):
-    return Recipe(
-        name=name, method="wmse", dataset=dataset,
-        source=f"{WMSE_SRC}: README.md `python -m train {command}`; cfg.py defaults",
-        description=f"W-MSE {views} on {dataset}", epochs=epochs, batch_size=batch, lr=lr,
-        arch=arch, stem=stem, img_size=img, num_views=views,
-        loss=dict(w_size=w_size, w_iter=w_iter, eps=0.0, normalize=True),
-        projector=dict(hidden_dim=1024, out_dim=emb, num_layers=2, hidden_bias=True, last_bias=True),
-        optimizer="adam", weight_decay=1e-6, schedule="wmse", warmup_steps=500,
-        lr_drops=(50, 25), drop_gamma=0.2, knn_k=5, eval_every=20, notes=notes,
-    )
-
-
-def _cwrgp(name, dataset, views, batch, epochs, lr, emb, w_size, groups, w_iter=1, head=1024,
-           img=32, stem="cifar", command=""):
-    return Recipe(
-        name=name, method="cwrgp", dataset=dataset,
-        source=f"{CWRGP_SRC}: scripts/base.sh `python base/train.py {command}`; base/cfg.py defaults",
-        description=f"CW-RGP {views} on {dataset}", epochs=epochs, batch_size=batch, lr=lr,
-        stem=stem, img_size=img, num_views=views,
-        loss=dict(w_size=w_size, w_iter=w_iter, groups=groups, random_groups=True, eps=0.0),
-        projector=dict(hidden_dim=head, out_dim=emb, num_layers=2, hidden_bias=True, last_bias=True),
-        optimizer="adam", weight_decay=1e-6, schedule="wmse", warmup_steps=500,
-        lr_drops=(50, 25), drop_gamma=0.2, knn_k=5, eval_every=10,
-        zero_init_residual=True,  # base/model.py:21 models.<arch>(zero_init_residual=True)
-    )
-
-
 def _build_recipes() -> dict[str, Recipe]:
-    r: list[Recipe] = []
-    # ---------------------------------------------------------------- W-MSE (README "table 1")
-    for ds in ("cifar10", "cifar100"):
-        r.append(_wmse(f"wmse_{ds}", ds, 4, 256, 1000, 3e-3, 64, 128,
-                       command=f"--dataset {ds} --epoch 1000 --lr 3e-3 --num_samples 4 --bs 256 --emb 64 --w_size 128"))
-        r.append(_wmse(f"wmse_{ds}_2views", ds, 2, 512, 1000, 3e-3, 64, 128,
-                       command=f"--dataset {ds} --epoch 1000 --lr 3e-3 --emb 64 --w_size 128"))
-    # datasets/stl10.py:22 and datasets/tiny_in.py:16: aug_transform(64, ...) for both
-    for ds, epochs, img in (("stl10", 2000, 64), ("tiny_imagenet", 1000, 64)):
-        tag = "tiny_in" if ds == "tiny_imagenet" else ds
-        r.append(_wmse(f"wmse_{ds}", ds, 4, 256, epochs, 2e-3, 128, 256, img=img, stem="small",
-                       command=f"--dataset {tag} --epoch {epochs} --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256"))
-        r.append(_wmse(f"wmse_{ds}_2views", ds, 2, 512, epochs, 2e-3, 128, 256, w_iter=4, img=img, stem="small",
-                       command=f"--dataset {tag} --epoch {epochs} --lr 2e-3 --emb 128 --w_size 256 --w_iter 4"))
-    in100 = "--crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2"
-    r.append(_wmse("wmse_imagenet100", "imagenet100", 4, 256, 240, 2e-3, 128, 256, img=224, stem="imagenet",
-                   command=f"--dataset imagenet --epoch 240 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256 {in100}"))
-    r.append(_wmse("wmse_imagenet100_2views", "imagenet100", 2, 512, 240, 2e-3, 128, 256, img=224, stem="imagenet",
-                   command=f"--dataset imagenet --epoch 240 --lr 2e-3 --emb 128 --w_size 256 {in100}"))
-    r.append(_wmse("wmse_imagenet", "imagenet", 4, 256, 240, 2e-3, 128, 256, img=224, stem="imagenet", arch="resnet50",
-                   command=f"--dataset imagenet --epoch 240 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256 {in100}",
-                   notes="Not the authors' recipe: W-MSE published no ImageNet-1k recipe; this is its ImageNet-100 "
-                         "recipe (W-MSE 4) with a ResNet-50 backbone."))
-    # ---------------------------------------------------------------- CW-RGP (scripts/base.sh)
-    for ds in ("cifar10", "cifar100"):
-        r.append(_cwrgp(f"cwrgp_{ds}", ds, 4, 256, 1000, 3e-3, 512, 64, 4,
-                        command=f"--dataset {ds} --epochs 1000 --lr 3e-3 --num_samples 4 --bs 256 --w_size 64 --group 4"))
-    r.append(_cwrgp("cwrgp_cifar10_2views", "cifar10", 2, 256, 1000, 3e-3, 512, 64, 4, w_iter=4,
-                    command="--dataset cifar10 --epochs 1000 --lr 3e-3 --bs 256 --w_size 64 --group 4 --w_iter 4"))
-    r.append(_cwrgp("cwrgp_cifar100_2views", "cifar100", 2, 512, 1000, 3e-3, 512, 64, 4,
-                    command="--dataset cifar100 --epochs 1000 --lr 3e-3 --w_size 64 --group 4"))
-    # base/datasets/stl10.py: aug_transform(64, ...) (W-MSE's), test Resize(70, bicubic) + CenterCrop(64)
-    r.append(_cwrgp("cwrgp_stl10", "stl10", 4, 256, 2000, 2e-3, 512, 64, 4, img=64, stem="small",
-                    command="--dataset stl10 --epochs 2000 --lr 2e-3 --num_samples 4 --bs 256 --w_size 64 --group 4"))
-    r.append(_cwrgp("cwrgp_stl10_2views", "stl10", 2, 512, 2000, 2e-3, 512, 64, 4, img=64, stem="small",
-                    command="--dataset stl10 --epochs 2000 --lr 2e-3 --w_size 64 --group 4"))
-    r.append(_cwrgp("cwrgp_tiny_imagenet", "tiny_imagenet", 4, 256, 1000, 2e-3, 1024, 128, 2, head=2048, img=64, stem="small",
-                    command="--dataset tiny_in --epochs 1000 --lr 2e-3 --num_samples 4 --bs 256 --emb 1024 --w_size 128 --group 2 --head_size 2048"))
-    r.append(_cwrgp("cwrgp_tiny_imagenet_2views", "tiny_imagenet", 2, 512, 1000, 2e-3, 1024, 128, 2, head=2048, img=64, stem="small",
-                    command="--dataset tiny_in --epochs 1000 --lr 2e-3 --emb 1024 --w_size 128 --group 2 --head_size 2048"))
-    # ---------------------------------------------------------------- CW-RGP ImageNet (scripts/ImageNet.sh)
-    for name, epochs, cov_w, cov_stop in (("cwrgp_imagenet", 200, 0.01, 100), ("cwrgp_imagenet_100ep", 100, 0.005, 50)):
-        r.append(Recipe(
-            name=name, method="cwrgp", dataset="imagenet",
-            source=f"{CWRGP_SRC}: scripts/ImageNet.sh (CW-RGP 4, {epochs} epochs, --cov_w {cov_w} --cov_stop {cov_stop}); "
-                   "ImageNet/cfg.py defaults; ImageNet/train.py (SGD, warm-up, cosine per epoch)",
-            description=f"CW-RGP 4 on ImageNet-1k, {epochs} epochs, covariance term until epoch {cov_stop}",
-            epochs=epochs, batch_size=512, lr=0.05, arch="resnet50", stem="imagenet", img_size=224, num_views=4,
-            # cov_block: ImageNet/methods/cwrgp.py:34-36 compute the covariance term per GPU on its
-            # 512 / 4 GPUs = 128 samples (ImageNet/train.py:99); DDP averages it over the GPUs.
-            loss=dict(w_size=128, w_iter=1, groups=2, random_groups=True, eps=0.0, cov_weight=cov_w,
-                      cov_block=128),
-            projector=dict(hidden_dim=2048, out_dim=1024, num_layers=3, hidden_bias=True, last_bias=True),
-            optimizer="sgd", lr_scaling="batch/256", weight_decay=1e-4, exclude_bias_norm_wd=False,
-            schedule="warmup_cosine_epoch", warmup_steps=500, cov_stop_epoch=cov_stop, knn_k=5, eval_every=10,
-            zero_init_residual=True,  # ImageNet/model.py:21 models.<arch>(zero_init_residual=True)
-        ))
-    # ---------------------------------------------------------------- INTL
-    for ds in ("cifar10", "cifar100"):
-        r.append(Recipe(
-            name=f"intl_{ds}", method="intl", dataset=ds,
-            source=f"{INTL_SRC}: scripts/{ds}.sh `python cifar/main.py --dataset {ds} --arch resnet18 "
-                   "--projection_size 2048 --epochs 1000 --lr 0.3 --wd 1e-4 --method intl`; cifar/cfg.py defaults",
-            description=f"INTL on {ds}", epochs=1000, batch_size=256, lr=0.3, img_size=32,
-            # INTL's ResNet pads by 1 before the 3x3/1 padding-1 CIFAR conv (src/resnet.py:156,276 +
-            # src/model.py:24): the authors' quirk, reproduced; --set stem=cifar is the corrected stem.
-            stem="cifar_pad2",
-            loss=dict(iterations=4, momentum=False),
-            projector=dict(hidden_dim=2048, out_dim=2048, num_layers=3, hidden_bias=False, last_bias=True),
-            optimizer="sgd", lr_scaling="batch/256", weight_decay=1e-4, exclude_bias_norm_wd=False,
-            schedule="warmup_cosine", warmup_epochs=2, knn_k=5, eval_every=5,
-            zero_init_residual=False,  # src/model.py:18-22: zero_init only when arch != resnet18
-            authors_precision="fp32",  # cifar/main.py trains without autocast
-        ))
-    r.append(Recipe(
-        name="intl_imagenet100", method="intl", dataset="imagenet100",
-        source=f"{INTL_SRC}: scripts/in100.sh `python main.py --dataset in100 --arch resnet18 --bs 128 "
-               "--projection_size 4096 --epochs 400 --lr 0.5 --wd 2.5e-5 --method intl`; cfg.py defaults",
-        description="INTL on ImageNet-100", epochs=400, batch_size=128, lr=0.5, img_size=224, stem="imagenet",
-        loss=dict(iterations=4, momentum=False),
-        projector=dict(hidden_dim=4096, out_dim=8192, num_layers=3, hidden_bias=False, last_bias=True),
-        optimizer="sgd", lr_scaling="batch/256", weight_decay=2.5e-5, exclude_bias_norm_wd=True,
-        schedule="warmup_cosine", warmup_epochs=2, knn_k=5, eval_every=10,
-        zero_init_residual=False,  # src/model.py:18-22: zero_init only when arch != resnet18
-        authors_precision="fp16",  # main.py:129,174-178 torch.cuda.amp autocast + GradScaler
-    ))
-    imagenet_common = dict(
-        method="intl", dataset="imagenet", batch_size=256, arch="resnet50", stem="imagenet", img_size=224,
-        projector=dict(hidden_dim=8192, out_dim=8192, num_layers=3, hidden_bias=False, last_bias=True),
-        optimizer="sgd", lr_scaling="batch/256", weight_decay=1e-5, exclude_bias_norm_wd=True,
-        schedule="warmup_cosine", warmup_epochs=2, knn_k=5, eval_every=10,
-        zero_init_residual=True,  # src/model.py:18-22: resnet50 != resnet18 -> zero_init_residual=True
-        authors_precision="fp16",  # main.py:129,174-178 torch.cuda.amp autocast + GradScaler
-    )
-    r.append(Recipe(
-        name="intl_imagenet", source=f"{INTL_SRC}: scripts/ep800.sh `python main.py --dataset imagenet --epochs 800 "
-        "--lr 0.3 --method intl`; cfg.py defaults", description="INTL on ImageNet-1k, 2 x 224 crops, no EMA, 800 epochs",
-        epochs=800, lr=0.3, loss=dict(iterations=4, momentum=False), **imagenet_common,
-    ))
-    for epochs, lr in ((200, 0.4), (100, 0.5), (400, 0.4), (800, 0.3)):
-        suffix = "" if epochs == 200 else f"_{epochs}ep"
-        r.append(Recipe(
-            name=f"intl_m_imagenet{suffix}",
-            source=f"{INTL_SRC}: scripts/ep{epochs}_multi-crop_ema.sh `python main.py --dataset imagenet --epochs "
-                   f"{epochs} --lr {lr} --method intl_m --multi-crop`; cfg.py defaults (m 0.996), main.py",
-            description=f"INTL_M (momentum encoder) with multi-crop 2x224+192+160+128+96 on ImageNet-1k, {epochs} epochs",
-            epochs=epochs, lr=lr, num_views=6, multi_crop=True, ema_momentum=0.996,
-            loss=dict(iterations=4, momentum=True), **imagenet_common,
-        ))
-    return {recipe.name: recipe.validate() for recipe in r}
+    """Every recipe, from the provenance tables of :mod:`wssl_zoo.methods` (values and their sources,
+    the documentation fields): this module holds none of the values."""
+    from ..methods import recipe_definitions
+
+    recipes = {}
+    for name, (table, docs) in recipe_definitions().items():
+        values: dict[str, Any] = {"loss": {}, "projector": {}}
+        for key, fact in table.items():
+            group, _, sub = key.partition(".")
+            if sub:
+                values[group][sub] = fact.value
+            else:
+                values[key] = fact.value
+        recipes[name] = Recipe(name=name, **docs, **values).validate()
+    return recipes
 
 
 RECIPES: dict[str, Recipe] = _build_recipes()
