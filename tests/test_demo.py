@@ -39,8 +39,11 @@ def test_demo_missing_data_is_a_clear_error(tmp_path, capsys):
 
 def test_the_default_demo_makes_the_steps_it_announces():
     """The README's "2 x 120 steps of 256 images": the default class-balanced subset of Fashion-MNIST's
-    10 classes holds exactly steps_per_epoch full batches (it held 117 when the subset was 30,000)."""
+    10 x 6,000 training images holds exactly steps_per_epoch full batches (it held 117 when the
+    subset was 30,000). The subset is drawn by the loop's own rule (balanced_subset)."""
+    from wssl_zoo.data.datasets import balanced_subset
     from wssl_zoo.demo import DEFAULTS
 
-    per_class = DEFAULTS["train_subset"] // 10
-    assert per_class * 10 // DEFAULTS["batch_size"] == DEFAULTS["steps_per_epoch"] == 120
+    targets = [c for c in range(10) for _ in range(6000)]
+    subset = balanced_subset(targets, max(1, DEFAULTS["train_subset"] // 10), seed=0)
+    assert len(subset) // DEFAULTS["batch_size"] == DEFAULTS["steps_per_epoch"] == 120

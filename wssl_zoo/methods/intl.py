@@ -192,7 +192,6 @@ def _semi(lr_backbone: float, script: str) -> dict[str, Fact]:
     }
 
 
-
 PROTOCOLS: dict[str, dict[str, Fact]] = {
     "intl": _linear(0.4, s("scripts/ep100_multi-crop_ema.sh:14 --lr-classifier 0.4 (multi-crop + EMA models)")),
     "intl_plain": _linear(0.2, s("scripts/ep800.sh:13, scripts/in100.sh:16 --lr-classifier 0.2 (cfg.py:138)")),

@@ -4,12 +4,8 @@ The values and their sources live in one place, the provenance tables of :mod:`w
 (``wssl_zoo/methods/<method>.py``: ``RECIPES``, every value with the authors' file and line, and
 ``RECIPE_DOCS``, the command each recipe reproduces); this module builds the :class:`Recipe`
 objects from them. The only recipe that is not the authors' is ``wmse_imagenet`` (W-MSE published
-no ImageNet-1k recipe), flagged in its ``notes``.
-
-- W-MSE: https://github.com/htdt/self-supervised @ d9662c8 (README commands, cfg.py, train.py)
-- CW-RGP: https://github.com/winci-ai/CW-RGP @ 5bbf6ed (scripts/base.sh, scripts/ImageNet.sh,
-  base/cfg.py, ImageNet/cfg.py, ImageNet/train.py)
-- INTL: https://github.com/winci-ai/INTL @ 0aa69af (scripts/*.sh, cfg.py, cifar/cfg.py, main.py)
+no ImageNet-1k recipe), flagged in its ``notes``. The repositories and commits read are each
+method module's ``REPO`` and ``COMMIT``.
 
 A recipe is a frozen dataclass; :func:`resolve_recipe` applies overrides (``--epochs 2``,
 ``--set loss.w_size=64``) and validates the result.
