@@ -33,7 +33,10 @@ def _tables(text: str) -> list[list[list[str]]]:
 
 
 def _env() -> dict:
-    env = dict(os.environ, PYTHON=sys.executable, TRAIN_SECONDS="5")
+    import warm
+
+    # $PYTHON: a warm interpreter (tests/warm.py) for the script's ~20 short Python commands
+    env = dict(os.environ, TRAIN_SECONDS="5", **warm.client_env())
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

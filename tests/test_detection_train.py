@@ -335,26 +335,21 @@ def test_voc_root_trains_and_evaluates(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_ddp_on_cpu(coco, tmp_path):
-    """torchrun with 2 CPU processes (gloo): DDP training, sharded evaluation gathered on rank 0."""
+    """torchrun with 2 CPU processes (gloo): DDP training, sharded evaluation gathered on rank 0.
+    The two processes get torchrun's environment from tests/warm.py (the real launcher runs in
+    test_ddp_two_gloo_processes_agree_with_one_process_on_the_concatenated_batch)."""
     import os
-    import socket
-    import subprocess
-    import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    import warm
     record = tmp_path / "rec.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "detection.train", "--model", "random:resnet18", "--config", "coco_R_50_FPN_1x",
+    cmd = ["-m", "detection.train", "--model", "random:resnet18", "--config", "coco_R_50_FPN_1x",
            "--coco-root", str(coco), "--out", str(tmp_path / "run"), "--max-iter", "2", "--ims-per-batch", "4",
            "--num-workers", "0", "--device", "cpu", "--no-progress", "--backend", "torchvision",
            "--record", str(record)]
     for item in FPN_FAST + ["MODEL.MASK_ON=False"]:
         cmd += ["--set", item]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=Path(train.__file__).resolve().parent.parent, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = warm.torchrun(2, cmd, cwd=Path(train.__file__).resolve().parent.parent, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = _record(record)
     assert rec["world_size"] == 2 and rec["test_images"] == 4

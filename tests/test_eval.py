@@ -393,10 +393,9 @@ def test_spectrum_cli_covers_backbone_and_projector(model_dir, folder, tmp_path)
 
 @pytest.mark.slow
 def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tmp_path):
-    """Two gloo processes each extract a shard; every rank ends with the whole matrix, in order."""
-    import subprocess
-    import sys
-
+    """Two gloo processes each extract a shard; every rank ends with the whole matrix, in order
+    (torchrun's environment from tests/warm.py)."""
+    import warm
     from eval.features import cached_features, resolve_model
 
     script = tmp_path / "ddp.py"
@@ -410,10 +409,8 @@ def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tm
         "torch.save((x, y), f'{sys.argv[3]}.{dist.get_rank()}')\n"
         "dist.destroy_process_group()\n")
     repo = Path(__file__).resolve().parent.parent
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), str(folder), str(tmp_path / "c"), str(tmp_path / "out")],
-                         cwd=repo, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    run = warm.torchrun(2, [str(script), str(folder), str(tmp_path / "c"), str(tmp_path / "out")], cwd=repo,
+                        timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(repo)})
     assert run.returncode == 0, run.stderr[-2000:]
     x, y, _ = cached_features(resolve_model("random:resnet18:imagenet:32"), "imagefolder", str(folder), "train",
                               torch.device("cpu"), str(tmp_path / "single"), workers=0, progress=False)

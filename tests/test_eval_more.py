@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import types
@@ -265,15 +264,15 @@ def test_help_explains_every_flag(module, capsys):
 @pytest.mark.slow
 def test_torchrun_semi_fine_tuning_writes_one_record(model_dir, folder, tmp_path):
     """eval.semi under torchrun (2 gloo processes): DDP fine-tuning, the split file and the record
-    are written once (by rank 0)."""
+    are written once (by rank 0). The processes get torchrun's environment from tests/warm.py."""
     out = tmp_path / "semi.json"
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "eval.semi", *_common(model_dir, folder, out), "--split", "10pct",
-                          "--make-split-file", str(tmp_path / "split.txt"), "--percent", "50", "--epochs", "1",
-                          "--batch-size", "4"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                              "WSSL_ZOO_CACHE": str(tmp_path / "c")})
+    import warm
+
+    run = warm.torchrun(2, ["-m", "eval.semi", *_common(model_dir, folder, out), "--split", "10pct",
+                            "--make-split-file", str(tmp_path / "split.txt"), "--percent", "50", "--epochs", "1",
+                            "--batch-size", "4"],
+                        cwd=REPO, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                                                    "WSSL_ZOO_CACHE": str(tmp_path / "c")})
     assert run.returncode == 0, run.stderr[-3000:]
     rec = json.loads(out.read_text())
     validate_record(rec)

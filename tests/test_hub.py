@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -454,7 +453,12 @@ def test_offline_from_the_cache_and_a_clear_error_for_what_is_not_cached(publish
 
 @pytest.mark.slow
 def test_environment_variables_are_honoured_in_a_fresh_process(published, hub, registry, tmp_path):
-    """HF_ENDPOINT and HF_HOME select the Hub and the cache; HF_HUB_OFFLINE=1 then loads from it."""
+    """HF_ENDPOINT and HF_HOME select the Hub and the cache; HF_HUB_OFFLINE=1 then loads from it.
+    Each command runs in a new process forked from tests/warm.py's zygote, which has not imported
+    huggingface_hub, timm or wssl_zoo (tests/test_warm.py checks that): every module that reads
+    these variables reads them in that process, as in a new interpreter."""
+    import warm
+
     model, _ = published
     env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "home"), WSSL_ZOO_REGISTRY=str(registry),
                PYTHONPATH=str(REPO))
@@ -463,12 +467,12 @@ def test_environment_variables_are_honoured_in_a_fresh_process(published, hub, r
             "x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)); "
             "torch.save(m.eval()(x).detach(), sys.argv[2])")
     out1, out2 = tmp_path / "f1.pt", tmp_path / "f2.pt"
-    run = subprocess.run([sys.executable, "-c", code, ENTRY, str(out1)], env=env, capture_output=True, text=True, timeout=300)
+    run = warm.run([sys.executable, "-c", code, ENTRY, str(out1)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert list((tmp_path / "home" / "hub").glob("models--wssl-zoo--cwrgp_resnet18_cifar10/snapshots/*/model.safetensors"))
     hub.stop()
-    run = subprocess.run([sys.executable, "-c", code, ENTRY, str(out2)], env=dict(env, HF_HUB_OFFLINE="1"),
-                         capture_output=True, text=True, timeout=300)
+    run = warm.run([sys.executable, "-c", code, ENTRY, str(out2)], env=dict(env, HF_HUB_OFFLINE="1"),
+                   capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert torch.equal(torch.load(out1), features(model)) and torch.equal(torch.load(out2), features(model))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import warm
 from test_pretrain import make_imagefolder
 
 STEPS = 9  # 60 images, batch 16 (drop last): 3 steps per epoch, 3 epochs
@@ -43,8 +44,8 @@ def data(tmp_path_factory) -> Path:
 
 def _cli(args):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "wssl_zoo.pretrain", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    return warm.popen([sys.executable, "-m", "wssl_zoo.pretrain", *args], stdout=subprocess.PIPE,
+                      stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def _read_step(ckpt: Path) -> int | None:
@@ -54,7 +55,7 @@ def _read_step(ckpt: Path) -> int | None:
         return None
 
 
-def kill_after_checkpoint(proc: subprocess.Popen, out: Path, at_least: int) -> int:
+def kill_after_checkpoint(proc, out: Path, at_least: int) -> int:
     """Freeze ``proc`` once ``out``'s last.pt holds step >= ``at_least``, then SIGKILL it; returns
     the step of the checkpoint it leaves (read while the process is stopped)."""
     ckpt = out / "checkpoints" / "last.pt"
