@@ -88,7 +88,8 @@ def test_detectron2_backend_two_iterations(tmp_path):
 
     coco = make_coco(tmp_path / "coco", n=4, size=96)
     sets = FPN_FAST + ["INPUT.MAX_SIZE_TRAIN=160", "INPUT.MAX_SIZE_TEST=160", "SOLVER.CHECKPOINT_PERIOD=1000",
-                       "MODEL.RESNETS.NORM=naiveSyncBN", "MODEL.ROI_HEADS.SCORE_THRESH_TEST=0.0", "MODEL.ROI_HEADS.NUM_CLASSES=2"]  # detections for COCOeval
+                       "MODEL.RESNETS.NORM=naiveSyncBN", "MODEL.ROI_HEADS.SCORE_THRESH_TEST=0.0", "MODEL.ROI_HEADS.NUM_CLASSES=2",  # detections for COCOeval
+            "TEST.PRECISE_BN.NUM_ITER=2"]  # the protocol's PreciseBN hook runs, over 2 batches instead of 200 (11 s)
     record = tmp_path / "rec.json"
     rc = train.main(["--model", "random:resnet18", "--config", "coco_R_50_FPN_1x", "--coco-root", str(coco),
                      "--out", str(tmp_path / "run"), "--backend", "detectron2", "--max-iter", "2",
