@@ -96,7 +96,10 @@ def loss_flops(cfg: Config) -> float:
     return v * (4 * n * n * d + 18 * (t - 1) * n ** 3 + 6 * n ** 3) + (v - 1) * (6 * n * n * d + 6 * n ** 3)
 
 
-def matmul_peak(device: torch.device, repeats: int = 5, sizes=(256, 512, 1024, 2048)) -> tuple[float, int]:
+PEAK_SIZES = (256, 512, 1024, 2048)
+
+
+def matmul_peak(device: torch.device, repeats: int = 5, sizes=PEAK_SIZES) -> tuple[float, int]:
     """(GFLOP/s, n) of the fastest fp32 n x n x n matmul among ``sizes``, median of ``repeats``
     runs each, measured now on ``device``: the reference the losses' GFLOP/s are shared of."""
     best = (0.0, 0)
@@ -149,7 +152,8 @@ def _loop_on(device: torch.device, method: str, params: dict):
 
 
 def run_benchmark(devices: list[str], repeats: int, warmup: int, only: str | None, scale: int = 1):
-    """Rows of the table; ``scale`` divides N and D (and w_size) for a quick smoke run."""
+    """Rows of the table; ``scale`` divides N and D (and w_size), and the matmul sizes of the peak,
+    for a quick smoke run (whose peak is then timed ``repeats`` times, not at least 7)."""
     rows = []
     for device_name in devices:
         device = torch.device(device_name)
@@ -166,7 +170,8 @@ def run_benchmark(devices: list[str], repeats: int, warmup: int, only: str | Non
             t_loop = time_fn(_loop_on(device, cfg.method, cfg.params), x, repeats, warmup)
             # The peak right after this configuration's timings: on a shared machine the load changes
             # from minute to minute, and the share is only meaningful against the same moment.
-            peak, peak_n = matmul_peak(device, repeats=max(repeats, 7))
+            peak, peak_n = matmul_peak(device, repeats=max(repeats, 7) if scale == 1 else repeats,
+                                       sizes=tuple(n // scale for n in PEAK_SIZES))
             flops = loss_flops(cfg)
             rows.append(
                 dict(config=cfg.name, device=device_name, views=cfg.views, batch=cfg.batch,
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="run the configurations whose name contains this text")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for the CPU runs")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--scale", type=int, default=1, help="divide N, D and w_size by this (smoke runs; default 1)")
+    parser.add_argument("--scale", type=int, default=1, help="divide N, D, w_size and the peak's matmul sizes by this (smoke runs; default 1)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,8 +11,8 @@ backbone (linear classifier, cross-entropy) on the same number of images per ste
 On the CPU the ResNet-50 rows use a batch of 32 with sub-batch sizes scaled to fit (stated in the
 table); on a GPU the recipes' per-GPU batches are used. ``--compile yes|both`` also times the step
 (and the baseline) under ``torch.compile``; on CUDA the peak memory of the step is reported.
-``--tiny`` shrinks every row (batch 8, ResNet-18 at 16 px, ResNet-50 at 32 px, sub-batches scaled) for
-smoke runs.
+``--tiny`` shrinks every row (batch 8, ResNet-18 at 16 px, ResNet-50 at 32 px with 64-wide projectors,
+sub-batches scaled) for smoke runs.
 Prints a Markdown table; ``--json`` also writes the rows.
 """
 
@@ -38,8 +38,12 @@ from wssl_zoo.pretrain.recipes import get_recipe
 def configs(device: str, tiny: bool = False):
     gpu = device.startswith("cuda")
     r50_batch = 8 if tiny else (None if gpu else 32)
-    cpu_r50_loss = {"wmse": {"w_size": 8 if tiny else 32}, "cwrgp": {"w_size": 8 if tiny else 32}, "intl": {}}
+    small = 8 if tiny else 32  # CW-RGP: its covariance blocks (128 samples) must divide the smaller batch too
+    cpu_r50_loss = {"wmse": {"w_size": small}, "cwrgp": {"w_size": small, "cov_block": small}, "intl": {}}
     cpu_r50_proj = {"wmse": {"out_dim": 4 if tiny else 16}, "cwrgp": {}, "intl": {}}
+    if tiny:  # the ResNet-50 recipes' projectors (up to 3 x 8192 wide for INTL) would dominate a smoke run
+        cpu_r50_proj = {"wmse": {"hidden_dim": 64, "out_dim": 4}, "cwrgp": {"hidden_dim": 64, "out_dim": 32},
+                        "intl": {"hidden_dim": 64, "out_dim": 64}}
     rows = []
     for method, recipe in (("wmse", "wmse_cifar10_2views"), ("cwrgp", "cwrgp_cifar10"), ("intl", "intl_cifar10")):
         r = get_recipe(recipe)
@@ -168,7 +172,8 @@ def main(argv=None) -> int:
                     help="time the step eagerly (no), under torch.compile (yes) or both (default: %(default)s)")
     ap.add_argument("--compile-backend", default="inductor",
                     help="torch.compile backend (default: %(default)s; 'eager' checks the path without a compiler)")
-    ap.add_argument("--tiny", action="store_true", help="batch 8, ResNet-18 at 16 px, ResNet-50 at 32 px: a smoke run")
+    ap.add_argument("--tiny", action="store_true",
+                    help="batch 8, ResNet-18 at 16 px, ResNet-50 at 32 px (64-wide projectors): a smoke run")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
