@@ -104,3 +104,20 @@ def test_loss_flops_bound_the_matmul_flops_torch_counts(name):
         w = small.params["w_size"]
         factorisations = small.views * (small.batch // w) * small.params["groups"] * 15 * w ** 3
         assert counted <= ours <= counted + factorisations * 1.01
+
+
+def test_every_cwrgp_step_row_of_the_cpu_and_tiny_tables_has_a_loss_that_runs_on_its_batch():
+    """The CPU (batch 32) and --tiny (batch 8) rows shrink the recipes' batches; CW-RGP's
+    covariance blocks (128 samples in the ImageNet recipe) must shrink with them (the rows raised
+    "cov_block=128 does not divide the per-process batch" before)."""
+    import pretrain as bench
+
+    from wssl_zoo.losses import build_loss
+
+    rows = [row for tiny in (False, True) for row in bench.configs("cpu", tiny) if row["name"].startswith("cwrgp")]
+    assert len(rows) == 4
+    for row in rows:
+        loss = build_loss("cwrgp", **row["loss"])
+        views = [torch.randn(row["batch"], row["proj"]["out_dim"], generator=torch.Generator().manual_seed(i))
+                 for i in range(row["views"])]
+        assert torch.isfinite(loss(views)), row["name"]
