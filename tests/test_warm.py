@@ -19,7 +19,9 @@ PROBE = ("import json, os, sys; "
          "'project': sorted(m for m in sys.modules if m.split('.')[0] in ('wssl_zoo', 'eval', 'detection', 'timm', "
          "'huggingface_hub')), 'path0': sys.path[0]}))")
 
-pytestmark = pytest.mark.skipif(os.environ.get("WSSL_TESTS_FRESH") == "1", reason="WSSL_TESTS_FRESH=1: no zygote")
+# slow as the tests that use the zygote are: a "not slow" run never starts it
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("WSSL_TESTS_FRESH") == "1", reason="WSSL_TESTS_FRESH=1: no zygote")]
 
 
 def test_a_warm_child_sees_what_a_new_interpreter_sees(tmp_path):
