@@ -36,7 +36,8 @@ def _env(warm_python: bool = True) -> dict:
     import warm
 
     # $PYTHON: a warm interpreter (tests/warm.py) for the script's ~20 short Python commands
-    env = dict(os.environ, TRAIN_SECONDS="5", **(warm.client_env() if warm_python else {"PYTHON": sys.executable}))
+    python = warm.client_env() if warm_python else {"PYTHON": sys.executable}
+    env = dict(os.environ, TRAIN_SECONDS="5", **python)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -71,8 +72,8 @@ def test_gpu_check_dry_run_writes_every_table(tmp_path):
 
 
 def test_gpu_check_refuses_an_unknown_argument():
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--fast"], cwd=REPO, env=_env(warm_python=False),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--fast"], cwd=REPO,
+                          env=_env(warm_python=False), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "gpu_check.sh: unknown argument --fast; usage: bash benchmarks/gpu_check.sh [--dry-run] [--out DIR]"]

@@ -4,13 +4,13 @@ concatenated batch, and DDP's gradient averaging then gives the 1-process gradie
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from warm import free_port
 from wssl_zoo.losses import build_loss
 
 WORLD = 2
@@ -30,12 +30,6 @@ def _gather(name: str) -> bool:
     from wssl_zoo.pretrain.recipes import RECIPES
 
     return resolve_gather(RECIPES["intl_cifar10"], "auto", WORLD)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _method(name: str) -> str:
@@ -64,7 +58,7 @@ def _worker(rank: int, port: int, x: torch.Tensor, out_dir: str) -> None:
 def test_two_rank_gather_equals_one_process_on_concatenated_batch(tmp_path):
     x = torch.randn(3, 128, 64, dtype=torch.float64)
     x = x + 0.5 * torch.randn(1, 128, 64, dtype=torch.float64)
-    mp.spawn(_worker, args=(_free_port(), x, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), x, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     n_local = x.shape[1] // WORLD
     for name, params in CASES.items():

@@ -46,7 +46,7 @@ _HEADER = struct.Struct("!I")
 # --------------------------------------------------------------------------- protocol (both sides)
 
 def _send_request(sock: socket.socket, argv: list[str], env: dict, cwd: str, fds: list[int]) -> None:
-    payload = json.dumps({"argv": argv, "env": env, "cwd": cwd, "nfds": len(fds)}).encode()
+    payload = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode()
     socket.send_fds(sock, [_HEADER.pack(len(payload))], fds)
     sock.sendall(payload)
 
@@ -271,8 +271,8 @@ def _zygote() -> _Zygote | None:
 
 
 def client_env() -> dict[str, str]:
-    """Environment entries that make a shell script's ``$PYTHON`` a warm interpreter (empty, so a
-    real one, under ``WSSL_TESTS_FRESH=1``)."""
+    """Environment entries that make a shell script's ``$PYTHON`` a warm interpreter (under
+    ``WSSL_TESTS_FRESH=1``: ``PYTHON`` is this interpreter, a real one per command)."""
     zygote = _zygote()
     if zygote is None:
         return {"PYTHON": sys.executable}
@@ -287,36 +287,23 @@ class WarmProcess:
 
         self.args = list(args)
         self.returncode: int | None = None
-        self.stdin = self.stdout = self.stderr = None
-        close_after: list[int] = []
 
-        def fd_for(spec, default: int, mode: str):
+        def end(spec, default: int, child_reads: bool):
+            """(the child's fd, our end of its pipe as a file or None)"""
             if spec is None:
-                return os.dup(default)
+                return os.dup(default), None
             if spec == subprocess.DEVNULL:
-                return os.open(os.devnull, os.O_RDWR)
+                return os.open(os.devnull, os.O_RDWR), None
             if spec == subprocess.PIPE:
                 r, w = os.pipe()
-                ours, theirs = (w, r) if mode == "w" else (r, w)
-                handle = os.fdopen(ours, mode if text else mode + "b")
-                return theirs, handle
-            return os.dup(spec if isinstance(spec, int) else spec.fileno())
+                theirs, ours, mode = (r, w, "w") if child_reads else (w, r, "r")
+                return theirs, os.fdopen(ours, mode if text else mode + "b")
+            return os.dup(spec if isinstance(spec, int) else spec.fileno()), None
 
-        fds = []
-        for i, (spec, mode) in enumerate(((stdin, "w"), (stdout, "r"))):
-            got = fd_for(spec, i, mode)
-            if isinstance(got, tuple):
-                got, handle = got
-                setattr(self, ("stdin", "stdout")[i], handle)
-            fds.append(got)
-        if stderr == subprocess.STDOUT:
-            fds.append(os.dup(fds[1]))
-        else:
-            got = fd_for(stderr, 2, "r")
-            if isinstance(got, tuple):
-                got, self.stderr = got
-            fds.append(got)
-        close_after.extend(fds)
+        ends = [end(stdin, 0, True), end(stdout, 1, False)]
+        ends.append((os.dup(ends[1][0]), None) if stderr == subprocess.STDOUT else end(stderr, 2, False))
+        fds = [fd for fd, _ in ends]
+        self.stdin, self.stdout, self.stderr = (handle for _, handle in ends)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.connect(_zygote().path)
@@ -326,7 +313,7 @@ class WarmProcess:
             assert kind == "P"
             self.pid = int(pid)
         finally:
-            for fd in close_after:
+            for fd in fds:  # the child has its copies
                 os.close(fd)
 
     def poll(self) -> int | None:
@@ -392,6 +379,13 @@ class WarmProcess:
             self.wait()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a gloo rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _kill_quietly(pid: int) -> None:
     """SIGKILL without touching the status socket (safe while another thread waits on it)."""
     try:
@@ -439,9 +433,7 @@ def torchrun(nproc: int, command: list[str], *, env=None, cwd=None, timeout=600,
     and every rank's stdout and stderr, concatenated in rank order (torchrun interleaves them)."""
     import subprocess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     base = dict(os.environ if env is None else env)
     procs = []
     for rank in range(nproc):
