@@ -77,7 +77,7 @@ def scratch_copy(dest: Path) -> None:
 def run_tests(root: Path, args: tuple[str, ...]) -> tuple[int, str, float]:
     env = dict(os.environ, PYTHONPATH=str(root), WSSL_SHARED_DIR=str(REPO.parent / "shared"))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args], cwd=root,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider", *args], cwd=root,
                           env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     return proc.returncode, (lines[-1] if lines else proc.stderr.strip()[-200:]), time.perf_counter() - start

@@ -334,6 +334,7 @@ def test_voc_root_trains_and_evaluates(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.gloo
 def test_torchrun_ddp_on_cpu(coco, tmp_path):
     """torchrun with 2 CPU processes (gloo): DDP training, sharded evaluation gathered on rank 0.
     The two processes get torchrun's environment from tests/warm.py (the real launcher runs in

@@ -55,6 +55,7 @@ def _worker(rank: int, port: int, x: torch.Tensor, out_dir: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.gloo
 def test_two_rank_gather_equals_one_process_on_concatenated_batch(tmp_path):
     x = torch.randn(3, 128, 64, dtype=torch.float64)
     x = x + 0.5 * torch.randn(1, 128, 64, dtype=torch.float64)

@@ -392,6 +392,7 @@ def test_spectrum_cli_covers_backbone_and_projector(model_dir, folder, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.gloo
 def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tmp_path):
     """Two gloo processes each extract a shard; every rank ends with the whole matrix, in order
     (torchrun's environment from tests/warm.py)."""

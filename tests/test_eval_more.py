@@ -262,6 +262,7 @@ def test_help_explains_every_flag(module, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.gloo
 def test_torchrun_semi_fine_tuning_writes_one_record(model_dir, folder, tmp_path):
     """eval.semi under torchrun (2 gloo processes): DDP fine-tuning, the split file and the record
     are written once (by rank 0). The processes get torchrun's environment from tests/warm.py."""

@@ -79,6 +79,7 @@ WMSE_DDP_RUN = [*DDP_RUN[DDP_RUN.index("--dataset"):], "--recipe", "wmse_cifar10
 
 
 @pytest.mark.slow
+@pytest.mark.gloo
 def test_ddp_two_gloo_processes_agree_with_one_process_on_the_concatenated_batch(tmp_path, tiny_data, monkeypatch):
     """torchrun with 2 gloo processes (8 images each) ends with the weights and logged losses of one
     process on the same 16 images per step: INTL whitens over the gathered global batch and DDP

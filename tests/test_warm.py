@@ -91,6 +91,7 @@ def test_the_shell_client_passes_fds_status_and_signals(tmp_path):
     assert time.monotonic() - start < 20
 
 
+@pytest.mark.gloo
 def test_torchrun_gives_each_rank_torchruns_environment():
     code = ("import os, torch.distributed as dist; dist.init_process_group('gloo'); "
             "print(dist.get_rank(), dist.get_world_size(), os.environ['LOCAL_RANK']); dist.destroy_process_group()")
