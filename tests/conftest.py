@@ -159,3 +159,11 @@ def published_registry(tmp_path, monkeypatch):
 
     yield _registry_in_state(tmp_path, monkeypatch, published=True)
     clear_cache()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules that hold slow tests run first (each module's tests stay together and in order,
+    so its module-scoped fixtures are built once per worker). Under xdist's worksteal schedule this
+    keeps a long test from starting last while the other workers have nothing left to do."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_modules)
