@@ -151,6 +151,43 @@ def test_timm_loads_our_directory_directly(tmp_path):
         assert torch.equal(plain(x), model(x))
 
 
+@pytest.mark.parametrize("arch, stem, meta", [("resnet18", "cifar_pad2", True), ("test_vit", "imagenet", True),
+                                              ("test_efficientnet", "imagenet", True),
+                                              # non-persistent relative-position indices: built the ordinary way
+                                              ("test_coatnet", "imagenet", False)])
+def test_loading_skips_the_random_init_and_gives_the_ordinary_network(arch, stem, meta):
+    """modelio.build_loaded (load_weights_file, convert, projectors) builds on the meta device where
+    a state dict sets every tensor: no random number is drawn, and every parameter and buffer
+    (non-persistent ones included) and the output are those of the ordinary build + load."""
+    from wssl_zoo.encoders import create_backbone
+
+    torch.manual_seed(0)
+    state = _randomise_bn(create_backbone(arch, stem)).state_dict()
+    ordinary = create_backbone(arch, stem).eval()
+    ordinary.load_state_dict(state)
+    rng = torch.random.get_rng_state()
+    loaded = modelio.build_loaded(lambda: create_backbone(arch, stem), state, "the test's state").eval()
+    assert torch.equal(torch.random.get_rng_state(), rng) is meta  # meta: no init drawn
+    want = dict(ordinary.named_parameters()) | dict(ordinary.named_buffers())
+    got = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    assert want.keys() == got.keys()
+    for name, tensor in want.items():
+        assert got[name].device.type == "cpu" and torch.equal(got[name], tensor), name
+    size = 32 if stem != "imagenet" else ordinary.pretrained_cfg["input_size"][-1]
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ordinary(x))
+
+
+def test_a_network_loaded_without_its_init_still_refuses_a_wrong_state():
+    from wssl_zoo.encoders import create_backbone
+
+    state = create_backbone("test_resnet").state_dict()
+    del state["fc.weight" if "fc.weight" in state else next(iter(state))]
+    with pytest.raises(ValueError, match="the test's state does not match the architecture: missing keys"):
+        modelio.build_loaded(lambda: create_backbone("test_resnet"), state, "the test's state")
+
+
 def test_strict_loading_lists_missing_unexpected_and_mis_shaped_keys(tmp_path):
     from safetensors.torch import load_file, save_file
 

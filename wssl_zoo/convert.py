@@ -292,7 +292,7 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
     """
     from .data.datasets import dataset_stats
     from .encoders import create_backbone
-    from .modelio import load_state_into, save_model_dir, sha256_file
+    from .modelio import build_loaded, save_model_dir, sha256_file
     from .registry import get_entry
 
     if layout_name not in LAYOUTS:
@@ -324,9 +324,9 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
                                                    "tiny_imagenet": 64}.get(dataset, 224))
 
     backbone_state = {k: v for k, v in backbone_state.items()}
-    timm_model = create_backbone(arch, stem)
     try:
-        load_state_into(timm_model, backbone_state, f"{ckpt} (backbone, prefix {parts['prefixes']['backbone']!r})")
+        timm_model = build_loaded(lambda: create_backbone(arch, stem), backbone_state,
+                                  f"{ckpt} (backbone, prefix {parts['prefixes']['backbone']!r})")
     except ValueError as exc:
         raise ConversionError(str(exc)) from None
     reference = torchvision_reference(arch, stem, layout.method)

@@ -113,15 +113,15 @@ def build_projector(method: str, in_dim: int, **overrides) -> Projector:
 def projector_from_state(state: dict, source: str = "projector weights", hidden_bias_default: bool = True) -> Projector:
     """A :class:`Projector` with the layout these tensors imply (layers, widths, biases, batch
     norm), loaded strictly from them, in eval mode. ``state`` uses nn.Sequential indices."""
-    from .modelio import load_state_into
+    from .modelio import build_loaded
 
     linear = sorted({int(k.split(".")[0]) for k, v in state.items() if k.endswith("weight") and v.dim() == 2})
     if not linear:
         raise ValueError(f"{source}: no Linear weight among {sorted(state)[:10]}")
     n = len(linear)
     first, last = state[f"{linear[0]}.weight"], state[f"{linear[-1]}.weight"]
-    head = Projector(first.shape[1], first.shape[0] if n > 1 else 1, last.shape[0], n,
-                     hidden_bias=f"{linear[0]}.bias" in state if n > 1 else hidden_bias_default,
-                     last_bias=f"{linear[-1]}.bias" in state,
-                     batch_norm=n > 1 and f"{linear[0] + 1}.running_mean" in state)
-    return load_state_into(head, state, source).eval()
+    return build_loaded(lambda: Projector(first.shape[1], first.shape[0] if n > 1 else 1, last.shape[0], n,
+                                          hidden_bias=f"{linear[0]}.bias" in state if n > 1 else hidden_bias_default,
+                                          last_bias=f"{linear[-1]}.bias" in state,
+                                          batch_norm=n > 1 and f"{linear[0] + 1}.running_mean" in state),
+                        state, source).eval()
