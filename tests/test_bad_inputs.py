@@ -42,7 +42,8 @@ def image_folder(root: Path, classes: int = 2, per_class: int = 8, val: int = 2,
     return root
 
 
-def model_dir(path: Path, arch: str = "resnet18") -> Path:
+def model_dir(path: Path, arch: str = "test_resnet") -> Path:
+    """A model directory of timm's test_resnet (370k parameters: the cases copy and hash it)."""
     torch.manual_seed(0)
     save_model_dir(path, wssl_zoo.create(arch), arch=arch, stem="imagenet", mean=(0.5,) * 3, std=(0.25,) * 3,
                    img_size=32)
@@ -237,7 +238,7 @@ def linear_missing_model(w, a):
 def knn_mismatched_weights(w, a):
     m = shutil.copytree(a / "model", w / "m")
     cfg = json.loads((m / "config.json").read_text())
-    cfg["architecture"] = cfg["wssl_zoo"]["architecture"] = "resnet34"  # the weights are a resnet18's
+    cfg["architecture"] = cfg["wssl_zoo"]["architecture"] = "resnet34"  # the weights are a test_resnet's
     (m / "config.json").write_text(json.dumps(cfg))
     return _eval("eval.knn"), ["--model", str(m), "--data", str(a / "images"), "--workers", "0", "--no-progress",
                                "--cache-dir", str(w / "cache")], "does not match the architecture"
