@@ -47,7 +47,9 @@ class Repo:
 
 
 def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    digest = hashlib.sha1(b"blob %d\0" % len(data))
+    digest.update(data)
+    return digest.hexdigest()
 
 
 class HubServer:
@@ -62,6 +64,7 @@ class HubServer:
         self.fail_commits = False  # answer every commit with a server error (a failed upload)
         self.corrupt_uploads: dict[str, bytes] = {}  # path -> bytes served instead, in every new commit
         self.lock = threading.Lock()
+        self._digests: dict[tuple[str, int], tuple[bytes, str]] = {}  # see digest()
         self._counter = 0
         handler = type("Handler", (_Handler,), {"hub": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -120,6 +123,18 @@ class HubServer:
     def served(self, repo_id: str, commit: Commit, path: str) -> bytes:
         return self.tampered.get((repo_id, commit.oid, path), commit.files[path])
 
+    def digest(self, kind: str, data: bytes) -> str:
+        """``"sha256"`` (the ETag) or ``"git-sha1"`` (the tree oid) of ``data``, computed once per
+        bytes object: a ResNet-50 is hashed once, not at every HEAD and GET. The memo holds ``data``,
+        so its id is not reused while the entry lives."""
+        with self.lock:
+            memo = self._digests.get((kind, id(data)))
+        if memo is None:
+            value = hashlib.sha256(data).hexdigest() if kind == "sha256" else _git_blob_sha1(data)
+            with self.lock:
+                memo = self._digests.setdefault((kind, id(data)), (data, value))
+        return memo[1]
+
 
 class _Handler(BaseHTTPRequestHandler):
     hub: HubServer
@@ -172,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _entry(self, repo: Repo, commit: Commit, path: str) -> dict:
         data = self.hub.served(repo.repo_id, commit, path)
-        return {"type": "file", "oid": _git_blob_sha1(data), "size": len(data), "path": path}
+        return {"type": "file", "oid": self.hub.digest("git-sha1", data), "size": len(data), "path": path}
 
     # ------------------------------------------------------------------ routes
     def do_HEAD(self) -> None:
@@ -229,14 +244,14 @@ class _Handler(BaseHTTPRequestHandler):
         if file not in commit.files:
             return self._error(404, "EntryNotFound", f"{file} does not exist at {revision}", head)
         data = self.hub.served(repo_id, commit, file)
-        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+        etag = f'"{self.hub.digest("sha256", data)}"'
         headers = {"X-Repo-Commit": commit.oid, "ETag": etag, "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
         start = 0
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes=") and not head:
             start = int(rng[len("bytes="):].split("-")[0] or 0)
-        body = data[start:]
+        body = memoryview(data)[start:]  # no copy of the file
         status = 206 if start else 200
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
