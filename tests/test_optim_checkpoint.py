@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, MultiStepLR
 
+from wssl_zoo import modelio
 from wssl_zoo.pretrain import checkpoint as ck
 from wssl_zoo.pretrain.optim import LARS, build_optimizer, param_groups
 from wssl_zoo.pretrain.schedules import (
@@ -503,3 +504,22 @@ def test_is_finite_state_flags_nan_weights_and_buffers():
     assert not ck.is_finite_state(model)
     assert ck.non_finite_tensors(model) == ["0.weight", "1.running_var"]
     assert ck.is_finite_state({"n": torch.tensor(3), "w": torch.ones(2)})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_non_finite_tensors_is_exact_where_the_fast_sum_overflows(dtype):
+    """The check sums each tensor first: finite values whose sum overflows (float16's 65504, or
+    float32's 3.4e38) are finite, NaN and Inf are found wherever they are, -Inf beside +Inf too."""
+    big = torch.finfo(dtype).max
+    state = {"huge": torch.full((64,), big, dtype=dtype), "mixed": torch.tensor([big, -big, big], dtype=dtype),
+             "ok": torch.randn(5).to(dtype), "count": torch.tensor(7)}
+    assert modelio.non_finite_tensors(state) == []
+    for key, value in (("nan", float("nan")), ("inf", float("inf")), ("-inf", float("-inf"))):
+        bad = torch.randn(10).to(dtype)
+        bad[3] = value
+        state[key] = bad
+    both = torch.zeros(4, dtype=dtype)
+    both[0], both[1] = float("inf"), float("-inf")  # the sum is NaN, not Inf
+    state["both"] = both
+    assert modelio.non_finite_tensors(state) == ["nan", "inf", "-inf", "both"]
+    assert ck.non_finite_tensors is modelio.non_finite_tensors  # one rule for saving, loading and checkpoints

@@ -106,13 +106,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 
+def non_finite_tensors(model_or_state: nn.Module | dict) -> list[str]:
+    """Names of the floating-point tensors of a model (or state dict) that hold NaN or Inf, in order.
+
+    A tensor whose sum is finite holds neither (NaN and Inf reach the sum): one reduction per tensor,
+    ~35x faster on the CPU than an elementwise ``isfinite`` (a 9.4M-element fp32 conv weight: 2 ms
+    against 72 ms, 2026-12-03). Only a tensor whose sum is not finite (NaN, Inf, or finite values
+    that overflow the sum) is checked element by element. Tensors under 32 bits are summed in
+    float32. One device-to-host transfer per device."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    floats = [(name, t.detach()) for name, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(floats):
+        by_device.setdefault(t.device, []).append(i)
+    bad = set()
+    for indices in by_device.values():
+        sums = torch.stack([floats[i][1].sum(dtype=torch.float32 if floats[i][1].element_size() < 4 else None)
+                            .to(torch.float64) for i in indices])
+        for i, ok in zip(indices, torch.isfinite(sums).tolist()):
+            if not ok and not bool(torch.isfinite(floats[i][1]).all()):
+                bad.add(i)
+    return [name for i, (name, _) in enumerate(floats) if i in bad]
+
+
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save
 
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    for key, value in clean.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"refusing to save {path}: tensor {key!r} holds NaN or Inf")
+    bad = non_finite_tensors(clean)
+    if bad:
+        raise ValueError(f"refusing to save {path}: tensor {bad[0]!r} holds NaN or Inf")
     atomic_write_bytes(path, save(clean, metadata={"format": "pt"}))
 
 
@@ -209,9 +232,9 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
         if shapes:
             parts.append(f"shape mismatches {shapes}")
         raise ValueError(f"{source} does not match the architecture: " + "; ".join(parts))
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{source}: tensor {key!r} holds NaN or Inf; refusing to load it")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise ValueError(f"{source}: tensor {bad[0]!r} holds NaN or Inf; refusing to load it")
     model.load_state_dict(state, strict=True)
     return model
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modelio import fsync_dir, atomic_open, atomic_write_bytes
+from ..modelio import fsync_dir, atomic_open, atomic_write_bytes, non_finite_tensors
 
 FORMAT = "wssl-zoo-checkpoint"
 FORMAT_VERSION = 1
@@ -287,24 +287,6 @@ def _damaged(path: Path, exc: BaseException) -> ValueError:
                   f"(or restore {path.name} from a backup)")
     return ValueError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {detail}); "
                       f"the file is damaged or truncated — {advice}")
-
-
-def non_finite_tensors(model_or_state: nn.Module | dict) -> list[str]:
-    """Names of the floating-point tensors of a model (or state dict) that hold NaN or Inf."""
-    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    floats = [(name, t) for name, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
-    if not floats:
-        return []
-    # One device->host transfer per device instead of one per tensor.
-    by_device: dict[torch.device, list[int]] = {}
-    for i, (_, t) in enumerate(floats):
-        by_device.setdefault(t.device, []).append(i)
-    finite = [True] * len(floats)
-    for indices in by_device.values():
-        flags = torch.stack([torch.isfinite(floats[i][1].detach()).all() for i in indices]).tolist()
-        for i, ok in zip(indices, flags):
-            finite[i] = ok
-    return [name for (name, _), ok in zip(floats, finite) if not ok]
 
 
 def is_finite_state(model_or_state: nn.Module | dict) -> bool:
