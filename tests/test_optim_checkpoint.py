@@ -514,6 +514,7 @@ def test_non_finite_tensors_is_exact_where_the_fast_sum_overflows(dtype):
     state = {"huge": torch.full((64,), big, dtype=dtype), "mixed": torch.tensor([big, -big, big], dtype=dtype),
              "ok": torch.randn(5).to(dtype), "count": torch.tensor(7)}
     assert modelio.non_finite_tensors(state) == []
+    assert modelio.non_finite_tensors({"w": torch.full((3,), 1e300, dtype=torch.float64)}) == []  # past float32
     for key, value in (("nan", float("nan")), ("inf", float("inf")), ("-inf", float("-inf"))):
         bad = torch.randn(10).to(dtype)
         bad[3] = value

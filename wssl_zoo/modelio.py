@@ -121,8 +121,9 @@ def non_finite_tensors(model_or_state: nn.Module | dict) -> list[str]:
         by_device.setdefault(t.device, []).append(i)
     bad = set()
     for indices in by_device.values():
-        sums = torch.stack([floats[i][1].sum(dtype=torch.float32 if floats[i][1].element_size() < 4 else None)
-                            .to(torch.float64) for i in indices])
+        # float32 sums (MPS has no float64): a float64 sum too large for float32 is checked exactly below
+        sums = torch.stack([floats[i][1].sum(dtype=torch.float32 if floats[i][1].element_size() < 4 else None).float()
+                            for i in indices])
         for i, ok in zip(indices, torch.isfinite(sums).tolist()):
             if not ok and not bool(torch.isfinite(floats[i][1]).all()):
                 bad.add(i)
