@@ -19,6 +19,7 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown where pytest-xdist is not installed
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): one worker more than there are CPUs, at most MAX_WORKERS;
     none (the tests run in this process) on one CPU. The extra worker computes while another waits
@@ -29,6 +30,22 @@ def pytest_xdist_auto_num_workers(config):
         return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     cpus = _cpus()
     return min(cpus + 1, MAX_WORKERS) if cpus > 1 else 0
+
+
+def pytest_addoption(parser, pluginmanager):
+    """Without pytest-xdist (a venv from before ``[dev]`` listed it, or ``-p no:xdist``), pyproject's
+    ``--numprocesses auto --dist worksteal`` would end in "unrecognized arguments": accept them, and
+    :func:`pytest_configure` says that the tests run in one process and how to get the workers."""
+    if not pluginmanager.has_plugin("xdist"):
+        parser.addoption("--numprocesses", dest="wssl_no_xdist_n", default=None, help="(pytest-xdist is not installed)")
+        parser.addoption("--dist", dest="wssl_no_xdist_dist", default=None, help="(pytest-xdist is not installed)")
+
+
+def pytest_configure(config):
+    if config.getoption("wssl_no_xdist_n", None) not in (None, "0"):
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            "pytest-xdist is not installed: the tests run in one process (pip install -e '.[dev]' "
+            "or pip install pytest-xdist for parallel workers)"), stacklevel=2)
 
 
 # A worker's share of the CPUs (at least one thread), for torch (read when torch loads, after this
