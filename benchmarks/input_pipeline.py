@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(r)
                 print(line, flush=True)
     if args.json:
-        from wssl_zoo.modelio import atomic_write_bytes
+        from wssl_zoo.fileio import atomic_write_bytes
 
         atomic_write_bytes(args.json, json.dumps(dict(torch=torch.__version__, rows=rows), indent=1).encode())
     return 0

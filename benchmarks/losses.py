@@ -28,7 +28,7 @@ import torch
 
 from wssl_zoo.losses import build_loss
 from wssl_zoo.losses.reference import cwrgp_loop, intl_loop, wmse_loop
-from wssl_zoo.modelio import atomic_write_bytes
+from wssl_zoo.fileio import atomic_write_bytes
 
 
 @dataclass(frozen=True)

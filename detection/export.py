@@ -208,7 +208,7 @@ def export_detectron2(backbone, info: BackboneInfo, out: str | Path, layout: str
     """Write ``out`` (pickle) and ``out`` with suffix ``.yaml`` (input settings); returns both paths."""
     import yaml
 
-    from wssl_zoo.modelio import atomic_write_bytes
+    from wssl_zoo.fileio import atomic_write_bytes
 
     _check_stem(info)
     if layout not in LAYOUTS:

@@ -104,6 +104,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_torchvision(args, argv: list[str]) -> int:
+    from wssl_zoo import distributed
+
     from . import tv_backend as tv
     from .configs import to_torchvision
     from .data import coco_datasets, voc_datasets
@@ -136,7 +138,8 @@ def run_torchvision(args, argv: list[str]) -> int:
     if n_cls != s.num_classes:
         warnings.warn(f"MODEL.ROI_HEADS.NUM_CLASSES {s.num_classes} -> {n_cls} (the dataset's categories)")
         s.num_classes = n_cls
-    rank, world, device = tv.setup_distributed(args.device)
+    process = distributed.setup(args.device)
+    rank, world, device = process.rank, process.world, process.device
     if device.type == "cpu" and rank == 0:
         warn_cpu_size(s.ims_per_batch, s.max_iter, max(s.min_size_train))
     out = Path(args.out)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import time
 import warnings
@@ -244,29 +243,8 @@ def _param_groups(model: nn.Module, s: TrainSettings) -> list[dict]:
     return groups
 
 
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment (1 process otherwise)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    from wssl_zoo.cliargs import device as parse_device
-
-    rank, world, _ = dist_info()
-    dev = parse_device(device)  # a bare cuda is this process's LOCAL_RANK GPU
-    if world > 1:
-        import torch.distributed as dist
-
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        return rank, world, dev
-    return 0, 1, dev
-
-
 def _save(path: Path, payload: dict) -> None:
-    from wssl_zoo.modelio import atomic_open
+    from wssl_zoo.fileio import atomic_open
 
     with atomic_open(path) as fh:
         buf = io.BytesIO()

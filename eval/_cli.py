@@ -68,40 +68,22 @@ def command_line(module: str, argv: list[str] | None) -> str:
     return line(f"python -m {module}", argv)
 
 
-def init_distributed() -> bool:
-    """Under torchrun (``WORLD_SIZE`` > 1) join the process group (NCCL on CUDA, else gloo) and
-    pin this process to its ``LOCAL_RANK`` GPU; returns whether this call created the group."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def run_main(module: str, build: Callable[[], argparse.ArgumentParser], run: Callable, argv: list[str] | None) -> int:
     """Parse, run, and turn expected errors into one line on stderr and exit status 2
     (:func:`wssl_zoo.cliargs.run_cli`). Under torchrun the process group is set up here (feature
     extraction is sharded and gathered, fine-tuning uses DDP); only rank 0 writes records."""
+    from wssl_zoo import distributed
     from wssl_zoo.cliargs import run_cli
 
     args = build().parse_args(argv)
-    created = init_distributed()
-    try:
-        return run_cli(module, lambda: run(args, command_line(module, argv)))
-    finally:
-        if created:
-            import torch.distributed as dist
+    processes: list[distributed.Process] = []
 
-            dist.destroy_process_group()
+    def go() -> int:
+        processes.append(distributed.setup(getattr(args, "device", "auto")))
+        return run(args, command_line(module, argv))
+
+    try:
+        return run_cli(module, go)
+    finally:
+        for process in processes:
+            distributed.teardown(process)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wssl_zoo.evaluation import dist_rank_world
+from wssl_zoo.distributed import is_main
 from wssl_zoo.evaluation import extract_features as extract
 from wssl_zoo.modelio import tensors_sha256
 from wssl_zoo.weights import ResolvedWeights, resolve
@@ -123,7 +123,7 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
     from safetensors.torch import load_file, save
 
     from wssl_zoo.data.datasets import TransformedDataset
-    from wssl_zoo.modelio import atomic_write_bytes
+    from wssl_zoo.fileio import atomic_write_bytes
 
     base = build_split(dataset, root, split)
     transform = eval_tf(info, dataset)
@@ -148,7 +148,7 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
             path.unlink(missing_ok=True)
     x, y = extract(info.model, TransformedDataset(base, transform), device, batch_size, workers, progress,
                    desc=f"{split} features")
-    if dist_rank_world()[0] == 0:
+    if is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         x, y = x.contiguous(), y.contiguous()
         atomic_write_bytes(path, save({"features": x, "labels": y},

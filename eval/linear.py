@@ -32,7 +32,7 @@ def _optimizer(protocol: LinearProtocol, params) -> torch.optim.Optimizer:
     if protocol.optimizer == "adam":
         return torch.optim.Adam(params, lr=protocol.lr, weight_decay=protocol.weight_decay)
     if protocol.optimizer == "lars":  # apex LARC(clip=False) with weight decay 0 is this LARS
-        from wssl_zoo.pretrain.optim import LARS
+        from wssl_zoo.optim import LARS
 
         return LARS(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay, eta=0.001)
     raise ValueError(f"unknown optimizer {protocol.optimizer!r}")

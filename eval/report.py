@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in stale:
             print(f"out of date: {p} (run python -m eval.report)")
         return 1 if stale else 0
-    from wssl_zoo.modelio import atomic_write_bytes
+    from wssl_zoo.fileio import atomic_write_bytes
     from wssl_zoo.plots import INSTALL_HINT, have_matplotlib
 
     atomic_write_bytes(markdown, text)

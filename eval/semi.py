@@ -86,7 +86,7 @@ def read_split_file(path: str | Path, split: str, train) -> list[int]:
 
 def make_split_file(train, percent: float, seed: int, out: str | Path) -> list[int]:
     """A class-balanced ``percent`` % subset of ``train`` (fixed ``seed``), written atomically."""
-    from wssl_zoo.modelio import atomic_write_bytes
+    from wssl_zoo.fileio import atomic_write_bytes
 
     if not 0 < percent <= 100:
         raise ValueError(f"--percent must be in (0, 100], got {percent}")
@@ -226,15 +226,12 @@ def run(args, command: str) -> int:
     percent = args.percent if args.percent is not None else {"1pct": 1, "10pct": 10}[args.split]
     split_seed = args.seed if args.split_seed is None else args.split_seed
     if args.make_split_file:
-        from ._cli import is_main_process
+        from wssl_zoo.distributed import barrier, is_main
 
-        if is_main_process():
+        if is_main():
             chosen = make_split_file(train, percent, split_seed, args.make_split_file)
             print(f"wrote {len(chosen):,} images ({percent:g} % per class, seed {split_seed}) to {args.make_split_file}")
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+        barrier()
         if args.make_only:
             return 0
         args.split_file = args.make_split_file
@@ -251,7 +248,7 @@ def run(args, command: str) -> int:
         start = time.perf_counter()
         metrics = finetune(protocol, info, args.dataset, args.data, indices, args.split, seed, device, args.workers,
                            not args.no_progress, epochs=args.epochs)
-        from wssl_zoo.modelio import sha256_file
+        from wssl_zoo.fileio import sha256_file
 
         record = make_record(task=f"semi_{args.split}", model=info.spec, weights_sha256=info.weights_sha256,
                              protocol=proto_record, dataset=dict(name=args.dataset, root=str(args.data),

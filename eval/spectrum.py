@@ -91,9 +91,9 @@ def run(args, command: str) -> int:
     png = Path(args.plot) if args.plot else path.with_suffix(".png")
     from wssl_zoo.plots import INSTALL_HINT, have_matplotlib
 
-    from wssl_zoo.evaluation import dist_rank_world
+    from wssl_zoo.distributed import is_main
 
-    if dist_rank_world()[0] != 0:
+    if not is_main():
         return 0  # under torchrun rank 0 writes the record and the plot
     if have_matplotlib():
         plot_record(record, png)

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import wssl_zoo
-from wssl_zoo import modelio
+from wssl_zoo import fileio, modelio
 from wssl_zoo.api import WeightsNotPublishedError
 from wssl_zoo.cli import SUBCOMMANDS, Subcommand, build_parser, main, register_subcommand
-from wssl_zoo.modelio import load_model_dir, load_weights_file, save_model_dir, sha256_file
+from wssl_zoo.fileio import sha256_file
+from wssl_zoo.modelio import load_model_dir, load_weights_file, save_model_dir
 from wssl_zoo.registry import UnknownModelError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,9 +101,9 @@ def test_files_are_written_with_the_mode_open_gives_under_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         _saved_resnet18(tmp_path / "m", "imagenet")
-        modelio.atomic_write_bytes(tmp_path / "r.json", b"{}")
+        fileio.atomic_write_bytes(tmp_path / "r.json", b"{}")
         os.umask(0o027)
-        modelio.atomic_write_bytes(tmp_path / "g.json", b"{}")
+        fileio.atomic_write_bytes(tmp_path / "g.json", b"{}")
     finally:
         os.umask(old)
     for name in ("config.json", "model.safetensors"):
@@ -239,7 +240,7 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(modelio.os, "replace", broken_replace)
+    monkeypatch.setattr(fileio.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         _saved_resnet18(tmp_path, seed=9)
     assert (tmp_path / "model.safetensors").read_bytes() == before  # the old file is intact

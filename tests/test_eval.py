@@ -17,7 +17,8 @@ from eval.protocols import PROTOCOLS, get_protocol, with_overrides
 from eval.records import aggregate, dataset_fingerprint, make_record, read_records, validate_record, write_record
 from wssl_zoo import plots
 from wssl_zoo.heads import Projector
-from wssl_zoo.modelio import save_model_dir, sha256_file
+from wssl_zoo.fileio import sha256_file
+from wssl_zoo.modelio import save_model_dir
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 

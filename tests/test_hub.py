@@ -16,7 +16,8 @@ import wssl_zoo
 from hub_server import HubServer
 from wssl_zoo.cli import main
 from wssl_zoo.hub import HashMismatchError, HubError
-from wssl_zoo.modelio import save_model_dir, sha256_file
+from wssl_zoo.fileio import sha256_file
+from wssl_zoo.modelio import save_model_dir
 from wssl_zoo.publish import publish, update_registry_hub
 from wssl_zoo.registry import clear_cache, default_registry_dir, get_entry, tomllib
 

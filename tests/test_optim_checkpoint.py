@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, MultiStepLR
 
-from wssl_zoo import modelio
+from wssl_zoo import fileio, modelio
 from wssl_zoo.pretrain import checkpoint as ck
-from wssl_zoo.pretrain.optim import LARS, build_optimizer, param_groups
+from wssl_zoo.optim import LARS, build_optimizer, param_groups
 from wssl_zoo.pretrain.schedules import (
     WarmupCosine,
     WarmupCosineEpoch,
@@ -324,7 +324,7 @@ def test_atomic_save_survives_a_crash_midway(tmp_path, monkeypatch):
     def failing_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(modelio.os, "fsync", failing_fsync)  # the crash comes after all bytes were written
+    monkeypatch.setattr(fileio.os, "fsync", failing_fsync)  # the crash comes after all bytes were written
     with pytest.raises(OSError, match="disk full"):
         ck.atomic_save({"a": torch.zeros(4)}, path)
     monkeypatch.undo()
@@ -345,7 +345,7 @@ def test_atomic_save_syncs_the_file_before_the_rename_and_the_folder_after(tmp_p
 
 def test_atomic_write_text_and_bytes(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "config.json"
-    ck.atomic_write_text(path, '{"lr": 0.5}\n')
+    fileio.atomic_write_text(path, '{"lr": 0.5}\n')
     assert path.read_text() == '{"lr": 0.5}\n'
 
     def no_rename(src, dst):
@@ -353,10 +353,10 @@ def test_atomic_write_text_and_bytes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ck.os, "replace", no_rename)
     with pytest.raises(OSError, match="rename failed"):
-        ck.atomic_write_bytes(path, b"new")
+        fileio.atomic_write_bytes(path, b"new")
     monkeypatch.undo()
     assert path.read_text() == '{"lr": 0.5}\n' and [p.name for p in path.parent.iterdir()] == ["config.json"]
-    ck.atomic_write_bytes(path, b"\x00\x01")
+    fileio.atomic_write_bytes(path, b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
 
 

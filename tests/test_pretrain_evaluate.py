@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import wssl_zoo
-from wssl_zoo.modelio import save_model_dir, sha256_file
+from wssl_zoo.fileio import sha256_file
+from wssl_zoo.modelio import save_model_dir
 from wssl_zoo.records import PRETRAIN_EVAL_TASK, read_records, validate_record
 
 REPO = Path(__file__).resolve().parent.parent

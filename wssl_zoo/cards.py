@@ -329,7 +329,7 @@ def render_generic_card(folder: Path, repo_id: str) -> str:
 
 
 def write_card(entry: ZooEntry, folder: Path = CARDS_DIR) -> Path:
-    from .modelio import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{entry.name}.md"

@@ -17,8 +17,10 @@ eval.benchmark``, ``python -m detection.train`` and the demo take these flags wi
 - ``--seed S`` (and, for the eval tools, ``--seeds N``: seeds S..S+N-1);
 - ``--set KEY=VALUE``: override one configuration key (repeatable).
 
-Errors a user can fix are one line on stderr, naming the culprit, with exit status 2
-(:func:`run_cli`).
+Errors a user can fix are one line on stderr, naming the culprit, with exit status 2; a job
+stopped by a preemption signal after writing its checkpoint (:class:`Preempted`, raised through
+:mod:`wssl_zoo.preempt`) is one line saying how to resume, with exit status :data:`EXIT_PREEMPTED`
+(75); an interrupt (a second Ctrl-C) is one line with status 130 (:func:`run_cli`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ import sys
 from typing import Callable, Iterable
 
 AMP_CHOICES = ("none", "bf16", "fp16")
+# sysexits.h EX_TEMPFAIL ("temporary failure; the user is invited to retry"): a job that stopped on
+# SIGTERM / SIGUSR1 / Ctrl-C after writing its checkpoint; a requeue script tests for it.
+EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
+
+
+class Preempted(Exception):
+    """A job stopped on a signal after writing its checkpoint; the message says how to resume
+    (:func:`wssl_zoo.preempt.stopped_message`)."""
+
+    exit_status = EXIT_PREEMPTED
+
 # What a user can fix: bad flags, files, data, configs. Anything else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError, RuntimeError)
@@ -127,9 +141,17 @@ def one_line(exc: BaseException) -> str:
 
 def run_cli(prog: str, run: Callable[[], int], errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
     """Run ``run()`` and turn an error the user can fix into ``PROG: error: MESSAGE`` on stderr
-    and exit status 2 (argparse's own convention for usage errors)."""
+    and exit status 2 (argparse's own convention for usage errors); a :class:`Preempted` stop into
+    ``PROG: MESSAGE`` and :data:`EXIT_PREEMPTED`; a KeyboardInterrupt into one line and 130."""
     try:
         return run()
+    except Preempted as exc:
+        print(f"{prog}: {one_line(exc)}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; the files written so far are complete (every write is atomic), "
+              "and a job with checkpoints continues with --resume", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except errors as exc:
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 2

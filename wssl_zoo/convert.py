@@ -292,7 +292,8 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
     """
     from .data.datasets import dataset_stats
     from .encoders import create_backbone
-    from .modelio import build_loaded, save_model_dir, sha256_file
+    from .fileio import sha256_file
+    from .modelio import build_loaded, save_model_dir
     from .registry import get_entry
 
     if layout_name not in LAYOUTS:
@@ -353,7 +354,7 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
         extra["registry_name"] = e.name
         if e.recipe:
             extra["recipe"] = e.recipe  # eval.protocols.protocol_for_model picks the authors' values by it
-    from .modelio import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     from .outdir import claim
 

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
           f"pretraining {args.epochs} x {steps} steps in {train_time:.0f} s, total {total:.0f} s. Model: {out} (wssl_zoo.load('{out}')).")
     result = dict(command=" ".join(["python -m wssl_zoo.demo", *sys.argv[1:]]), args=vars(args) | {"out": str(out)},
                   results=rows, steps_per_epoch=steps, pretrain_seconds=train_time, total_seconds=total)
-    from .modelio import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     atomic_write_bytes(out / "demo_results.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
     return 0

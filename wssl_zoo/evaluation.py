@@ -25,16 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import rank_world
+
 KNN_RULES = ("majority-euclidean", "majority-cosine", "weighted-cosine")
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) under torch.distributed, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @torch.no_grad()
@@ -46,7 +39,7 @@ def extract_features(model: nn.Module, dataset, device: torch.device | str = "cp
     from tqdm.auto import tqdm
 
     device = torch.device(device)
-    rank, world = dist_rank_world()
+    rank, world = rank_world()
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(Subset(dataset, indices) if world > 1 else dataset, batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")

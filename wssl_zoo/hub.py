@@ -36,7 +36,7 @@ class HashMismatchError(ValueError):
 
 
 def _sha256(path: Path) -> str:
-    from .modelio import sha256_file
+    from .fileio import sha256_file
 
     return sha256_file(path)
 

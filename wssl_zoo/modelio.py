@@ -15,26 +15,25 @@ A model directory holds
   so timm never builds a network with another stem and loads these weights into it;
 - optionally ``projector.safetensors``.
 
-Every file is written atomically (temporary file in the same folder, fsync, rename) with the
-mode a plain ``open`` gives (0666 less the umask, 0644 under the usual umask 022).
+Every file is written atomically (:mod:`wssl_zoo.fileio`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
+from .fileio import atomic_write_bytes
 from .registry import STEMS as _STEMS  # the stems of wssl_zoo.encoders.create_backbone
+
+FORMAT_VERSION = 1
 # pretrained_cfg keys that describe the saved checkpoint (timm derives the rest from the model);
 # everything else in timm's default cfg (url, hf_hub_id, tag, license, test_input_size, ...)
 # belongs to another checkpoint of the architecture.
@@ -47,63 +46,6 @@ def timm_refusal_name(arch: str, stem: str) -> str:
     ``timm.create_model("hf-hub:...")`` stops with ``Unknown model (<this sentence>)``."""
     return (f"{arch} with the wssl-zoo {stem} stem (3x3 stride-1 conv1) is not a timm architecture: "
             f"load it with wssl_zoo.load")
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open a folder; its rename is durable without this
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems (e.g. some network mounts) refuse fsync on a folder
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process umask (read without changing it where /proc allows, else set and restored)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open a binary file that appears at ``path`` only when the ``with`` block completes.
-
-    Writes go to ``.NAME.XXXX.tmp`` in the same folder (created if missing; same filesystem, so
-    the rename is atomic). On success: flush, fsync, ``os.replace`` onto ``path``, fsync of the
-    folder. On any exception (including KeyboardInterrupt): the temporary file is removed, the
-    old ``path`` is untouched, and the exception propagates.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give what open() would
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
-    with atomic_open(path) as fh:
-        fh.write(data)
-
 
 
 def non_finite_tensors(model_or_state: nn.Module | dict) -> list[str]:
@@ -386,13 +328,4 @@ def tensors_sha256(*tensors: torch.Tensor) -> str:
     digest = hashlib.sha256()
     for value in tensors:
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks (checkpoints can be larger than memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
     return digest.hexdigest()

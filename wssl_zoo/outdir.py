@@ -93,7 +93,7 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
     folder.mkdir(parents=True, exist_ok=True)
     if not mark:
         return state
-    from .modelio import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     data = dict(tool=tool, version=__version__, job=_normal(job))
     atomic_write_bytes(folder / MARKER, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

@@ -53,7 +53,7 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | Path, data: Any) -> Path:
     """Write ``fig`` as a PNG at ``path`` (atomically) with ``data`` as JSON in a tEXt chunk."""
-    from .modelio import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None, DATA_KEY: _dumps(data)})

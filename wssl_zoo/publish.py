@@ -155,7 +155,7 @@ def update_registry_hub(path: Path, repo_id: str, revision: str, files: dict[str
     """
     import tomlkit
 
-    from .modelio import atomic_write_bytes
+    from .fileio import atomic_write_bytes
     from .registry import RegistryError, _parse_entry
 
     if not _COMMIT.match(revision):

@@ -128,7 +128,7 @@ def write_record(record: dict, path: str | Path) -> Path:
     writes. An existing file at ``path`` is replaced only by a record of the same identity
     (:func:`record_identity`); anything else there (another measurement, corrupt JSON) raises
     ValueError naming it."""
-    from .modelio import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     path = Path(path)
     validate_record(record, str(path))

@@ -175,7 +175,8 @@ def _random_backbone(arch: str, stem: str, seed: int) -> nn.Module:
 
 
 def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry | None) -> ResolvedWeights:
-    from .modelio import config_arch, model_dir_files, read_config, sha256_file
+    from .fileio import sha256_file
+    from .modelio import config_arch, model_dir_files, read_config
 
     folder, weights = model_dir_files(path)
     config = read_config(folder)

@@ -21,6 +21,8 @@ import contextlib
 import torch
 import torch.distributed as dist
 
+from .distributed import rank_world
+
 __all__ = [
     "compute_dtype",
     "no_autocast",
@@ -30,7 +32,6 @@ __all__ = [
     "iternorm_matrix",
     "iternorm_whiten",
     "gather_with_grad",
-    "distributed_world",
 ]
 
 
@@ -224,13 +225,6 @@ def iternorm_whiten(x: torch.Tensor, iterations: int = 4) -> torch.Tensor:
         return whiten.mT @ xn
 
 
-def distributed_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) when none is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums the gradients of all ranks and keeps this rank's slice.
 
@@ -261,7 +255,7 @@ def gather_with_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     Without an initialised process group (or with one rank) ``x`` is returned unchanged.
     All ranks must pass tensors of the same shape.
     """
-    _, world = distributed_world()
+    _, world = rank_world()
     if world == 1:
         return x
     return _GatherWithGrad.apply(x, dim)

@@ -9,7 +9,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..whitening import compute_dtype, distributed_world, gather_with_grad, no_autocast
+from ..distributed import rank_world
+from ..whitening import compute_dtype, gather_with_grad, no_autocast
 
 
 def stack_views(views: Sequence[torch.Tensor] | torch.Tensor, loss_name: str) -> torch.Tensor:
@@ -98,7 +99,7 @@ def sync_from_rank0(t: torch.Tensor, gather_distributed: bool) -> torch.Tensor:
     whiten the same sub-batches, so each rank draws (keeping its generator in step) and rank 0's
     draw wins.
     """
-    if gather_distributed and distributed_world()[1] > 1:
+    if gather_distributed and rank_world()[1] > 1:
         if dist.get_backend() == "nccl":
             buf = t.cuda()
             dist.broadcast(buf, src=0)

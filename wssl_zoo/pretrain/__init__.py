@@ -3,21 +3,18 @@
 ``python -m wssl_zoo.pretrain --help`` (or ``wssl-zoo pretrain``) runs it from the shell;
 :func:`wssl_zoo.pretrain.loop.pretrain` from Python.
 
-Modules: :mod:`.recipes` (the papers' configurations), :mod:`.optim` (Adam / SGD / LARS and
-the no-decay parameter groups), :mod:`.schedules` (step-wise lr, EMA-momentum and
-covariance-weight schedules), :mod:`.checkpoint` (atomic files, resumable train state, RNG
-state). Their public names are re-exported here; the modules load on first use of a name.
+Modules: :mod:`.recipes` (the papers' configurations), :mod:`.schedules` (step-wise lr, EMA-momentum and
+covariance-weight schedules), :mod:`.checkpoint` (resumable train state, RNG state; files are
+written with :mod:`wssl_zoo.fileio`). Their public names are re-exported here; the modules load on first use of a name.
 """
 
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes, resolve_recipe
 
 _LAZY = {
-    "optim": ("LARS", "build_optimizer", "param_groups"),
     "schedules": ("WarmupCosine", "WarmupCosineEpoch", "WarmupStep", "WMSESchedule", "apply_lr",
                   "build_schedule", "cov_weight_at", "momentum_at"),
-    "checkpoint": ("TrainState", "atomic_save", "atomic_write_bytes", "atomic_write_text",
-                   "capture_rng_state", "is_finite_state", "load_checkpoint", "restore_rng_state",
-                   "save_checkpoint"),
+    "checkpoint": ("TrainState", "atomic_save", "capture_rng_state", "is_finite_state", "load_checkpoint",
+                   "restore_rng_state", "save_checkpoint"),
 }
 _OWNER = {name: module for module, names in _LAZY.items() for name in names}
 

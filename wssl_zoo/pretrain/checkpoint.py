@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modelio import fsync_dir, atomic_open, atomic_write_bytes, non_finite_tensors
+from ..fileio import atomic_open, fsync_dir
+from ..modelio import non_finite_tensors
 
 FORMAT = "wssl-zoo-checkpoint"
 FORMAT_VERSION = 1
@@ -44,13 +45,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 # ---------------------------------------------------------------------------- atomic writes
-# The mechanism (temporary file, fsync, rename, folder fsync) lives in wssl_zoo.modelio, which
-# writes the model files with it too.
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
-    """Write ``text`` to ``path`` atomically (JSON configs, summaries, log snapshots)."""
-    atomic_write_bytes(path, text.encode(encoding))
+# The mechanism (temporary file, fsync, rename, folder fsync) is wssl_zoo.fileio's.
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from .. import distributed
 from .recipes import Recipe
 
 IMAGEFOLDER_DATASETS = ("imagefolder", "tiny_imagenet", "imagenet100", "imagenet")
@@ -64,24 +64,6 @@ class RunOptions:
     gpu_augment: bool = False  # make the views on the training device (small-image recipes)
     tensorboard: bool = False
     progress: bool = True
-
-
-# ---------------------------------------------------------------------------- distributed
-
-
-def _init_distributed(device_arg: str) -> tuple[int, int, int, torch.device]:
-    """(rank, local_rank, world, device); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    from ..cliargs import device as parse_device
-
-    device = parse_device(device_arg)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, local_rank, world, device
 
 
 # ---------------------------------------------------------------------------- data
@@ -215,7 +197,7 @@ def _amp_context(device: torch.device, amp: str):
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from .checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -304,7 +286,8 @@ def _setup(recipe: Recipe, opts: RunOptions) -> _Run:
     """Check everything, then claim ``--out``, build data, model and optimiser, resume, and open
     the monitor and the loggers."""
     recipe = recipe.validate()
-    rank, _, world, device = _init_distributed(opts.device)
+    process = distributed.setup(opts.device)
+    rank, world, device = process.rank, process.world, process.device
     out = Path(opts.out)
     if opts.resume and opts.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: one continues the run in --out, "
@@ -382,7 +365,7 @@ def _setup_data(run: _Run) -> None:
 def _setup_model(run: _Run) -> None:
     """Model (initialised from the seed), optimiser, gradient scaler and lr schedule."""
     from ..data.transforms import derive_seed
-    from .optim import build_optimizer
+    from ..optim import build_optimizer
 
     recipe, opts = run.recipe, run.opts
     torch.manual_seed(derive_seed(opts.seed, 2))

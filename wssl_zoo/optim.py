@@ -1,4 +1,5 @@
-"""Optimisers of the three papers' recipes.
+"""Optimisers of the three papers' recipes and of the evaluation protocols (LARS: CW-RGP's linear
+probe); pretraining and evaluation both import them from here.
 
 * **Adam** with L2 weight decay: W-MSE ``train.py`` (``optim.Adam(model.parameters(), lr=cfg.lr,
   weight_decay=cfg.adam_l2)``, htdt/self-supervised) and CW-RGP ``base/train.py``
