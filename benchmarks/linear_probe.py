@@ -54,19 +54,19 @@ def main() -> int:
                    "(default: zoo/results)")
     args = p.parse_args()
 
-    from eval.features import resolve_model
     from wssl_zoo.cliargs import device as pick_device
     from eval.linear import main as linear
     from eval.records import default_record_path
+    from wssl_zoo.weights import spec_label
 
-    info = resolve_model(args.model)
+    label = spec_label(args.model)
     common = ["--model", args.model, "--dataset", args.dataset, "--data", args.data, "--workers", str(args.workers),
               "--device", args.device, "--no-progress"]
     subset = ["--train-subset", str(args.train_subset)] if args.train_subset else []
     suffix = f"+train_subset={args.train_subset}" if args.train_subset else ""
     rows = []
     with tempfile.TemporaryDirectory() as cold_cache:
-        out = default_record_path("linear", info.label, "fast" + suffix, args.dataset, 0, args.results_dir)
+        out = default_record_path("linear", label, "fast" + suffix, args.dataset, 0, args.results_dir)
         start = time.perf_counter()
         if linear([*common, "--protocol", "fast", *subset, "--cache-dir", cold_cache, "--out", str(out)]):
             return 1
@@ -75,7 +75,7 @@ def main() -> int:
     rows.append(("fast (cached features, cold cache: extraction included)", t_fast, t_fast, fast, _shown(out)))
     epochs = [] if args.aug_epochs == args.full_epochs else ["--epochs", str(args.aug_epochs)]
     name = args.aug_protocol + (f"+epochs={args.aug_epochs}" if epochs else "") + suffix
-    out = default_record_path("linear", info.label, name, args.dataset, 0, args.results_dir)
+    out = default_record_path("linear", label, name, args.dataset, 0, args.results_dir)
     start = time.perf_counter()
     if linear([*common, "--protocol", args.aug_protocol, *epochs, *subset, "--out", str(out)]):
         return 1
@@ -85,7 +85,7 @@ def main() -> int:
     rows.append((f"{args.aug_protocol} augmented, {args.aug_epochs} epochs (measured)", t_aug, full, aug, _shown(out)))
     device = pick_device(args.device)
     train = f"{fast['train_samples']:,} training images" + (" (class-balanced subset)" if args.train_subset else "")
-    print(f"\nlinear probe, {info.label} on {args.dataset} ({train}, {fast['test_samples']:,} test), {device.type} "
+    print(f"\nlinear probe, {label} on {args.dataset} ({train}, {fast['test_samples']:,} test), {device.type} "
           f"({aug['hardware']}):\n`python benchmarks/linear_probe.py {' '.join(map(shlex.quote, sys.argv[1:]))}`\n")
     print("| protocol | wall time measured (s) | wall time of the full protocol (s) | top-1 | top-5 | record |")
     print("|---|---|---|---|---|---|")

@@ -155,11 +155,11 @@ def run(args, argv: list[str]) -> int:
 
     out = Path(args.out)
     claim_out(args, out)
-    backbone, info = load_backbone(args.model)
+    backbone, resolved = load_backbone(args.model)
     from .configs import load_config
 
     layout = "fpn" if load_config(args.config)["MODEL"]["BACKBONE"]["NAME"] == "build_resnet_fpn_backbone" else "c4"
-    weights, fragment = export_detectron2(backbone, info, out / "backbone_d2.pkl", layout=layout)
+    weights, fragment = export_detectron2(backbone, resolved, out / "backbone_d2.pkl", layout=layout)
     cfg, ours, suffix, task = build_cfg(args, weights, fragment)
     cfg.freeze()
     gpus = 0 if dev.type == "cpu" else (1 if ":" in str(args.device) else torch.cuda.device_count())
@@ -188,7 +188,7 @@ def run(args, argv: list[str]) -> int:
 
             ann = coco_paths(args.coco_root, "val")[0]
         write_record(path=Path(args.record) if args.record else None, results_dir=args.results_dir,
-                     label=info.label, task=task, model=info.spec, weights_sha256=info.weights_sha256,
+                     label=resolved.label, task=task, model=resolved.spec, weights_sha256=resolved.weights_sha256,
                      protocol={"name": "+".join([ours["_NAME"], *suffix]), "version": PROTOCOL_VERSION,
                                "backend": "detectron2", "max_iter": cfg.SOLVER.MAX_ITER,
                                "schedule": schedule_label(ours["_NAME"], cfg.SOLVER.MAX_ITER, suffix),

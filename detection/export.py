@@ -44,13 +44,14 @@ import json
 import pickle
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["timm_to_detectron2", "ExportError", "BackboneInfo", "load_backbone", "export_detectron2",
+from wssl_zoo.weights import ResolvedWeights, resolve
+
+__all__ = ["timm_to_detectron2", "ExportError", "load_backbone", "export_detectron2",
            "input_settings", "main", "LAYOUTS"]
 
 LAYOUTS = ("c4", "fpn", "backbone")
@@ -156,40 +157,22 @@ def with_layout(d2: dict[str, np.ndarray], layout: str) -> dict[str, np.ndarray]
     raise ExportError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
 
 
-@dataclass
-class BackboneInfo:
-    """Where a backbone came from and the preprocessing it was trained with (0-1 scale, RGB)."""
-
-    spec: str
-    label: str
-    arch: str
-    stem: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    weights_sha256: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def load_backbone(spec: str, seed: int = 0):
-    """``(backbone, BackboneInfo)`` for a model spec: anything :func:`wssl_zoo.weights.resolve`
-    takes (model directory, registry name or alias, ``hf-hub:org/name[@rev]``,
-    ``random:ARCH[:STEM[:SIZE]]``). Random init is normalised with ImageNet statistics, the
-    detection datasets' (COCO, VOC)."""
-    from wssl_zoo.weights import resolve
-
+    """``(backbone, weights)`` for a model spec: the built backbone and its
+    :class:`~wssl_zoo.weights.ResolvedWeights` (anything :func:`wssl_zoo.weights.resolve` takes: model
+    directory, registry name or alias, ``hf-hub:org/name[@rev]``, ``random:ARCH[:STEM[:SIZE]]``).
+    Random init is normalised with ImageNet statistics, the detection datasets' (COCO, VOC)."""
     weights = resolve(str(spec), seed)
-    mean, std = weights.normalisation("imagenet")
-    extra = {"random_init": True} if weights.random_init else {}
-    return weights.build(), BackboneInfo(weights.spec, weights.label, weights.arch, weights.stem,
-                                         tuple(float(m) for m in mean), tuple(float(s) for s in std),
-                                         weights.weights_sha256, extra)
+    return weights.build(), weights
 
 
-def input_settings(info: BackboneInfo, shape: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The detectron2 config fragment the weights need (RGB, mean/std on the 0-255 scale)."""
+def input_settings(weights: ResolvedWeights, shape: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The detectron2 config fragment the weights need (RGB, mean/std on the 0-255 scale:
+    :meth:`~wssl_zoo.weights.ResolvedWeights.pixel_stats`)."""
+    mean, std = weights.pixel_stats("imagenet")
     model: dict[str, Any] = {
-        "PIXEL_MEAN": [round(255.0 * m, 4) for m in info.mean],
-        "PIXEL_STD": [round(255.0 * s, 4) for s in info.std],
+        "PIXEL_MEAN": mean,
+        "PIXEL_STD": std,
         "RESNETS": {"STRIDE_IN_1X1": False},
     }
     if shape is not None:
@@ -198,31 +181,31 @@ def input_settings(info: BackboneInfo, shape: Mapping[str, Any] | None = None) -
     return {"MODEL": model, "INPUT": {"FORMAT": "RGB"}}
 
 
-def _check_stem(info: BackboneInfo) -> None:
-    if info.stem != "imagenet":
-        raise ExportError(f"{info.spec}: stem {info.stem!r} has no detectron2 equivalent (detectron2's stem is "
+def _check_stem(weights: ResolvedWeights) -> None:
+    if weights.stem != "imagenet":
+        raise ExportError(f"{weights.spec}: stem {weights.stem!r} has no detectron2 equivalent (detectron2's stem is "
                           "7x7 stride 2 + max-pool); only imagenet-stem backbones can be exported")
 
 
-def export_detectron2(backbone, info: BackboneInfo, out: str | Path, layout: str = "c4") -> tuple[Path, Path]:
+def export_detectron2(backbone, weights: ResolvedWeights, out: str | Path, layout: str = "c4") -> tuple[Path, Path]:
     """Write ``out`` (pickle) and ``out`` with suffix ``.yaml`` (input settings); returns both paths."""
     import yaml
 
     from wssl_zoo.fileio import atomic_write_bytes
 
-    _check_stem(info)
+    _check_stem(weights)
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
     d2 = timm_to_detectron2(backbone.state_dict())
     shape = resnet_shape(d2)
     out = Path(out)
-    settings = input_settings(info, shape)
+    settings = input_settings(weights, shape)
     payload = {
         "model": with_layout(d2, layout),
         "__author__": "wssl-zoo",
         # Exact names for c4/fpn: detectron2 must not guess. The bare layout needs its heuristic.
         "matching_heuristics": layout == "backbone",
-        "wssl_zoo": {"source": info.spec, "arch": info.arch, "weights_sha256": info.weights_sha256,
+        "wssl_zoo": {"source": weights.spec, "arch": weights.arch, "weights_sha256": weights.weights_sha256,
                      "layout": layout, "input": settings, **shape},
     }
     buf = io.BytesIO()
@@ -230,7 +213,7 @@ def export_detectron2(backbone, info: BackboneInfo, out: str | Path, layout: str
     atomic_write_bytes(out, buf.getvalue())
     fragment = {"MODEL": dict(settings["MODEL"], WEIGHTS=str(out.resolve())), "INPUT": settings["INPUT"]}
     side = out.with_suffix(".yaml")
-    text = (f"# Input settings for {out.name} (exported by wssl-zoo from {info.spec}, layout {layout}).\n"
+    text = (f"# Input settings for {out.name} (exported by wssl-zoo from {weights.spec}, layout {layout}).\n"
             "# Merge after the protocol config: cfg.merge_from_file(this file).\n"
             + yaml.safe_dump(fragment, sort_keys=True))
     atomic_write_bytes(side, text.encode())
@@ -258,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out {args.out}: detectron2 checkpoints must end in .pkl", file=sys.stderr)
         return 2
     try:
-        backbone, info = load_backbone(args.model)
-        pkl, side = export_detectron2(backbone, info, args.out, args.layout)
+        backbone, weights = load_backbone(args.model)
+        pkl, side = export_detectron2(backbone, weights, args.out, args.layout)
     except (ExportError, ValueError, FileNotFoundError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

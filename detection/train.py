@@ -116,10 +116,9 @@ def run_torchvision(args, argv: list[str]) -> int:
     cfg, suffix = prepare_config(args)
     if not (args.coco_root or args.voc_root):
         raise UsageError("give the data with --coco-root ROOT or --voc-root ROOT")
-    backbone, info = load_backbone(args.model)
+    backbone, weights = load_backbone(args.model)
     # The input settings of the weights: RGB, the model's mean/std on the 0-255 scale.
-    cfg["MODEL"]["PIXEL_MEAN"] = [round(255.0 * m, 4) for m in info.mean]
-    cfg["MODEL"]["PIXEL_STD"] = [round(255.0 * x, 4) for x in info.std]
+    cfg["MODEL"]["PIXEL_MEAN"], cfg["MODEL"]["PIXEL_STD"] = weights.pixel_stats("imagenet")
     s = to_torchvision(cfg)
     if args.coco_root:
         train_set, test_set = coco_datasets(args.coco_root, masks=s.mask_on, filter_empty=s.filter_empty,
@@ -146,8 +145,8 @@ def run_torchvision(args, argv: list[str]) -> int:
     if rank == 0:
         claim_out(args, out)
     tv.seed_everything(args.seed + rank)
-    model = tv.build_model(backbone, s, stem=info.stem)
-    meta = {"config": cfg["_NAME"], "model": info.spec, "settings": s.as_dict()}
+    model = tv.build_model(backbone, s, stem=weights.stem)
+    meta = {"config": cfg["_NAME"], "model": weights.spec, "settings": s.as_dict()}
     summary: dict[str, Any] = {}
     if args.eval_only:
         weights = Path(args.weights) if args.weights else out / "model_final.pt"
@@ -180,12 +179,12 @@ def run_torchvision(args, argv: list[str]) -> int:
         command = "python -m detection.train " + shlex.join(argv)
         extra = {"train": {k: v for k, v in summary.items() if k != "meta"}, "detections": result["detections"],
                  "undefined_metrics": result["undefined_metrics"],
-                 "eval_seconds": round(result["seconds"], 3), "model_label": info.label, "arch": info.arch,
+                 "eval_seconds": round(result["seconds"], 3), "model_label": weights.label, "arch": weights.arch,
                  "world_size": world, "device": str(device), "amp": s.amp and device.type == "cuda",
                  "num_classes": s.num_classes, "data_root": str(args.coco_root or args.voc_root),
                  "train_images": len(train_set), "test_images": len(test_set)}
         record = write_record(path=Path(args.record) if args.record else None, results_dir=args.results_dir,
-                              label=info.label, task=task, model=info.spec, weights_sha256=info.weights_sha256,
+                              label=weights.label, task=task, model=weights.spec, weights_sha256=weights.weights_sha256,
                               protocol=protocol, dataset=dataset, seed=args.seed, metrics=result["metrics"],
                               wall_seconds=wall, command=command, extra=extra)
         print(f"record: {record}", file=sys.stderr)

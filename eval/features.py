@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,64 +19,9 @@ from torch import nn
 from wssl_zoo.distributed import is_main
 from wssl_zoo.evaluation import extract_features as extract
 from wssl_zoo.modelio import tensors_sha256
-from wssl_zoo.weights import ResolvedWeights, resolve
+from wssl_zoo.weights import ResolvedWeights
 
 from .records import dataset_fingerprint
-
-@dataclass
-class ModelInfo:
-    """A built backbone beside its :class:`~wssl_zoo.weights.ResolvedWeights` (what identifies it
-    in records: sha256, label, normalisation)."""
-
-    weights: ResolvedWeights
-    model: nn.Module
-    # "authors": normalise as the model's authors evaluate (INTL's CIFAR evaluation differs from its
-    # training views); "train": with the training normalisation everywhere (the corrected behaviour)
-    normalisation: str = "authors"
-
-    spec = property(lambda self: self.weights.spec)
-    label = property(lambda self: self.weights.label)
-    weights_sha256 = property(lambda self: self.weights.weights_sha256)
-    arch = property(lambda self: self.weights.arch)
-    stem = property(lambda self: self.weights.stem)
-    method = property(lambda self: self.weights.method)
-    img_size = property(lambda self: self.weights.img_size)
-    folder = property(lambda self: self.weights.folder)
-
-    @property
-    def recipe(self) -> str | None:
-        """The pretraining recipe (config.json's ``wssl_zoo.recipe``, else the registry entry's);
-        eval.protocols.protocol_for_model picks the authors' protocol values by it."""
-        from pathlib import Path
-
-        if self.folder is not None and (Path(self.folder) / "config.json").is_file():
-            from wssl_zoo.modelio import read_config
-
-            recipe = read_config(self.folder).get("wssl_zoo", {}).get("recipe")
-            if recipe:
-                return recipe
-        spec = self.spec
-        if spec.startswith(("random:", "hf-hub:")) or Path(spec).exists():
-            return None
-        from wssl_zoo.registry import get_entry
-
-        try:
-            return get_entry(spec).recipe or None
-        except Exception:  # not a registry name
-            return None
-
-
-def resolve_model(spec: str, seed: int = 0, verify: bool = True, normalisation: str = "authors") -> ModelInfo:
-    """``spec``: anything :func:`wssl_zoo.weights.resolve` takes (registry name/alias, model
-    directory, ``hf-hub:org/name[@rev]``, ``random:ARCH[:STEM[:SIZE]]`` drawn from ``seed``);
-    ``verify=False`` accepts an ``hf-hub:`` repo without ``SHA256SUMS``; ``normalisation``: see
-    :meth:`wssl_zoo.weights.ResolvedWeights.eval_transform` (``--normalisation``)."""
-    from wssl_zoo.data.datasets import NORMALISATIONS
-
-    if normalisation not in NORMALISATIONS:
-        raise ValueError(f"--normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
-    weights = resolve(spec, seed, verify=verify)
-    return ModelInfo(weights, weights.build(), normalisation)
 
 
 def mark_normalisation(proto_record: dict, normalisation: str) -> dict:
@@ -103,22 +47,18 @@ def build_split(dataset: str, root: str | None, split: str):
     return held
 
 
-def eval_tf(info: ModelInfo, dataset: str):
-    """The dataset's deterministic evaluation transform, normalised as the model was trained (or as its
-    authors evaluate, where that differs and ``info.normalisation`` is "authors")."""
-    return info.weights.eval_transform(dataset, info.normalisation)
-
-
 def cache_dir(override: str | None = None) -> Path:
     from wssl_zoo.paths import cache_dir as _cache_dir
 
     return _cache_dir(override)
 
 
-def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str, device: torch.device,
-                    cache: str | None = None, batch_size: int = 256, workers: int = 2,
-                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``(X, y, meta)``; ``meta["cache_hit"]`` says whether the features came from the cache."""
+def cached_features(weights: ResolvedWeights, model: nn.Module, dataset: str, root: str | None, split: str,
+                    device: torch.device, cache: str | None = None, batch_size: int = 256, workers: int = 2,
+                    progress: bool = True, normalisation: str = "authors") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``(X, y, meta)`` of ``model`` (built from ``weights``) on ``split``, through
+    ``weights.eval_transform(dataset, normalisation)``; ``meta["cache_hit"]`` says whether the
+    features came from the cache."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save
 
@@ -126,9 +66,9 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
     from wssl_zoo.fileio import atomic_write_bytes
 
     base = build_split(dataset, root, split)
-    transform = eval_tf(info, dataset)
+    transform = weights.eval_transform(dataset, normalisation)
     fingerprint = dataset_fingerprint(base)
-    key_src = json.dumps(dict(weights=info.weights_sha256, arch=info.arch, stem=info.stem, dataset=dataset,
+    key_src = json.dumps(dict(weights=weights.weights_sha256, arch=weights.arch, stem=weights.stem, dataset=dataset,
                               fingerprint=fingerprint, split=split, transform=repr(transform)), sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
     path = cache_dir(cache) / f"{key}.safetensors"
@@ -146,7 +86,7 @@ def cached_features(info: ModelInfo, dataset: str, root: str | None, split: str,
         except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed
             warnings.warn(f"{path}: damaged feature cache entry ({exc}); recomputing it")
             path.unlink(missing_ok=True)
-    x, y = extract(info.model, TransformedDataset(base, transform), device, batch_size, workers, progress,
+    x, y = extract(model, TransformedDataset(base, transform), device, batch_size, workers, progress,
                    desc=f"{split} features")
     if is_main():
         path.parent.mkdir(parents=True, exist_ok=True)

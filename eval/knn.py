@@ -38,33 +38,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import cached_features, mark_normalisation, resolve_model
+    from wssl_zoo.weights import resolve
+
+    from .features import cached_features, mark_normalisation
     from .protocols import with_overrides
     from .records import make_record, write_record
 
     check_out(args, len([n for n in args.protocols.split(",") if n.strip()]) * args.seeds)
     device = cliargs.device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):  # k-NN is deterministic; seeds only matter for random-init baselines
-        info = resolve_model(args.model, seed, verify=not args.allow_unverified, normalisation=args.normalisation)
+        weights = resolve(args.model, seed, verify=not args.allow_unverified)
+        model = weights.build()
         start = time.perf_counter()
-        xtr, ytr, meta = cached_features(info, args.dataset, args.data, "train", device, args.cache_dir,
-                                         workers=args.workers, progress=not args.no_progress)
-        xte, yte, meta_te = cached_features(info, args.dataset, args.data, "test", device, args.cache_dir,
-                                            workers=args.workers, progress=not args.no_progress)
+        xtr, ytr, meta = cached_features(weights, model, args.dataset, args.data, "train", device, args.cache_dir,
+                                         workers=args.workers, progress=not args.no_progress,
+                                         normalisation=args.normalisation)
+        xte, yte, meta_te = cached_features(weights, model, args.dataset, args.data, "test", device, args.cache_dir,
+                                            workers=args.workers, progress=not args.no_progress,
+                                            normalisation=args.normalisation)
         for name in args.protocols.split(","):
             protocol, proto_record = with_overrides(get_protocol(name.strip(), "knn"), k=args.k,
                                                     temperature=args.temperature if name.strip() != "knn5" else None)
             proto_record = mark_normalisation(proto_record, args.normalisation)
             pred = knn_predict(protocol, xtr, ytr, xte)
             metrics = {"top1": 100.0 * float((pred == yte).float().mean())}
-            record = make_record(task="knn", model=info.spec, weights_sha256=info.weights_sha256,
+            record = make_record(task="knn", model=weights.spec, weights_sha256=weights.weights_sha256,
                                  protocol=proto_record, dataset=dict(name=args.dataset, root=str(args.data),
                                                                      fingerprint=meta["fingerprint"]),
                                  seed=seed, metrics=metrics, wall_seconds=time.perf_counter() - start,
-                                 command=command, extra=dict(model_label=info.label, arch=info.arch, stem=info.stem,
+                                 command=command, extra=dict(model_label=weights.label, arch=weights.arch, stem=weights.stem,
                                                              cache_hit=meta["cache_hit"] and meta_te["cache_hit"],
                                                              train_samples=len(xtr), test_samples=len(xte)))
-            path = write_record(record, record_path(args, "knn", info.label, proto_record["name"], seed, record))
+            path = write_record(record, record_path(args, "knn", weights.label, proto_record["name"], seed, record))
             print(f"knn {proto_record['name']} seed {seed}: top1 {metrics['top1']:.2f} -> {path}")
     return 0
 

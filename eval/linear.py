@@ -88,8 +88,9 @@ def train_on_features(protocol: LinearProtocol, xtr: torch.Tensor, ytr: torch.Te
         return _topk(clf(xte), yte)
 
 
-def train_augmented(protocol: LinearProtocol, info, dataset: str, root: str, seed: int, device: torch.device,
-                    workers: int, progress: bool = True, train_subset: int | None = None) -> dict[str, float]:
+def train_augmented(protocol: LinearProtocol, weights, model: nn.Module, dataset: str, root: str, seed: int,
+                    device: torch.device, workers: int, progress: bool = True, train_subset: int | None = None,
+                    normalisation: str = "authors") -> dict[str, float]:
     """The papers' protocol: every epoch runs the frozen backbone (BN in eval mode) on freshly
     augmented images (random-resized crop + flip); the test set uses the deterministic transform."""
     import torchvision.transforms as T
@@ -99,10 +100,11 @@ def train_augmented(protocol: LinearProtocol, info, dataset: str, root: str, see
     from wssl_zoo.data import balanced_subset
     from wssl_zoo.data.datasets import TransformedDataset
 
-    from .features import build_split, eval_tf, extract
+    from .features import build_split, extract
 
-    size = info.img_size
-    norm = [t for t in eval_tf(info, dataset).transforms if isinstance(t, T.Normalize)][0]
+    size = weights.img_size
+    eval_tf = weights.eval_transform(dataset, normalisation)
+    norm = [t for t in eval_tf.transforms if isinstance(t, T.Normalize)][0]
     mean, std = norm.mean, norm.std
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
     train = build_split(dataset, root, "train")
@@ -113,7 +115,7 @@ def train_augmented(protocol: LinearProtocol, info, dataset: str, root: str, see
     loader = DataLoader(TransformedDataset(train, train_tf), batch_size=protocol.batch_size, shuffle=True,
                         num_workers=workers, generator=gen, drop_last=False, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0)
-    backbone = info.model.to(device).eval()
+    backbone = model.to(device).eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
     classes = len(build_split(dataset, root, "train").classes)
@@ -138,7 +140,7 @@ def train_augmented(protocol: LinearProtocol, info, dataset: str, root: str, see
             bar.update()
     bar.close()
     test = build_split(dataset, root, "test")
-    xte, yte = extract(backbone, TransformedDataset(test, eval_tf(info, dataset)), device, 256, workers, progress,
+    xte, yte = extract(backbone, TransformedDataset(test, eval_tf), device, 256, workers, progress,
                        desc="test features")
     with torch.no_grad():
         return _topk(clf(xte.to(device)), yte.to(device))
@@ -159,22 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args, command: str, seed: int) -> dict:
     """One seed: train and write the record; returns it."""
-    from .features import cached_features, mark_normalisation, resolve_model
+    from wssl_zoo.weights import resolve
+
+    from .features import cached_features, mark_normalisation
     from .records import dataset_fingerprint, make_record, write_record
 
     device = cliargs.device(args.device)
-    info = resolve_model(args.model, seed, verify=not args.allow_unverified, normalisation=args.normalisation)
+    weights = resolve(args.model, seed, verify=not args.allow_unverified)
+    model = weights.build()
     # an authors' protocol takes the values for the model it evaluates (e.g. intl -> intl_plain)
-    protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "linear"),
+    protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, weights.recipe), "linear"),
                                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     proto_record = mark_normalisation(proto_record, args.normalisation)
     start = time.perf_counter()
     extra = {}
     if protocol.features == "cached":
-        xtr, ytr, meta = cached_features(info, args.dataset, args.data, "train", device, args.cache_dir,
-                                         workers=args.workers, progress=not args.no_progress)
-        xte, yte, meta_te = cached_features(info, args.dataset, args.data, "test", device, args.cache_dir,
-                                            workers=args.workers, progress=not args.no_progress)
+        xtr, ytr, meta = cached_features(weights, model, args.dataset, args.data, "train", device, args.cache_dir,
+                                         workers=args.workers, progress=not args.no_progress,
+                                         normalisation=args.normalisation)
+        xte, yte, meta_te = cached_features(weights, model, args.dataset, args.data, "test", device, args.cache_dir,
+                                            workers=args.workers, progress=not args.no_progress,
+                                            normalisation=args.normalisation)
         if args.train_subset:  # the same class-balanced images as the augmented protocols' --train-subset
             from wssl_zoo.data import balanced_subset
 
@@ -189,16 +196,16 @@ def evaluate(args, command: str, seed: int) -> dict:
         if args.train_subset:
             proto_record["name"] += f"+train_subset={args.train_subset}"
             proto_record["train_subset"] = args.train_subset
-        metrics = train_augmented(protocol, info, args.dataset, args.data, seed, device, args.workers,
-                                  not args.no_progress, args.train_subset)
+        metrics = train_augmented(protocol, weights, model, args.dataset, args.data, seed, device, args.workers,
+                                  not args.no_progress, args.train_subset, normalisation=args.normalisation)
         from .features import build_split
 
         fingerprint = dataset_fingerprint(build_split(args.dataset, args.data, "train"))
-    record = make_record(task="linear", model=info.spec, weights_sha256=info.weights_sha256, protocol=proto_record,
+    record = make_record(task="linear", model=weights.spec, weights_sha256=weights.weights_sha256, protocol=proto_record,
                          dataset=dict(name=args.dataset, root=str(args.data), fingerprint=fingerprint),
                          seed=seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
-                         extra=dict(extra, model_label=info.label, arch=info.arch, stem=info.stem))
-    path = write_record(record, record_path(args, "linear", info.label, proto_record["name"], seed, record))
+                         extra=dict(extra, model_label=weights.label, arch=weights.arch, stem=weights.stem))
+    path = write_record(record, record_path(args, "linear", weights.label, proto_record["name"], seed, record))
     print(f"linear {proto_record['name']} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
           + f"  ({record['wall_seconds']:.1f} s) -> {path}")
     return record

@@ -108,8 +108,9 @@ def make_split_file(train, percent: float, seed: int, out: str | Path) -> list[i
     return chosen
 
 
-def finetune(protocol, info, dataset: str, root: str, indices: list[int], split: str, seed: int,
-             device: torch.device, workers: int, progress: bool = True, epochs: int | None = None) -> dict[str, float]:
+def finetune(protocol, weights, model: nn.Module, dataset: str, root: str, indices: list[int], split: str, seed: int,
+             device: torch.device, workers: int, progress: bool = True, epochs: int | None = None,
+             normalisation: str = "authors") -> dict[str, float]:
     """Fine-tune backbone + linear head on ``indices`` of the training split; top-1/top-5 (%) on the
     held-out split after the last epoch. ``epochs`` defaults to the recipe's for ``split``."""
     import torchvision.transforms as T
@@ -118,12 +119,13 @@ def finetune(protocol, info, dataset: str, root: str, indices: list[int], split:
 
     from wssl_zoo.data.datasets import TransformedDataset
 
-    from .features import build_split, eval_tf
+    from .features import build_split
     from .linear import _topk
 
     epochs = epochs or (protocol.epochs_1pct if split == "1pct" else protocol.epochs_10pct)
-    size = info.img_size
-    norm = [t for t in eval_tf(info, dataset).transforms if isinstance(t, T.Normalize)][0]
+    size = weights.img_size
+    eval_tf = weights.eval_transform(dataset, normalisation)
+    norm = [t for t in eval_tf.transforms if isinstance(t, T.Normalize)][0]
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     train = build_split(dataset, root, "train")
     classes = len(train.classes)
@@ -142,7 +144,7 @@ def finetune(protocol, info, dataset: str, root: str, indices: list[int], split:
                         # as INTL's loader the last partial batch is kept, unless it would hold a single
                         # image (BN in train mode cannot normalise one 1x1 feature map)
                         drop_last=(len(indices) // world) % per_rank == 1, pin_memory=device.type == "cuda")
-    model = nn.Sequential(info.model, nn.Linear(info.model.num_features, classes)).to(device)
+    model = nn.Sequential(model, nn.Linear(model.num_features, classes)).to(device)
     with torch.no_grad():
         model[1].weight.normal_(0, 0.01)
         model[1].bias.zero_()
@@ -176,7 +178,7 @@ def finetune(protocol, info, dataset: str, root: str, indices: list[int], split:
     bar.close()
     model.eval()
     test = build_split(dataset, root, "test")
-    test_loader = DataLoader(TransformedDataset(test, eval_tf(info, dataset)), batch_size=256, num_workers=workers)
+    test_loader = DataLoader(TransformedDataset(test, eval_tf), batch_size=256, num_workers=workers)
     logits, labels = [], []
     with torch.no_grad():
         for images, targets in test_loader:
@@ -216,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import build_split, mark_normalisation, resolve_model
+    from wssl_zoo.weights import resolve
+
+    from .features import build_split, mark_normalisation
     from .records import dataset_fingerprint, make_record, write_record
 
     check_out(args, args.seeds)
@@ -241,23 +245,23 @@ def run(args, command: str) -> int:
     indices = read_split_file(args.split_file, args.split, train)
     device = cliargs.device(args.device)
     for seed in range(args.seed, args.seed + args.seeds):
-        info = resolve_model(args.model, seed, verify=not args.allow_unverified, normalisation=args.normalisation)
-        protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, info.recipe), "semi"),
+        weights = resolve(args.model, seed, verify=not args.allow_unverified)
+        protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, weights.recipe), "semi"),
                                                 epochs=args.epochs, batch_size=args.batch_size)
         proto_record = mark_normalisation(proto_record, args.normalisation)
         start = time.perf_counter()
-        metrics = finetune(protocol, info, args.dataset, args.data, indices, args.split, seed, device, args.workers,
-                           not args.no_progress, epochs=args.epochs)
+        metrics = finetune(protocol, weights, weights.build(), args.dataset, args.data, indices, args.split, seed, device,
+                           args.workers, not args.no_progress, epochs=args.epochs, normalisation=args.normalisation)
         from wssl_zoo.fileio import sha256_file
 
-        record = make_record(task=f"semi_{args.split}", model=info.spec, weights_sha256=info.weights_sha256,
+        record = make_record(task=f"semi_{args.split}", model=weights.spec, weights_sha256=weights.weights_sha256,
                              protocol=proto_record, dataset=dict(name=args.dataset, root=str(args.data),
                                                                  fingerprint=dataset_fingerprint(train)),
                              seed=seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
-                             extra=dict(model_label=info.label, arch=info.arch, stem=info.stem,
+                             extra=dict(model_label=weights.label, arch=weights.arch, stem=weights.stem,
                                         split_file=str(args.split_file), split_sha256=sha256_file(args.split_file),
                                         labelled_images=len(indices)))
-        path = write_record(record, record_path(args, f"semi_{args.split}", info.label, proto_record["name"], seed, record))
+        path = write_record(record, record_path(args, f"semi_{args.split}", weights.label, proto_record["name"], seed, record))
         print(f"semi {args.split} {proto_record['name']} seed {seed}: "
               + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f" -> {path}")
     return 0

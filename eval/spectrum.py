@@ -25,12 +25,12 @@ from wssl_zoo.evaluation import effective_rank, spectrum
 from ._cli import add_common, record_path, run_main
 
 
-def baseline_spec(info, choice: str) -> str | None:
+def baseline_spec(weights, choice: str) -> str | None:
     """The model spec of the random-init baseline: ``auto`` = ``random:ARCH:STEM:SIZE`` of the
     evaluated model (None when it is random init itself), ``none`` = no baseline, else ``choice``."""
-    if choice == "none" or (choice == "auto" and info.spec.startswith("random:")):
+    if choice == "none" or (choice == "auto" and weights.random_init):
         return None
-    return f"random:{info.arch}:{info.stem}:{info.img_size}" if choice == "auto" else choice
+    return f"random:{weights.arch}:{weights.stem}:{weights.img_size}" if choice == "auto" else choice
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,30 +47,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from .features import cached_features, mark_normalisation, resolve_model
+    from wssl_zoo.weights import resolve
+
+    from .features import cached_features, mark_normalisation
     from .records import make_record, write_record
 
     device = cliargs.device(args.device)
-    info = resolve_model(args.model, args.seed, verify=not args.allow_unverified,
-                         normalisation=args.normalisation)
+    weights = resolve(args.model, args.seed, verify=not args.allow_unverified)
     start = time.perf_counter()
-    x, _, meta = cached_features(info, args.dataset, args.data, args.split, device, args.cache_dir,
-                                 workers=args.workers, progress=not args.no_progress)
+    x, _, meta = cached_features(weights, weights.build(), args.dataset, args.data, args.split, device, args.cache_dir,
+                                 workers=args.workers, progress=not args.no_progress,
+                                 normalisation=args.normalisation)
     gen = torch.Generator().manual_seed(args.seed)
     keep = torch.randperm(len(x), generator=gen)[: args.max_samples] if len(x) > args.max_samples else None
     if keep is not None:
         x = x[keep]
     spectra = {"backbone": spectrum(x)}
-    projector = info.weights.build_projector()
+    projector = weights.build_projector()
     if projector is not None:
         with torch.no_grad():
             spectra["projector"] = spectrum(torch.cat([projector(chunk) for chunk in x.split(1024)]))
     baseline = None
-    spec = baseline_spec(info, args.baseline)
+    spec = baseline_spec(weights, args.baseline)
     if spec is not None:  # the same images (same subsample) through the baseline's backbone
-        base = resolve_model(spec, args.seed, normalisation=args.normalisation)
-        bx, _, _ = cached_features(base, args.dataset, args.data, args.split, device, args.cache_dir,
-                                   workers=args.workers, progress=not args.no_progress)
+        base = resolve(spec, args.seed)
+        bx, _, _ = cached_features(base, base.build(), args.dataset, args.data, args.split, device, args.cache_dir,
+                                   workers=args.workers, progress=not args.no_progress,
+                                   normalisation=args.normalisation)
         ev = spectrum(bx if keep is None else bx[keep])
         baseline = dict(model=base.spec, model_label=base.label, weights_sha256=base.weights_sha256,
                         backbone_effective_rank=effective_rank(ev), eigenvalues=dict(backbone=_rounded(ev)))
@@ -79,15 +82,15 @@ def run(args, command: str) -> int:
         metrics[f"{name}_effective_rank"] = effective_rank(ev)
         top = max(1, math.ceil(0.01 * len(ev)))
         metrics[f"{name}_top1pct_variance"] = 100.0 * float(ev[:top].sum() / ev.sum())
-    record = make_record(task="spectrum", model=info.spec, weights_sha256=info.weights_sha256,
+    record = make_record(task="spectrum", model=weights.spec, weights_sha256=weights.weights_sha256,
                          protocol=mark_normalisation(dict(name="spectrum", version=1, split=args.split,
                                                           max_samples=args.max_samples), args.normalisation),
                          dataset=dict(name=args.dataset, root=str(args.data), fingerprint=meta["fingerprint"]),
                          seed=args.seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
-                         extra=dict(model_label=info.label, samples=len(x),
+                         extra=dict(model_label=weights.label, samples=len(x),
                                     eigenvalues={k: _rounded(ev) for k, ev in spectra.items()},
                                     **({"baseline": baseline} if baseline else {})))
-    path = write_record(record, record_path(args, "spectrum", info.label, record["protocol"]["name"], args.seed, record))
+    path = write_record(record, record_path(args, "spectrum", weights.label, record["protocol"]["name"], args.seed, record))
     png = Path(args.plot) if args.plot else path.with_suffix(".png")
     from wssl_zoo.plots import INSTALL_HINT, have_matplotlib
 

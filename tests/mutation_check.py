@@ -47,7 +47,7 @@ FAULTS = (
           "resume_from = None if opts.overwrite else _check_out_dir(out, opts.resume) and None",
           ("tests/test_resume.py", "-k", "cwrgp_adam or refuses")),
     Fault("the feature cache key ignores the weights", "eval/features.py",
-          "key_src = json.dumps(dict(weights=info.weights_sha256,", "key_src = json.dumps(dict(weights=None,",
+          "key_src = json.dumps(dict(weights=weights.weights_sha256,", "key_src = json.dumps(dict(weights=None,",
           ("tests/test_feature_cache.py",)),
     Fault("the download hash check is skipped", "wssl_zoo/hub.py",
           "    if actual != expected:\n        _discard(local)", "    if False:\n        _discard(local)",

@@ -410,3 +410,18 @@ def test_random_init_is_drawn_once_for_resolve_and_build(monkeypatch):
     assert len(calls) == 2 and second is not first
     assert tensor_sha256(first) == tensor_sha256(second) == weights.weights_sha256
     assert not first.training and not second.training
+
+
+def test_one_load_of_a_model_directory_hashes_its_weights_once_and_reads_its_config_once(tmp_path, monkeypatch):
+    """The resolved-weights handle is what gets passed around: it keeps the hash and the config it read."""
+    _saved_resnet18(tmp_path / "m")
+    calls = {"hash": [], "config": []}
+    real_hash, real_config = fileio.sha256_file, modelio.read_config
+    monkeypatch.setattr(fileio, "sha256_file", lambda path, *a: (calls["hash"].append(Path(path).name), real_hash(path, *a))[1])
+    monkeypatch.setattr(modelio, "read_config", lambda folder: (calls["config"].append(1), real_config(folder))[1])
+    from wssl_zoo.weights import resolve
+
+    weights = resolve(tmp_path / "m")
+    weights.build()
+    assert (weights.weights_sha256, weights.recipe) == (real_hash(tmp_path / "m" / "model.safetensors"), None)
+    assert calls == {"hash": ["model.safetensors"], "config": [1]}

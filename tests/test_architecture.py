@@ -145,3 +145,16 @@ def test_every_package_of_the_tree_is_in_the_wheel():
     found = {".".join(p.parent.relative_to(REPO).parts) for top in ("wssl_zoo", "eval", "detection")
              for p in (REPO / top).rglob("__init__.py") if "__pycache__" not in p.parts}
     assert found - listed == set(), f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_evaluation_and_detection_pass_the_resolved_weights_around_and_never_import_the_training_engine():
+    """No consumer wraps ResolvedWeights again (eval's ModelInfo, detection's BackboneInfo were such
+    wrappers), and evaluation and detection import nothing of wssl_zoo.pretrain (LARS is wssl_zoo.optim's)."""
+    for pkg in ("eval", "detection", "wssl_zoo"):
+        for path in (REPO / pkg).rglob("*.py"):
+            text = path.read_text()
+            assert "class ModelInfo" not in text and "class BackboneInfo" not in text, path
+    graph = import_graph()
+    for module, deps in graph.items():
+        if module.split(".")[0] in ("eval", "detection"):
+            assert not {d for d in deps if d.startswith("wssl_zoo.pretrain")}, module

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from detection import export
+from wssl_zoo.weights import ResolvedWeights
 
 
 class D2Conv(nn.Conv2d):
@@ -105,6 +106,12 @@ def _timm_backbone(arch):
     return model.eval()
 
 
+def _weights(label, arch, stem, mean, std):
+    """The resolved-weights handle of an in-memory backbone (what export_detectron2 reads of it)."""
+    return ResolvedWeights(spec=label, kind="local", label=label, arch=arch, stem=stem, method=None, img_size=224,
+                           weights_sha256="0" * 64, mean=mean, std=std)
+
+
 def _load_pickle(path):
     with open(path, "rb") as fh:
         return pickle.load(fh)
@@ -113,7 +120,7 @@ def _load_pickle(path):
 @pytest.mark.parametrize("arch,depth", [("resnet50", 50), ("resnet18", 18)])
 def test_export_features_match_timm(tmp_path, arch, depth):
     model = _timm_backbone(arch)
-    info = export.BackboneInfo("test", "test", arch, "imagenet", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), None)
+    info = _weights("test", arch, "imagenet", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
     out, side = export.export_detectron2(model, info, tmp_path / "w.pkl", layout="backbone")
     data = _load_pickle(out)
     assert data["__author__"] == "wssl-zoo" and data["matching_heuristics"] is True
@@ -139,7 +146,7 @@ def test_export_features_match_timm(tmp_path, arch, depth):
 
 def test_c4_and_fpn_layouts_are_exact_detectron2_names(tmp_path):
     model = _timm_backbone("resnet18")
-    info = export.BackboneInfo("t", "t", "resnet18", "imagenet", (0.5,) * 3, (0.25,) * 3, None)
+    info = _weights("t", "resnet18", "imagenet", (0.5,) * 3, (0.25,) * 3)
     ref = D2ResNet(18)
     names = {k for k in ref.state_dict() if not k.endswith("num_batches_tracked")}
     out, _ = export.export_detectron2(model, info, tmp_path / "c4.pkl", layout="c4")
@@ -181,7 +188,7 @@ def test_non_imagenet_stem_refused(tmp_path):
     import wssl_zoo
 
     model = wssl_zoo.create("resnet18", stem="cifar")
-    info = export.BackboneInfo("c", "c", "resnet18", "cifar", (0.5,) * 3, (0.25,) * 3, None)
+    info = _weights("c", "resnet18", "cifar", (0.5,) * 3, (0.25,) * 3)
     with pytest.raises(export.ExportError, match="stem 'cifar'"):
         export.export_detectron2(model, info, tmp_path / "x.pkl")
 

@@ -146,9 +146,9 @@ def test_several_seeds_write_one_record_each(model_dir, folder, tmp_path, capsys
 
 
 def test_random_init_baseline_is_reproducible_and_distinct():
-    from eval.features import resolve_model
+    from wssl_zoo.weights import resolve
 
-    a, b, c = resolve_model("random:resnet18", 0), resolve_model("random:resnet18", 0), resolve_model("random:resnet18", 1)
+    a, b, c = resolve("random:resnet18", 0), resolve("random:resnet18", 0), resolve("random:resnet18", 1)
     assert a.weights_sha256 == b.weights_sha256 != c.weights_sha256 and a.label == "random-resnet18-imagenet-224px"
 
 
@@ -398,15 +398,17 @@ def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tm
     """Two gloo processes each extract a shard; every rank ends with the whole matrix, in order
     (torchrun's environment from tests/warm.py)."""
     import warm
-    from eval.features import cached_features, resolve_model
+    from eval.features import cached_features
+    from wssl_zoo.weights import resolve
 
     script = tmp_path / "ddp.py"
     script.write_text(
         "import sys, torch, torch.distributed as dist\n"
         "dist.init_process_group('gloo')\n"
-        "from eval.features import resolve_model, cached_features\n"
-        "info = resolve_model('random:resnet18:imagenet:32')\n"
-        "x, y, _ = cached_features(info, 'imagefolder', sys.argv[1], 'train', torch.device('cpu'), sys.argv[2],"
+        "from eval.features import cached_features\n"
+        "from wssl_zoo.weights import resolve\n"
+        "w = resolve('random:resnet18:imagenet:32')\n"
+        "x, y, _ = cached_features(w, w.build(), 'imagefolder', sys.argv[1], 'train', torch.device('cpu'), sys.argv[2],"
         " workers=0, progress=False)\n"
         "torch.save((x, y), f'{sys.argv[3]}.{dist.get_rank()}')\n"
         "dist.destroy_process_group()\n")
@@ -414,7 +416,8 @@ def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tm
     run = warm.torchrun(2, [str(script), str(folder), str(tmp_path / "c"), str(tmp_path / "out")], cwd=repo,
                         timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(repo)})
     assert run.returncode == 0, run.stderr[-2000:]
-    x, y, _ = cached_features(resolve_model("random:resnet18:imagenet:32"), "imagefolder", str(folder), "train",
+    w = resolve("random:resnet18:imagenet:32")
+    x, y, _ = cached_features(w, w.build(), "imagefolder", str(folder), "train",
                               torch.device("cpu"), str(tmp_path / "single"), workers=0, progress=False)
     for rank in (0, 1):
         xr, yr = torch.load(tmp_path / f"out.{rank}")

@@ -321,7 +321,8 @@ def test_intl_cifar_eval_normalisation_quirk_and_its_correction():
 def test_eval_clis_take_normalisation_and_record_the_corrected_one_as_an_override(tmp_path):
     """``--normalisation train`` reaches the feature transform of a saved INTL CIFAR model and marks the record."""
     from eval import knn
-    from eval.features import eval_tf, mark_normalisation, resolve_model
+    from eval.features import mark_normalisation
+    from wssl_zoo.weights import resolve
     from wssl_zoo.data.datasets import dataset_stats
     from wssl_zoo.encoders import create_backbone
     from wssl_zoo.modelio import save_model_dir
@@ -330,12 +331,11 @@ def test_eval_clis_take_normalisation_and_record_the_corrected_one_as_an_overrid
     save_model_dir(tmp_path / "m", create_backbone("resnet18", "cifar_pad2"), arch="resnet18", stem="cifar_pad2",
                    mean=mean, std=std, img_size=32, extra_meta=dict(method="intl", dataset="cifar100"))
     img = _image((32, 32), seed=6)
-    authors = resolve_model(str(tmp_path / "m"))
-    assert torch.equal(eval_tf(authors, "cifar100")(img), base(INTL_CIFAR_EVAL)(img))
-    corrected = resolve_model(str(tmp_path / "m"), normalisation="train")
-    assert torch.equal(eval_tf(corrected, "cifar100")(img), base(INTL_STATS["cifar100"])(img))
+    weights = resolve(str(tmp_path / "m"))
+    assert torch.equal(weights.eval_transform("cifar100")(img), base(INTL_CIFAR_EVAL)(img))
+    assert torch.equal(weights.eval_transform("cifar100", "train")(img), base(INTL_STATS["cifar100"])(img))
     with pytest.raises(ValueError, match="--normalisation 'paper'"):
-        resolve_model(str(tmp_path / "m"), normalisation="paper")
+        weights.eval_transform("cifar100", "paper")
     args = knn.build_parser().parse_args(["--model", "m", "--data", "d", "--normalisation", "train"])
     assert args.normalisation == "train"
     assert knn.build_parser().parse_args(["--model", "m", "--data", "d"]).normalisation == "authors"

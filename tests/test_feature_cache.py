@@ -16,6 +16,7 @@ from PIL import Image
 import wssl_zoo
 from eval import features as F
 from wssl_zoo.modelio import save_model_dir
+from wssl_zoo.weights import resolve
 
 CPU = torch.device("cpu")
 
@@ -43,7 +44,8 @@ def setup(tmp_path):
 
 
 def _features(model: Path, data: Path, cache: Path):
-    return F.cached_features(F.resolve_model(str(model)), "imagefolder", str(data), "train", CPU, str(cache),
+    weights = resolve(str(model))
+    return F.cached_features(weights, weights.build(), "imagefolder", str(data), "train", CPU, str(cache),
                              batch_size=4, workers=0, progress=False)
 
 

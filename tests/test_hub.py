@@ -705,8 +705,8 @@ def test_a_repo_without_sha256sums_is_refused_unless_unverified_weights_are_acce
     err = capsys.readouterr().err
     assert "no SHA256SUMS file" in err and "--allow-unverified" in err and len(err.strip().splitlines()) == 1
     assert main(["download", "--allow-unverified", "hf-hub:someone/plain"]) == 0
-    from eval.features import resolve_model
+    from wssl_zoo.weights import resolve
 
     with pytest.raises(HubError, match="no SHA256SUMS"):
-        resolve_model("hf-hub:someone/plain")
-    assert resolve_model("hf-hub:someone/plain", verify=False).arch == "resnet18"
+        resolve("hf-hub:someone/plain")
+    assert resolve("hf-hub:someone/plain", verify=False).arch == "resnet18"

@@ -319,7 +319,6 @@ def test_atomic_save_survives_a_crash_midway(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ck.atomic_save({"a": torch.zeros(4)}, path)
     monkeypatch.setattr(torch, "save", real_save)
-    import wssl_zoo.modelio as modelio
 
     def failing_fsync(fd):
         raise OSError("disk full")

@@ -206,12 +206,14 @@ def _download_run(args: argparse.Namespace) -> int:
 
     for name in args.names:
         if name.startswith("hf-hub:"):
-            folder = download_repo(name, verify=not args.allow_unverified)
-            print(f"{name}: {folder}")
+            snap = download_repo(name, verify=not args.allow_unverified)
+            print(f"{name}: {snap.folder}")
+            for fname, digest in snap.sha256.items():
+                print(f"  {fname}: sha256 {digest} verified")
             continue
         e = get_entry(name)
-        folder = download_entry(e)
-        print(f"{e.name}: {e.hub.repo_id}@{e.hub.revision} -> {folder}")
+        snap = download_entry(e)
+        print(f"{e.name}: {e.hub.repo_id}@{e.hub.revision} -> {snap.folder}")
         for fname, digest in e.hub.files.items():
             print(f"  {fname}: sha256 {digest} verified")
     return 0

@@ -12,12 +12,13 @@ file that is checked the same way.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .registry import ZooEntry, get_entry, not_published_error
 
-__all__ = ["HubError", "HashMismatchError", "download_entry", "download_repo", "parse_spec", "SUMS_FILE",
-           "PINNED_FILES"]
+__all__ = ["HubError", "HashMismatchError", "Snapshot", "download_entry", "download_repo", "parse_spec",
+           "SUMS_FILE", "PINNED_FILES"]
 
 SUMS_FILE = "SHA256SUMS"
 # Files whose hashes a registry entry pins (the rest of a published repo is documentation).
@@ -30,6 +31,16 @@ class HubError(RuntimeError):
 
 class HashMismatchError(ValueError):
     """A downloaded file does not have the sha256 it should; it was deleted from the cache."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a download gives: the snapshot ``folder`` in the HF cache, its ``commit``, and the
+    sha256 of every file it checked (``{filename: hex}``), so that nobody hashes them again."""
+
+    folder: Path
+    commit: str
+    sha256: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- download
@@ -98,10 +109,10 @@ def _verified(repo_id: str, revision: str, filename: str, expected: str) -> Path
     return local
 
 
-def download_entry(entry: ZooEntry | str) -> Path:
+def download_entry(entry: ZooEntry | str) -> Snapshot:
     """Download every file of a published registry entry at its pinned revision, sha256-checked.
 
-    Returns the snapshot folder (in the HF cache) holding the files. Raises
+    Returns the :class:`Snapshot` (folder in the HF cache, commit, checked hashes). Raises
     :class:`~wssl_zoo.registry.WeightsNotPublishedError` for an entry without a pinned revision,
     :class:`HashMismatchError` and :class:`HubError` as described in the module docstring.
     """
@@ -113,7 +124,7 @@ def download_entry(entry: ZooEntry | str) -> Path:
     for filename, expected in entry.hub.files.items():
         folder = _verified(entry.hub.repo_id, entry.hub.revision, filename, expected).parent
     assert folder is not None
-    return folder
+    return Snapshot(folder, entry.hub.revision, dict(entry.hub.files))
 
 
 def _parse_sums(text: str, where: str) -> dict[str, str]:
@@ -137,8 +148,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def download_repo(spec: str, verify: bool = True) -> Path:
-    """Download a model repo in our format (``hf-hub:org/name[@rev]``); returns its snapshot folder.
+def download_repo(spec: str, verify: bool = True) -> Snapshot:
+    """Download a model repo in our format (``hf-hub:org/name[@rev]``); returns its :class:`Snapshot`.
 
     The repo's ``SHA256SUMS`` (written by ``wssl-zoo publish``) is checked for every file it lists
     that is downloaded. A repo without it (a plain timm repo) is refused unless ``verify=False``
@@ -159,9 +170,11 @@ def download_repo(spec: str, verify: bool = True) -> Path:
     else:
         sums = _parse_sums(sums_path.read_text(), f"{repo_id}@{commit} {SUMS_FILE}")
     wanted = ["config.json", "model.safetensors"] + [f for f in ("projector.safetensors",) if f in sums]
+    checked = {}
     for filename in wanted:
         if filename in sums:
             _verified(repo_id, commit, filename, sums[filename])
+            checked[filename] = sums[filename]
         else:
             _fetch(repo_id, filename, commit)
-    return config.parent
+    return Snapshot(config.parent, commit, checked)

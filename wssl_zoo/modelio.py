@@ -272,7 +272,7 @@ def model_dir_files(path) -> tuple[Path, Path]:
     return folder, weights
 
 
-def load_model_dir(path, map_location="cpu") -> nn.Module:
+def load_model_dir(path, map_location="cpu", config: dict[str, Any] | None = None) -> nn.Module:
     """The backbone stored in a model directory, eval mode.
 
     ``path`` is the directory or a ``.safetensors`` file in it (its ``config.json`` says the
@@ -281,9 +281,12 @@ def load_model_dir(path, map_location="cpu") -> nn.Module:
     classifier is dropped (logged as a warning on the ``wssl_zoo`` logger) and the backbone
     returns pooled features like every other. The returned model's ``pretrained_cfg`` is the
     directory's (mean, std, input size, crop, interpolation), with no field of another checkpoint.
+    ``config``: the directory's ``config.json`` when the caller has read it already
+    (:class:`wssl_zoo.weights.ResolvedWeights` reads it once per load).
     """
     folder, weights = model_dir_files(path)
-    config = read_config(folder)
+    if config is None:
+        config = read_config(folder)
     section = config.get("wssl_zoo", {})
     version = section.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:

@@ -109,6 +109,31 @@ class ResolvedWeights:
     def random_init(self) -> bool:
         return self.kind == "random"
 
+    @property
+    def recipe(self) -> str | None:
+        """The pretraining recipe (``config.json``'s ``wssl_zoo.recipe``, else the registry entry's),
+        or None: the evaluation protocols pick the authors' values by it
+        (``eval.protocols.protocol_for_model``)."""
+        recipe = self.config.get("wssl_zoo", {}).get("recipe")
+        if recipe:
+            return str(recipe)
+        return (self.entry.recipe or None) if self.entry is not None else None
+
+    @property
+    def pretrain_dataset(self) -> str | None:
+        """The dataset the weights were pretrained on (``config.json``'s ``wssl_zoo.dataset``, else the
+        registry entry's), or None."""
+        dataset = self.config.get("wssl_zoo", {}).get("dataset")
+        if dataset:
+            return str(dataset)
+        return self.entry.training.get("dataset") if self.entry is not None else None
+
+    def pixel_stats(self, dataset: str = "imagenet", scale: float = 255.0) -> tuple[list[float], list[float]]:
+        """(mean, std) of :meth:`normalisation` on the ``scale`` of the pixels (255: detectron2's
+        ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` and the torchvision detection backend), rounded to 4 digits."""
+        mean, std = self.normalisation(dataset)
+        return [round(scale * float(m), 4) for m in mean], [round(scale * float(s), 4) for s in std]
+
     def build(self, map_location: str = "cpu") -> nn.Module:
         """The backbone in eval mode (strict load; random init is drawn from ``seed``, so every
         call gives the same tensors, without touching the global RNG: the first call returns the
@@ -120,7 +145,7 @@ class ResolvedWeights:
         from .modelio import load_model_dir
 
         assert self.weights_file is not None
-        return load_model_dir(self.weights_file, map_location)
+        return load_model_dir(self.weights_file, map_location, config=self.config)
 
     def build_projector(self) -> nn.Module | None:
         """The pretraining projector (``projector.safetensors`` of the folder), or None."""
@@ -150,8 +175,10 @@ class ResolvedWeights:
         import torchvision.transforms as T
 
         from .data import eval_transform
-        from .data.datasets import SMALL_DATASETS, dataset_stats, eval_stats
+        from .data.datasets import NORMALISATIONS, SMALL_DATASETS, dataset_stats, eval_stats
 
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"--normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
         tf = eval_transform(dataset if dataset in SMALL_DATASETS else "imagefolder", self.img_size, self.method,
                             normalisation)
         if self.mean is None or self.std is None:
@@ -174,7 +201,10 @@ def _random_backbone(arch: str, stem: str, seed: int) -> nn.Module:
         return create_backbone(arch, stem).eval()
 
 
-def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry | None) -> ResolvedWeights:
+def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry | None,
+                 known_sha256: dict[str, str] | None = None) -> ResolvedWeights:
+    """The handle of a model directory; ``known_sha256`` holds the hashes a verified download already
+    computed (``{filename: hex}``), so the weights file is hashed once per load."""
     from .fileio import sha256_file
     from .modelio import config_arch, model_dir_files, read_config
 
@@ -192,7 +222,8 @@ def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry |
     std = tuple(float(v) for v in pcfg["std"]) if pcfg.get("std") else None
     return ResolvedWeights(spec=spec, kind=kind, label=label, arch=config_arch(config),
                            stem=section.get("stem", "imagenet"), method=section.get("method"), img_size=img_size,
-                           weights_sha256=sha256_file(weights), mean=mean, std=std, folder=folder,
+                           weights_sha256=(known_sha256 or {}).get(weights.name) or sha256_file(weights),
+                           mean=mean, std=std, folder=folder,
                            weights_file=weights, entry=entry, config=config)
 
 
@@ -221,7 +252,8 @@ def resolve(spec: str | Path, seed: int = 0, verify: bool = True) -> ResolvedWei
     if text.startswith("hf-hub:"):
         from .hub import download_repo
 
-        return _from_folder(text, "hub", download_repo(text, verify=verify), label, None)
+        snap = download_repo(text, verify=verify)
+        return _from_folder(text, "hub", snap.folder, label, None, snap.sha256)
     try:
         entry = get_entry(text)
     except UnknownModelError:
@@ -230,4 +262,5 @@ def resolve(spec: str | Path, seed: int = 0, verify: bool = True) -> ResolvedWei
         raise
     from .hub import download_entry
 
-    return _from_folder(text, "registry", download_entry(entry), label, entry)
+    snap = download_entry(entry)
+    return _from_folder(text, "registry", snap.folder, label, entry, snap.sha256)
