@@ -221,8 +221,19 @@ def test_claim_rules(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "x").write_text("1")
-    with pytest.raises(OutputDirError, match="not made by wssl-zoo.*pass --resume to continue it"):
-        claim(plain, "pretrain", {}, hint="resume")
+    # a folder no wssl-zoo tool made is refused with --resume as without it, and --resume is not offered
+    # (issue 25: it was the one path around the write-once rule)
+    for resume in (False, True):
+        with pytest.raises(OutputDirError, match="not made by wssl-zoo\\); pass --overwrite") as refused:
+            claim(plain, "pretrain", {}, hint="resume", resume=resume)
+        assert "--resume" not in str(refused.value)
+    (out / "f").write_text("x")  # out is tool's folder for job {"a": 2} again
+    with pytest.raises(OutputDirError, match="pass --resume to continue it"):  # offered for this tool's folder
+        claim(out, "tool", {"a": 3}, hint="resume")
+    # one command serves the first start and every requeue: --resume in a missing or empty folder starts fresh
+    assert claim(tmp_path / "missing", "pretrain", {}, resume=True) == "new"
+    (tmp_path / "empty").mkdir()
+    assert claim(tmp_path / "empty", "pretrain", {}, resume=True) == "new"
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputDirError, match="exists and is not a folder"):
         claim(tmp_path / "file", "t", {})

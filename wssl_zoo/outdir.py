@@ -53,8 +53,10 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
     ``"same"`` (this tool's folder for the same job, or any with ``resume``) or ``"replaced"``
     (old contents removed: ``overwrite``, or ``replace_own`` on this tool's earlier output).
 
-    ``resume`` accepts a folder made by the same tool whatever its job, and an unmarked one
-    (runs from before markers existed); the caller checks that its contents fit. Raises
+    ``resume`` accepts a folder made by the same tool whatever its job (the caller checks that its
+    contents fit), and a missing or empty one (``"new"``: there is nothing to resume, so the job
+    starts fresh and says so; one command serves the first start and every requeue). A non-empty
+    folder no wssl-zoo tool marked is refused with ``resume`` as without it. Raises
     :class:`OutputDirError` naming the folder, a few of its entries and the flags that proceed.
 
     ``own`` overrides the marker's verdict for a folder that describes itself (a publish staging
@@ -81,12 +83,10 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
             state = "replaced"
         elif own and marker is not None and (resume or marker.get("job") == _normal(job)):
             return "same"
-        elif resume and marker is None:
-            return "same"
         else:
             made = (f"made by {marker.get('tool')} for another job" if own and marker else
                     f"made by {marker.get('tool')}" if marker else "not made by wssl-zoo")
-            offer = "pass --resume to continue it, " if hint == "resume" else ""
+            offer = "pass --resume to continue it, " if hint == "resume" and own else ""
             raise OutputDirError(
                 f"{flag} {folder}: the folder is not empty ({_listing(folder)}; {made}); "
                 f"{offer}pass --overwrite to delete its contents first, or choose another {flag}")
