@@ -121,6 +121,20 @@ def add_set(p, dest: str = "set", example: str = "KEY=VALUE") -> None:
                    help=f"override one configuration key, e.g. --set {example}; repeatable (default: none)")
 
 
+def add_resume(p, what: str = "the job") -> None:
+    """``--resume``: the one meaning every long job gives it (pretraining, evaluation, detection)."""
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue {what} from the last checkpoint in its output folder; where that folder is "
+                   "missing or empty there is nothing to resume and it starts fresh, saying so, so one command "
+                   "serves the first start and every requeue (default: refuse a folder that holds a run)")
+
+
+def add_overwrite(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete what the output folder holds first (default: a non-empty folder that is not this "
+                   "job's is refused)")
+
+
 def add_progress(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
 
