@@ -18,9 +18,7 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--data", required=data_required, metavar="ROOT",
                    help="ImageNet layout (ROOT/train/<class>/ and ROOT/val/<class>/ or ROOT/test/<class>/), "
                    "or torchvision's folder with --dataset")
-    p.add_argument("--dataset", default="imagefolder", choices=["imagefolder", "cifar10", "cifar100", "stl10",
-                                                                "fashion_mnist"],
-                   help="how to read ROOT (default: %(default)s)")
+    cliargs.add_dataset(p)
     cliargs.add_seed(p, seeds=True, help_seed="the first seed")
     p.add_argument("--out", metavar="DIR|FILE.json", help="where the records go: a folder, or one .json file when "
                    "exactly one record is written (default: --results-dir)")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wssl_zoo import cliargs
+
 from ._cli import run_main
 
 TASKS = ("linear", "knn", "semi1", "semi10", "coco")
@@ -28,8 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "random:ARCH[:STEM[:SIZE]])")
     p.add_argument("--tasks", default="linear,knn", help=f"comma-separated, from {','.join(TASKS)} (default: %(default)s)")
     p.add_argument("--data-root", required=True, metavar="DIR", help="holds imagenet/ (or <dataset>/) and coco/")
-    p.add_argument("--dataset", default="imagefolder", choices=["imagefolder", "cifar10", "cifar100", "stl10"],
-                   help="classification data: imagefolder = DIR/imagenet (default: %(default)s)")
+    cliargs.add_dataset(p, help_extra="; the data is read from DIR/imagenet for an image folder, else DIR/<dataset>")
     p.add_argument("--linear-protocol", default="fast", help="protocol of the linear task (default: %(default)s)")
     p.add_argument("--semi-protocol", default="semi_intl", help="recipe of semi1/semi10 (default: %(default)s)")
     # INTL's COCO numbers: detection/configs/coco_R_50_C4_2x.yaml (winci-ai/INTL@0aa69af); CW-RGP: "same as MoCo" (2x)

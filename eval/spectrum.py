@@ -28,7 +28,7 @@ from ._cli import add_common, record_path, run_main
 def baseline_spec(weights, choice: str) -> str | None:
     """The model spec of the random-init baseline: ``auto`` = ``random:ARCH:STEM:SIZE`` of the
     evaluated model (None when it is random init itself), ``none`` = no baseline, else ``choice``."""
-    if choice == "none" or (choice == "auto" and weights.random_init):
+    if choice == "none" or (choice == "auto" and weights.spec.startswith("random:")):
         return None
     return f"random:{weights.arch}:{weights.stem}:{weights.img_size}" if choice == "auto" else choice
 

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from wssl_zoo import catalogue
 from wssl_zoo.data.datasets import (
-    FASHION_MNIST_DIR,
     BadImageWarning,
     ImageFolderDataset,
     balanced_subset,
@@ -199,7 +199,7 @@ def test_idx_reader_and_fashion_mnist_layout(tmp_path):
 
 
 def test_real_fashion_mnist_when_installed():
-    if not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file():
+    if not (Path(catalogue.get("fashion_mnist").default_root) / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
     train, test = build_dataset("fashion_mnist", None, "train"), build_dataset("fashion_mnist", None, "test")
     assert (len(train), len(test)) == (60000, 10000)
@@ -425,7 +425,9 @@ def test_gpu_augment_shape_determinism_and_normalisation():
 
 
 def test_gpu_augment_geometry_and_colour_steps():
-    x = torch.rand(6, 3, 20, 20)
+    # seeded, and away from 0: the brightness factor is read back as bright / x, which bicubic resampling's
+    # ~1e-6 error makes meaningless on a pixel near 0 (the unseeded draw failed about one run in three)
+    x = 0.1 + 0.9 * torch.rand(6, 3, 20, 20, generator=torch.Generator().manual_seed(0))
     plain = dict(mean=(0, 0, 0), std=(1, 1, 1), jitter_p=0.0, gray_p=0.0)
     gen = torch.Generator().manual_seed(0)
     identity = BatchViewAugment(20, scale=(1, 1), ratio=(1, 1), flip_p=0.0, **plain)(x, gen)

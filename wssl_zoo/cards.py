@@ -16,16 +16,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import catalogue
+from .catalogue import display_name
 from .paths import cards_dir, zoo_results_dir
 from .registry import ZooEntry, get_entry, list_models
 
 CARDS_DIR = cards_dir()  # see wssl_zoo.paths: the checkout's, else $WSSL_ZOO_HOME or the current directory
 RESULTS_DIR = zoo_results_dir()
 
-DATASET_NAMES = {"imagenet": "ImageNet-1k", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10",
-                 "coco": "COCO 2017", "voc07+12": "PASCAL VOC 07+12", "fashion_mnist": "Fashion-MNIST"}
-HUB_DATASETS = {"imagenet": "imagenet-1k", "cifar10": "cifar10", "cifar100": "cifar100", "stl10": "stl10",
-                "coco": "detection-datasets/coco", "fashion_mnist": "fashion_mnist"}
 TASK_NAMES = {"linear_top1": "linear probe top-1 (%)", "linear_top5": "linear probe top-5 (%)",
               "knn5_top1": "5-NN top-1 (%)", "knn20_top1": "20-NN top-1 (%)", "coco_det_ap": "detection AP (bbox)",
               "coco_seg_ap": "instance segmentation AP (mask)", "voc_det_ap50": "detection AP50",
@@ -43,6 +41,14 @@ _HUB_METRIC_NAMES = {"top1": "top-1", "top5": "top-5"}
 
 
 # ---------------------------------------------------------------------------- measured results
+
+
+def _hub_dataset(name: str) -> str:
+    """The Hugging Face dataset id of ``name`` (the catalogue's), else the name itself."""
+    try:
+        return catalogue.get(name).hub_id or name
+    except catalogue.UnknownDatasetError:
+        return name
 
 
 def _dataset_name(record: dict) -> str:
@@ -121,8 +127,8 @@ def _hub_result(record: dict, row: dict):
     # huggingface_hub merges results of one task type and dataset under the first one's task name,
     # so the protocol goes into the (short) metric name
     proto = f"{row['protocol']} " if row["protocol"] else ""
-    return EvalResult(task_type=ttype, task_name=tname if prefix else None, dataset_type=HUB_DATASETS.get(ds, ds),
-                      dataset_name=DATASET_NAMES.get(ds, ds), metric_type=mtype, metric_name=f"{proto}{metric}",
+    return EvalResult(task_type=ttype, task_name=tname if prefix else None, dataset_type=_hub_dataset(ds),
+                      dataset_name=display_name(ds), metric_type=mtype, metric_name=f"{proto}{metric}",
                       metric_value=round(row["value"], 4), source_name=f"wssl-zoo zoo/results/{record['file']}",
                       source_url="https://github.com/wssl-zoo/wssl-zoo")
 
@@ -136,7 +142,7 @@ def card_data(name: str, *, stem: str, method: str, dataset: str, converted: boo
     return ModelCardData(
         library_name="timm" if stem == "imagenet" else None, **license_,
         tags=["image-feature-extraction", "self-supervised-learning", method, "whitening", "wssl-zoo"],
-        datasets=[HUB_DATASETS.get(dataset, dataset)] if dataset else None, pipeline_tag="image-feature-extraction",
+        datasets=[_hub_dataset(dataset)] if dataset else None, pipeline_tag="image-feature-extraction",
         model_name=name if results else None, eval_results=results or None)
 
 
@@ -179,12 +185,12 @@ def _training_lines(up: dict[str, Any], entry: ZooEntry | None) -> list[str]:
                   f"(`convert.json` in this repo records the key mapping and the feature check against "
                   f"torchvision). The authors trained it; its recipe is theirs"
                   + (f": {entry.training.get('epochs')} epochs on "
-                     f"{DATASET_NAMES.get(entry.training.get('dataset', ''), entry.training.get('dataset', ''))}, "
+                     f"{display_name(entry.training.get('dataset', ''))}, "
                      f"as {entry.training.get('source', 'their repository')}" if entry is not None else "")
                   + ".", "", f"License: {CONVERTED_LICENSE_NOTE}.", ""]
         return lines
     if train:
-        ds = DATASET_NAMES.get(up["dataset"], up["dataset"])
+        ds = display_name(up["dataset"])
         subset = up["options"].get("train_subset")
         data = f"{ds} ({subset} training images)" if subset else f"{ds} (the full training set)"
         lines += [f"Pretrained for **{up['epochs']} epochs** on {data} by `wssl-zoo pretrain` with recipe "
@@ -251,13 +257,13 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
               "| task | dataset | epochs | value | provenance |", "|---|---|---|---|---|"]
     for r in e.paper_results:
         note = f" ({r.note})" if r.note else ""
-        lines.append(f"| {TASK_NAMES.get(r.task, r.task)} | {DATASET_NAMES.get(r.dataset, r.dataset)} | "
+        lines.append(f"| {TASK_NAMES.get(r.task, r.task)} | {display_name(r.dataset)} | "
                      f"{r.epochs or ''} | {r.value} | paper: {r.label}, {r.source}{note} |")
     for record in measured:
         for row in metric_rows(record):
             proto = f", protocol {row['protocol']}" if row["protocol"] else ""
             lines.append(f"| {TASK_NAMES.get(row['metric'], row['metric'])} | "
-                         f"{DATASET_NAMES.get(row['dataset'], row['dataset'])} | | {row['value']:.2f} | "
+                         f"{display_name(row['dataset'])} | | {row['value']:.2f} | "
                          f"measured{proto}: `zoo/results/{record['file']}` |")
     if not e.paper_results and not measured:
         lines.append("| — | — | — | — | no paper-reported or measured result yet |")
@@ -295,7 +301,7 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
                       f"wssl-zoo publish runs/{e.name} --repo {e.hub.repo_id}", "```"]
     lines += ["", "## Limitations", "",
               "- A self-supervised backbone: it has no classifier; evaluate it with a probe or fine-tuning.",
-              f"- Trained on {DATASET_NAMES.get(dataset, dataset)} only; "
+              f"- Trained on {display_name(dataset)} only; "
               "features transfer less well to very different images."]
     notes = _published_notes(e.notes) if (for_hub or e.hub.published) else e.notes
     if notes:
@@ -317,7 +323,7 @@ def render_generic_card(folder: Path, repo_id: str) -> str:
                                     converted=bool(up["convert"]), measured=[]))
     lines += [f"# {repo_id.split('/')[1]}", "",
               f"A timm `{config_arch(config)}` backbone ({stem} stem) pretrained with "
-              f"**{method}**" + (f" on {DATASET_NAMES.get(dataset, dataset)}" if dataset else "") + ", published by wssl-zoo.",
+              f"**{method}**" + (f" on {display_name(dataset)}" if dataset else "") + ", published by wssl-zoo.",
               "", f"- Input: {cfg.get('input_size')}, mean {cfg.get('mean')}, std {cfg.get('std')}.", ""]
     lines += _training_lines(up, None)
     lines += ["## How to load it", "", "```bash", INSTALL, "```", "", "```python", "import wssl_zoo",

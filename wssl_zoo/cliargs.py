@@ -30,6 +30,8 @@ import os
 import sys
 from typing import Callable, Iterable
 
+from . import catalogue
+
 AMP_CHOICES = ("none", "bf16", "fp16")
 # sysexits.h EX_TEMPFAIL ("temporary failure; the user is invited to retry"): a job that stopped on
 # SIGTERM / SIGUSR1 / Ctrl-C after writing its checkpoint; a requeue script tests for it.
@@ -61,6 +63,27 @@ def default_workers(cap: int = 8) -> int:
 def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, help="registry name or alias, model directory or .safetensors "
                    "file, hf-hub:ORG/NAME[@REV], or random:ARCH[:STEM[:SIZE]] (random init, the baseline)")
+
+
+def dataset_arg(text: str) -> str:
+    """``--dataset`` as argparse's ``type``: the catalogue name of a classification dataset or of one of
+    its aliases (the authors' spellings ``in100``, ``tiny_in``), with the choices in the error."""
+    try:
+        name = catalogue.canonical(text)
+    except catalogue.UnknownDatasetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if catalogue.get(name).task != "classification":
+        raise argparse.ArgumentTypeError(f"{text!r} is a {catalogue.get(name).task} dataset; choose one of "
+                                         f"{', '.join(catalogue.names())}")
+    return name
+
+
+def add_dataset(p, default: str | None = "imagefolder", help_extra: str = "", required: bool = False) -> None:
+    """``--dataset``: how to read ``--data`` (the catalogue's classification datasets)."""
+    shown = "required" if required else "default: %(default)s"
+    p.add_argument("--dataset", type=dataset_arg, default=default, metavar="NAME", required=required,
+                   help=f"how to read --data: {', '.join(catalogue.names())} (wssl_zoo/catalogue.py; the authors' "
+                   f"spellings in100, tiny_in work too){help_extra} ({shown})")
 
 
 def add_workers(p, default: int | None = -1, what: str = "", cap: int = 8, aliases: tuple[str, ...] = ()) -> None:

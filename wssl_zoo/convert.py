@@ -290,7 +290,9 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
     conversion's earlier output; ``overwrite`` deletes anything else in it first (a stale
     projector, training logs or checkpoints would otherwise be published with the new weights).
     """
-    from .data.datasets import dataset_stats
+    from . import catalogue
+    from .catalogue import dataset_stats
+    from .methods import authors_value
     from .encoders import create_backbone
     from .fileio import sha256_file
     from .modelio import build_loaded, save_model_dir
@@ -321,8 +323,9 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
         raise ConversionError("a small-image stem: pass --dataset (cifar10, cifar100, stl10, tiny_imagenet) "
                               "to set the normalisation and input size")
     mean, std = (e.mean, e.std) if e else dataset_stats(dataset, layout.method)
-    img_size = img_size or (e.img_size if e else {"cifar10": 32, "cifar100": 32, "stl10": 64,
-                                                   "tiny_imagenet": 64}.get(dataset, 224))
+    # the crop size the authors train this dataset at, else the dataset's native size, else ImageNet's
+    img_size = img_size or (e.img_size if e else authors_value(layout.method, dataset, "img_size")
+                            or catalogue.get(dataset).native_size or 224)
 
     backbone_state = {k: v for k, v in backbone_state.items()}
     try:

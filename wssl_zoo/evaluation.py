@@ -163,10 +163,11 @@ def heldout_metrics(backbone: nn.Module, dataset: str, root, img_size: int, bank
     linear probe and the effective rank of the bank features. Not a paper protocol."""
     from torch.utils.data import Subset
 
-    from .data.datasets import SMALL_DATASETS, TransformedDataset, balanced_subset, build_dataset, heldout_split
+    from .catalogue import eval_dataset
+    from .data.datasets import TransformedDataset, balanced_subset, build_dataset, heldout_split
     from .data.transforms import eval_transform
 
-    name = dataset if dataset in SMALL_DATASETS else "imagefolder"
+    name = eval_dataset(dataset)
     held = heldout_split(name, root)
     if held is None:
         raise ValueError(f"{root}: a held-out check needs a val/ or test/ split next to train/")

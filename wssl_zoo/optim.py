@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adam", "sgd", "lars")
+from .methods import OPTIMIZERS  # the names recipes and protocols use
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> list[dict]:

@@ -1,9 +1,13 @@
 """The zoo registry: one TOML file per model in ``zoo/models/``, read into frozen dataclasses.
 
-Each entry says what a model is (method, architecture, stem, loss and projector, the recipe it
-was trained with), where its weights live (Hub repo, pinned revision, sha256 of every file;
-empty until published), where the authors publish their own checkpoint, and the results the
-authors report, each labelled with its provenance. Measured results live in ``zoo/results``.
+Each entry says which model it is (its name, aliases, what variant of the method, and the recipe it
+was trained with), where its weights live (Hub repo, pinned revision, sha256 of every file; empty
+until published), where the authors publish their own checkpoint, the results the authors report,
+each labelled with its provenance, and the citation. Everything the recipe says (method,
+architecture, stem, input size, normalisation, loss, projector, training) is the recipe's: the entry
+names it (``recipe``) and reads its values from ``wssl_zoo/methods/<method>.py``, where each value
+is held once with its source, so a recipe value is never written twice. Measured results live in
+``zoo/results``.
 
 The folder is ``zoo/models`` of the source checkout (the copy shipped in the wheel as
 ``wssl_zoo/_registry`` otherwise); the environment variable ``WSSL_ZOO_REGISTRY`` points
@@ -11,13 +15,8 @@ elsewhere. Every file is validated when the registry is read; errors name the fi
 
 Schema of ``zoo/models/<name>.toml`` (all keys required unless marked optional)::
 
-    name, aliases, method (wmse|cwrgp|intl), variant, description, arch (timm name),
-    stem (imagenet|cifar|small|cifar_pad2), img_size, mean, std, feature_dim, embedding_dim,
-    recipe (the ``wssl-zoo pretrain --recipe`` name), citation (bibtex), notes (optional)
-    [loss]          keyword arguments of the method's loss class (wssl_zoo.losses.LOSSES)
-    [projector]     num_layers, hidden_dim, out_dim (= embedding_dim), hidden_bias
-    [training]      dataset, epochs, batch_size, views, optimizer, lr, weight_decay, schedule,
-                    source; optional lr_scaling, cov_stop_epoch, ema_momentum, crops, warmup, note
+    name, aliases, variant, description, recipe (the ``wssl-zoo pretrain --recipe`` name),
+    citation (bibtex), notes (optional)
     [hub]           repo_id ("org/name"), revision ("" or a 40-hex commit)
     [hub.files]     filename = sha256 ("" until published); [hub.sizes] optional, filename = bytes
     [official]      url ("" or https://...), note: where the authors publish their checkpoint
@@ -28,16 +27,18 @@ Schema of ``zoo/models/<name>.toml`` (all keys required unless marked optional):
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 import os
 import re
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+
+from .catalogue import dataset_stats
+from .methods import describe_schedule, recipe_definitions, recipe_provenance
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,14 +54,13 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
-_TOP_KEYS = {"name", "aliases", "method", "variant", "description", "arch", "stem", "img_size", "mean", "std",
-             "feature_dim", "embedding_dim", "recipe", "loss", "projector", "training", "hub", "official",
-             "paper_results", "citation", "notes"}
-_PROJECTOR_KEYS = {"num_layers": int, "hidden_dim": int, "out_dim": int, "hidden_bias": bool}
-_TRAINING_REQUIRED = {"dataset": str, "epochs": int, "batch_size": int, "views": int, "optimizer": str,
-                      "lr": float, "weight_decay": float, "schedule": str, "source": str}
-_TRAINING_OPTIONAL = {"lr_scaling": str, "cov_stop_epoch": int, "ema_momentum": float, "crops": str,
-                      "warmup": str, "note": str}
+_TOP_KEYS = {"name", "aliases", "variant", "description", "recipe", "hub", "official", "paper_results", "citation",
+             "notes"}
+# Keys an entry once copied from its recipe: refused with a pointer to where the value lives.
+_RECIPE_KEYS = {"method", "arch", "stem", "img_size", "mean", "std", "feature_dim", "embedding_dim", "loss",
+                "projector", "training"}
+# The projector keys an entry shows (the recipe's projector table has these and more).
+_PROJECTOR_SHOWN = ("num_layers", "hidden_dim", "out_dim", "hidden_bias")
 _RESULT_REQUIRED = {"task": str, "dataset": str, "value": float, "label": str, "source": str}
 _RESULT_OPTIONAL = {"epochs": int, "note": str}
 
@@ -106,30 +106,80 @@ class HubInfo:
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One registered model (the content of ``zoo/models/<name>.toml``)."""
+    """One registered model (the content of ``zoo/models/<name>.toml``). What the recipe says is read
+    from the recipe's provenance table (:func:`wssl_zoo.methods.recipe_provenance`) by the properties
+    below: ``method``, ``arch``, ``stem``, ``img_size``, ``mean``, ``std`` (the normalisation the
+    recipe's views use), ``loss``, ``projector``, ``embedding_dim``, ``feature_dim`` and ``training``."""
 
     name: str
     aliases: tuple[str, ...]
-    method: str
     variant: str
     description: str
-    arch: str
-    stem: str
-    img_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    feature_dim: int
-    embedding_dim: int
     recipe: str
-    loss: Mapping[str, Any]
-    projector: Mapping[str, Any]
-    training: Mapping[str, Any]
     hub: HubInfo
     official: Mapping[str, str]
     paper_results: tuple[PaperResult, ...]
     citation: str
     notes: str
     path: Path
+
+    @cached_property
+    def _values(self) -> Mapping[str, Any]:
+        """``{field or loss.key / projector.key: value}`` of the entry's recipe."""
+        return MappingProxyType({key: fact.value for key, fact in recipe_provenance(self.recipe).items()})
+
+    def _table(self, prefix: str, keys: tuple[str, ...] | None = None) -> Mapping[str, Any]:
+        table = {k[len(prefix) + 1:]: v for k, v in self._values.items() if k.startswith(prefix + ".")}
+        return MappingProxyType({k: table[k] for k in keys if k in table} if keys else table)
+
+    method = property(lambda self: self._values["method"])
+    arch = property(lambda self: self._values["arch"])
+    stem = property(lambda self: self._values["stem"])
+    img_size = property(lambda self: self._values["img_size"])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """The normalisation of the recipe's views (the dataset's, as the method's authors normalise it)."""
+        return tuple(dataset_stats(self._values["dataset"], self.method)[0])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(dataset_stats(self._values["dataset"], self.method)[1])
+
+    @property
+    def loss(self) -> Mapping[str, Any]:
+        """The keyword arguments of the method's loss class (:func:`wssl_zoo.losses.build_loss`)."""
+        return self._table("loss")
+
+    @property
+    def projector(self) -> Mapping[str, Any]:
+        return self._table("projector", _PROJECTOR_SHOWN)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._values["projector.out_dim"]
+
+    @cached_property
+    def feature_dim(self) -> int:
+        """The width of the backbone's pooled features (timm's ``num_features``; built on the meta device)."""
+        import timm  # torch and timm only when asked: the registry is read without them
+        import torch
+
+        with torch.device("meta"):  # the width does not depend on the stem
+            return int(timm.create_model(self.arch, pretrained=False, num_classes=0).num_features)
+
+    @cached_property
+    def training(self) -> Mapping[str, Any]:
+        """What the recipe trains on and how: dataset, epochs, batch size, views, optimiser, lr (and its
+        scaling), weight decay, the schedule in words, the authors' source; with the covariance stop
+        epoch and the EMA momentum where the recipe has them."""
+        v = self._values
+        out = dict(dataset=v["dataset"], epochs=v["epochs"], batch_size=v["batch_size"], views=v["num_views"],
+                   optimizer=v["optimizer"], lr=v["lr"], lr_scaling=v["lr_scaling"], weight_decay=v["weight_decay"],
+                   schedule=describe_schedule(v))
+        out.update({k: v[k] for k in ("cov_stop_epoch", "ema_momentum") if v.get(k) is not None})
+        out["source"] = recipe_definitions()[self.recipe][1]["source"]
+        return MappingProxyType(out)
 
     def paper_result(self, task: str, dataset: str | None = None, epochs: int | None = None) -> PaperResult | None:
         """The first paper result of ``task`` (on ``dataset``, at ``epochs``, where given), or None."""
@@ -215,21 +265,6 @@ def _typed_table(raw: dict, required: dict, optional: dict, where: str) -> dict:
     return {key: _check_type(value, types[key], where, key) for key, value in raw.items()}
 
 
-def _check_loss_kwargs(method: str, loss: dict, where: str) -> None:
-    """The [loss] keys must be parameters of the method's loss class (skipped if losses cannot import)."""
-    try:
-        from .losses import LOSSES
-    except ImportError:  # the losses are optional for reading the registry
-        return
-    cls = LOSSES[method]
-    params = inspect.signature(cls).parameters
-    accepted = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    bad = sorted(set(loss) - accepted)
-    if bad:
-        raise RegistryError(f"{where}: [loss] keys {bad} are not parameters of {cls.__name__} "
-                            f"(accepted: {sorted(accepted)})")
-
-
 def _parse_hub(raw: dict, where: str) -> HubInfo:
     w = f"{where} [hub]"
     _no_unknown(raw, {"repo_id", "revision", "files", "sizes"}, w)
@@ -293,6 +328,10 @@ def _parse_entry(path: Path) -> ZooEntry:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8
         raise RegistryError(f"{where}: invalid TOML ({exc})") from None
+    copied = sorted(_RECIPE_KEYS & set(data))
+    if copied:
+        raise RegistryError(f"{where}: key(s) {copied} are the recipe's values, held once in wssl_zoo/methods/ with "
+                            f"their sources; the entry names its recipe (recipe = ...) instead")
     _no_unknown(data, _TOP_KEYS, where)
 
     name = _req(data, "name", str, where)
@@ -304,44 +343,21 @@ def _parse_entry(path: Path) -> ZooEntry:
     for alias in aliases:
         if not isinstance(alias, str) or not _NAME.match(alias):
             raise RegistryError(f"{where}: key 'aliases': {alias!r} must be lower-case letters, digits and _")
-    method = _req(data, "method", str, where)
-    if method not in METHODS:
-        raise RegistryError(f"{where}: key 'method' is {method!r}, not one of {METHODS}")
-    stem = _req(data, "stem", str, where)
-    if stem not in STEMS:
-        raise RegistryError(f"{where}: key 'stem' is {stem!r}, not one of {STEMS}")
-    for key in ("img_size", "feature_dim", "embedding_dim"):
-        _req(data, key, int, where)
-        _positive(data, key, where)
-    mean = tuple(_check_type(v, float, where, "mean") for v in _req(data, "mean", list, where))
-    std = tuple(_check_type(v, float, where, "std") for v in _req(data, "std", list, where))
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise RegistryError(f"{where}: keys 'mean' and 'std' need 3 values each (std > 0), got {mean} and {std}")
-    for key in ("variant", "description", "arch", "recipe", "citation"):
+    for key in ("variant", "description", "recipe", "citation"):
         if not _req(data, key, str, where).strip():
             raise RegistryError(f"{where}: key {key!r} must not be empty")
-
-    loss = _req(data, "loss", dict, where)
-    _check_loss_kwargs(method, loss, where)
-    projector = _typed_table(_req(data, "projector", dict, where), _PROJECTOR_KEYS, {}, f"{where} [projector]")
-    for key in ("num_layers", "hidden_dim", "out_dim"):
-        _positive(projector, key, f"{where} [projector]")
-    if projector["out_dim"] != data["embedding_dim"]:
-        raise RegistryError(f"{where}: key 'embedding_dim' is {data['embedding_dim']} but [projector] out_dim is "
-                            f"{projector['out_dim']}; the embedding is the projector's output")
-    training = _typed_table(_req(data, "training", dict, where), _TRAINING_REQUIRED, _TRAINING_OPTIONAL,
-                            f"{where} [training]")
-    for key in ("epochs", "batch_size", "views", "lr", "cov_stop_epoch"):
-        _positive(training, key, f"{where} [training]")
-    if "ema_momentum" in training and not 0.0 < training["ema_momentum"] < 1.0:
-        raise RegistryError(f"{where} [training]: key 'ema_momentum' must be in (0, 1), got {training['ema_momentum']}")
+    recipes = recipe_definitions()
+    if data["recipe"] not in recipes:
+        close = difflib.get_close_matches(data["recipe"], list(recipes), n=3)
+        raise RegistryError(f"{where}: key 'recipe' {data['recipe']!r} is not a recipe"
+                            + (f"; closest: {', '.join(close)}" if close else "") + " (wssl-zoo pretrain --list-recipes)")
+    method = recipes[data["recipe"]][0]["method"].value
+    if not name.startswith(method + "_"):
+        raise RegistryError(f"{where}: key 'name' {name!r} must start with its recipe's method, {method}_")
 
     return ZooEntry(
-        name=name, aliases=aliases, method=method, variant=data["variant"], description=data["description"],
-        arch=data["arch"], stem=stem, img_size=data["img_size"], mean=mean, std=std,
-        feature_dim=data["feature_dim"], embedding_dim=data["embedding_dim"], recipe=data["recipe"],
-        loss=MappingProxyType(dict(loss)), projector=MappingProxyType(projector),
-        training=MappingProxyType(training), hub=_parse_hub(_req(data, "hub", dict, where), where),
+        name=name, aliases=aliases, variant=data["variant"], description=data["description"], recipe=data["recipe"],
+        hub=_parse_hub(_req(data, "hub", dict, where), where),
         official=_parse_official(_req(data, "official", dict, where), where),
         paper_results=_parse_results(_opt(data, "paper_results", list, where, []), where),
         citation=data["citation"], notes=_opt(data, "notes", str, where, ""), path=path,

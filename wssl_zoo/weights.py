@@ -171,20 +171,21 @@ class ResolvedWeights:
         :meth:`normalisation` (what the model was trained with), except that a model trained with
         its authors' normalisation of ``dataset`` is evaluated with their evaluation code's where that
         differs (``normalisation="authors"``, the default: INTL's CIFAR evaluation,
-        :data:`wssl_zoo.data.datasets.AUTHORS_EVAL_STATS`); ``"train"`` always takes the model's own."""
+        the methods' ``eval_stats`` facts, :func:`wssl_zoo.catalogue.eval_stats`); ``"train"`` always takes the model's own."""
         import torchvision.transforms as T
 
+        from .catalogue import NORMALISATIONS, dataset_stats, eval_dataset, eval_stats
         from .data import eval_transform
-        from .data.datasets import NORMALISATIONS, SMALL_DATASETS, dataset_stats, eval_stats
 
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"--normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
-        tf = eval_transform(dataset if dataset in SMALL_DATASETS else "imagefolder", self.img_size, self.method,
+        small = eval_dataset(dataset) != "imagefolder"
+        tf = eval_transform(eval_dataset(dataset), self.img_size, self.method,
                             normalisation)
         if self.mean is None or self.std is None:
             return tf
         mean, std = self.mean, self.std
-        if self.method is not None and dataset in SMALL_DATASETS and \
+        if self.method is not None and small and \
                 (tuple(mean), tuple(std)) == dataset_stats(dataset, self.method):
             mean, std = eval_stats(dataset, self.method, normalisation)
         return T.Compose([T.Normalize(mean, std) if isinstance(t, T.Normalize) else t

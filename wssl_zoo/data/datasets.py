@@ -12,10 +12,9 @@ alike:
 - ``fashion_mnist``: the idx.gz files of Debian's ``dataset-fashion-mnist`` package, read with
   numpy (:func:`read_idx`).
 
-Normalisation statistics (:func:`dataset_stats`) are the ones the authors normalise with:
-htdt/self-supervised ``datasets/{cifar10,cifar100,stl10,tiny_in,imagenet}.py`` (W-MSE, and
-CW-RGP's ``base/datasets/*.py``, which copies them), INTL ``cifar/transform.py`` and
-``src/transform.py``.
+Which datasets exist, their splits, held-out split, native size and normalisation statistics are
+the dataset catalogue's (:mod:`wssl_zoo.catalogue`, re-exported here: ``dataset_stats``,
+``eval_stats``); this module reads the files.
 """
 
 from __future__ import annotations
@@ -33,74 +32,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .. import catalogue
+from ..catalogue import dataset_stats, eval_stats  # noqa: F401  (re-exported: the data package's API)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-DATASET_NAMES = ("imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist")
-# Recipe dataset names stored as ImageFolder trees.
-IMAGEFOLDER_ALIASES = ("tiny_imagenet", "imagenet100", "imagenet")
-# Datasets whose images are used at their native size (no resize/centre crop at evaluation).
-SMALL_DATASETS = ("cifar10", "cifar100", "stl10", "fashion_mnist")
 
 # Errors PIL raises on unreadable files: UnidentifiedImageError and truncated data are OSError;
 # broken PNG chunks are SyntaxError; a few decoders raise ValueError/EOFError/struct.error/IndexError.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
                  ZeroDivisionError, Image.DecompressionBombError)
-
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# Standard per-dataset statistics (method-independent).
-STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),  # INTL cifar/transform.py
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),  # INTL cifar/transform.py
-    "stl10": ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27)),  # W-MSE datasets/stl10.py
-    "tiny_imagenet": ((0.480, 0.448, 0.398), (0.277, 0.269, 0.282)),  # W-MSE datasets/tiny_in.py
-    "imagenet100": IMAGENET_STATS,
-    "imagenet": IMAGENET_STATS,
-    "imagefolder": IMAGENET_STATS,
-    # measured on the 60000 training images of Fashion-MNIST, grey replicated to RGB
-    "fashion_mnist": ((0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530)),
-}
-# Where an author's training views (``train_stats``) or evaluation code (``eval_stats``: a quirk that
-# shaped the reported numbers, reproduced by default; ``normalisation="train"`` corrects it)
-# normalise otherwise than the table above: the method's facts, cited in wssl_zoo/methods/<method>.py.
-def _method_stats(key: str) -> dict[str, dict]:
-    from ..methods import fact
-    from ..registry import METHODS
-
-    return {m: fact(m, key) for m in METHODS}
-
-
-METHOD_STATS = _method_stats("train_stats")
-AUTHORS_EVAL_STATS = _method_stats("eval_stats")
-NORMALISATIONS = ("authors", "train")
-
-
-def dataset_stats(name: str, method: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` per RGB channel for normalising ``name``.
-
-    With ``method`` ("wmse", "cwrgp", "intl") the values are exactly those that method's authors
-    normalise with (W-MSE and CW-RGP use a different CIFAR std than INTL); without it, the
-    standard statistics of the dataset. ``imagefolder`` and unknown names get ImageNet's.
-    """
-    if method is not None and method not in METHOD_STATS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_STATS)}")
-    if method is not None and name in METHOD_STATS[method]:
-        return METHOD_STATS[method][name]
-    return STATS.get(name, IMAGENET_STATS)
-
-
-def eval_stats(name: str, method: str | None = None,
-               normalisation: str = "authors") -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` with which ``method``'s authors normalise ``name`` at evaluation.
-
-    ``normalisation="authors"``: their evaluation code's values (:data:`AUTHORS_EVAL_STATS`; INTL's
-    CIFAR evaluation differs from its training views); ``"train"``: the training views' values,
-    :func:`dataset_stats` (the corrected behaviour). The two agree everywhere else.
-    """
-    if normalisation not in NORMALISATIONS:
-        raise ValueError(f"normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
-    if normalisation == "authors" and method is not None and name in AUTHORS_EVAL_STATS.get(method, {}):
-        return AUTHORS_EVAL_STATS[method][name]
-    return dataset_stats(name, method)
 
 
 # ---------------------------------------------------------------------------- image folders
@@ -361,7 +301,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 def fashion_mnist(root: str | os.PathLike | None, split: str) -> ArrayImageDataset:
     """Fashion-MNIST (``train``: 60000, ``test``: 10000 images of 28 x 28) from idx.gz files."""
-    folder = Path(root or FASHION_MNIST_DIR).expanduser()
+    default = catalogue.get("fashion_mnist").default_root
+    folder = Path(root or default).expanduser()
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"fashion_mnist has the splits 'train' and 'test', not {split!r}")
@@ -370,7 +311,7 @@ def fashion_mnist(root: str | os.PathLike | None, split: str) -> ArrayImageDatas
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST not found: {folder} lacks {', '.join(missing)}. Install Debian's package with "
-            f"`apt-get install dataset-fashion-mnist` (files in {FASHION_MNIST_DIR}) or pass a root folder "
+            f"`apt-get install dataset-fashion-mnist` (files in {default}) or pass a root folder "
             "holding {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"
         )
     x, y = read_idx(images), read_idx(labels)
@@ -384,18 +325,6 @@ def fashion_mnist(root: str | os.PathLike | None, split: str) -> ArrayImageDatas
 
 
 # ---------------------------------------------------------------------------- torchvision formats
-
-# name -> (folder torchvision expects under root, files it checks, torchvision class name)
-_TORCHVISION_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py",
-                ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-                 "batches.meta"], "CIFAR10"),
-    "cifar100": ("cifar-100-python", ["train", "test", "meta"], "CIFAR100"),
-    "stl10": ("stl10_binary", ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin"], "STL10"),
-}
-_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"),
-           "stl10": ("train", "test", "unlabeled", "train+unlabeled")}
-
 
 class TorchvisionImages(Dataset):
     """A torchvision dataset as ``(PIL RGB image, int)`` with ``.targets`` and ``.classes``.
@@ -422,11 +351,12 @@ class TorchvisionImages(Dataset):
 def _torchvision_dataset(name: str, root: str | os.PathLike | None, split: str) -> TorchvisionImages:
     import torchvision
 
-    sub, files, cls_name = _TORCHVISION_LAYOUT[name]
+    info = catalogue.get(name)
+    sub, files, cls_name = info.torchvision_folder, info.torchvision_files, info.torchvision_class
     how = (f"create it with torchvision.datasets.{cls_name}(ROOT, download=True) on a machine with internet and "
            f"copy ROOT here, or pass --data pointing at the folder that contains {sub}/")
-    if split not in _SPLITS[name]:
-        raise ValueError(f"{name} has the splits {', '.join(_SPLITS[name])}, not {split!r}")
+    if split not in info.splits:
+        raise ValueError(f"{name} has the splits {', '.join(info.splits)}, not {split!r}")
     if not root:
         raise ValueError(f"{name} needs a root folder (one that contains {sub}/); {how}")
     root = Path(root).expanduser()
@@ -445,10 +375,10 @@ def _torchvision_dataset(name: str, root: str | os.PathLike | None, split: str) 
     if missing:
         raise FileNotFoundError(f"{name}: {folder} lacks {', '.join(missing)}; {how}")
     try:
-        if name == "stl10":
-            base = torchvision.datasets.STL10(str(root), split=split, download=False)
+        cls = getattr(torchvision.datasets, cls_name)
+        if "unlabeled" in info.splits:  # STL-10 names its splits; CIFAR has train=True/False
+            base = cls(str(root), split=split, download=False)
         else:
-            cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
             base = cls(str(root), train=split == "train", download=False)
     except RuntimeError as exc:  # torchvision's md5 check failed
         raise ValueError(f"{name}: the files in {folder} failed torchvision's integrity check ({exc}); {how}") from None
@@ -461,24 +391,26 @@ def _torchvision_dataset(name: str, root: str | os.PathLike | None, split: str) 
 def build_dataset(name: str, root: str | os.PathLike | None, split: str = "train") -> Dataset:
     """A labelled dataset of ``(PIL RGB image, int)`` with ``.targets`` and ``.classes``.
 
-    name: ``imagefolder`` (aliases ``tiny_imagenet``, ``imagenet100``, ``imagenet``; split is a
-    sub-folder of root), ``cifar10`` / ``cifar100`` (splits train, test), ``stl10`` (train,
-    test, unlabeled, train+unlabeled) or ``fashion_mnist`` (train, test; root defaults to
-    Debian's package folder). A CIFAR/STL root that holds ``<split>/<class>/`` image folders
-    instead of torchvision's files is read as an ImageFolder.
+    ``name``: a classification dataset of the catalogue (:func:`wssl_zoo.catalogue.names`) or an
+    alias. Its ``reader`` decides: image folders (``imagefolder``, ``imagenet``, ``imagenet100``,
+    ``tiny_imagenet``; ``split`` is a sub-folder of ``root``), torchvision's files (``cifar10`` /
+    ``cifar100``: train, test; ``stl10``: train, test, unlabeled, train+unlabeled) or idx files
+    (``fashion_mnist``: train, test; ``root`` defaults to Debian's package folder). A CIFAR/STL
+    root that holds ``<split>/<class>/`` image folders instead of torchvision's files is read as an
+    ImageFolder.
     """
-    if name == "imagefolder" or name in IMAGEFOLDER_ALIASES:
+    info = catalogue.get(name)
+    if info.task != "classification":
+        raise ValueError(f"{name} is a {info.task} dataset; choose one of {', '.join(catalogue.names())}")
+    if info.reader == "imagefolder":
         if not root:
             raise ValueError(f"{name} needs a root folder in the ImageFolder layout ROOT/{split}/<class>/<images>")
         return ImageFolderDataset(root, split)
-    if name == "fashion_mnist":
+    if info.reader == "idx":
         return fashion_mnist(root, split)
-    if name in _TORCHVISION_LAYOUT:
-        if root and (Path(root).expanduser() / split).is_dir():
-            return ImageFolderDataset(root, split)
-        return _torchvision_dataset(name, root, split)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)} "
-                     f"(or the ImageFolder aliases {', '.join(IMAGEFOLDER_ALIASES)})")
+    if root and (Path(root).expanduser() / split).is_dir():
+        return ImageFolderDataset(root, split)
+    return _torchvision_dataset(info.name, root, split)
 
 
 def balanced_subset(targets: Iterable[int], per_class: int, seed: int) -> list[int]:
@@ -504,13 +436,15 @@ def balanced_subset(targets: Iterable[int], per_class: int, seed: int) -> list[i
 
 
 def heldout_split(name: str, root: str | os.PathLike | None) -> Dataset | None:
-    """The labelled held-out split of dataset ``name`` (``test`` for the torchvision datasets and
-    Fashion-MNIST; ``ROOT/val`` then ``ROOT/test`` for an image folder), or None when there is none."""
-    if name in ("cifar10", "cifar100", "stl10", "fashion_mnist"):
-        return build_dataset(name, root, "test")
-    for split in ("val", "test"):
+    """The labelled held-out split of dataset ``name`` (its catalogue ``heldout`` splits: ``test`` for
+    the torchvision datasets and Fashion-MNIST; ``ROOT/val`` then ``ROOT/test`` for an image folder),
+    or None when there is none."""
+    info = catalogue.get(name)
+    if info.reader != "imagefolder":
+        return build_dataset(info.name, root, info.heldout[0])
+    for split in info.heldout:
         if root and (Path(root) / split).is_dir():
-            return build_dataset("imagefolder", root, split)
+            return build_dataset(info.name, root, split)
     return None
 
 

@@ -234,14 +234,16 @@ def batch_view_augments(method: str, dataset: str, img_size: int, num_views: int
     INTL: ``cifar/transform.py`` (crop 0.08-1 first, jitter 0.4/0.4/0.2/0.1, grayscale 0.2,
     solarisation p 0.0 / 0.2 alternating over the views). ImageNet-size data is not handled here.
     """
-    from .datasets import dataset_stats
-    from .transforms import LARGE_IMAGE_MIN, METHODS, NATIVE_SIZE
+    from .. import catalogue
+    from ..catalogue import dataset_stats
+    from .transforms import METHODS
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if not (dataset in NATIVE_SIZE or (dataset == "imagefolder" and img_size < LARGE_IMAGE_MIN)):
-        raise ValueError(f"GPU-side views cover small-image data ({', '.join(NATIVE_SIZE)}, or imagefolder below "
-                         f"{LARGE_IMAGE_MIN} px), not {dataset} at {img_size} px")
+    if catalogue.is_large(dataset, img_size):
+        small = [n for n in catalogue.names() if catalogue.get(n).small]
+        raise ValueError(f"GPU-side views cover small-image data ({', '.join(small)}, or imagefolder below "
+                         f"{catalogue.LARGE_IMAGE_MIN} px), not {dataset} at {img_size} px")
     mean, std = dataset_stats(dataset, method)
     if method in ("wmse", "cwrgp"):
         return [BatchViewAugment(img_size, mean, std)] * num_views

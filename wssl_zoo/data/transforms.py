@@ -35,18 +35,12 @@ from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from .datasets import dataset_stats, eval_stats
+from .. import catalogue
+from ..catalogue import dataset_stats, eval_stats
+from ..registry import METHODS  # the one list of methods
 
 BICUBIC = T.InterpolationMode.BICUBIC
 BILINEAR = T.InterpolationMode.BILINEAR
-from ..registry import METHODS  # noqa: E402  (the one list of methods)
-# Datasets with one native image size (side in pixels); their views come from the small-image code.
-NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96, "tiny_imagenet": 64, "fashion_mnist": 28}
-LARGE_DATASETS = ("imagenet100", "imagenet")
-TRANSFORM_DATASETS = (*NATIVE_SIZE, *LARGE_DATASETS, "imagefolder")
-_ALIASES = {"tiny_in": "tiny_imagenet", "in100": "imagenet100"}  # the authors' spellings
-# ``imagefolder`` data at this size or above is treated like ImageNet (224-px recipes).
-LARGE_IMAGE_MIN = 128
 
 
 def derive_seed(*values: int) -> int:
@@ -61,15 +55,17 @@ def derive_seed(*values: int) -> int:
 
 
 def _dataset(dataset: str) -> str:
-    name = _ALIASES.get(dataset, dataset)
-    if name not in TRANSFORM_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r} for the view transforms; choose one of {', '.join(TRANSFORM_DATASETS)}")
+    """The catalogue name of a classification dataset (aliases such as the authors' ``tiny_in``,
+    ``in100`` accepted); ValueError naming the choices otherwise."""
+    try:
+        name = catalogue.canonical(dataset)
+    except catalogue.UnknownDatasetError:
+        name = None
+    if name is None or catalogue.get(name).task != "classification":
+        named = [n for n in catalogue.names() if n != "imagefolder"] + ["imagefolder"]  # a folder of your own last
+        raise ValueError(f"unknown dataset {dataset!r} for the view transforms; choose one of {', '.join(named)}")
     return name
 
-
-def _is_large(dataset: str, img_size: int) -> bool:
-    """Whether ``dataset`` uses the ImageNet pipelines (ImageNet-1k/100, or big ImageFolder crops)."""
-    return dataset in LARGE_DATASETS or (dataset == "imagefolder" and img_size >= LARGE_IMAGE_MIN)
 
 
 def _check_size(img_size: int) -> None:
@@ -184,7 +180,7 @@ def wmse_views(img_size: int, num_views: int, dataset: str) -> MultiViewTransfor
     dataset = _dataset(dataset)
     _check_size(img_size)
     mean, std = dataset_stats(dataset, "wmse")
-    if _is_large(dataset, img_size):
+    if catalogue.is_large(dataset, img_size):
         view = wmse_style_view(img_size, mean, std, jitter=(0.8, 0.8, 0.8, 0.2), gray_p=0.2, scale=(0.08, 1.0),
                                blur_p=0.5)
     else:
@@ -218,7 +214,7 @@ def cwrgp_views(img_size: int, num_views: int, dataset: str) -> MultiViewTransfo
     mean, std = dataset_stats(dataset, "cwrgp")
     if dataset == "imagenet100":
         view = wmse_style_view(img_size, mean, std, blur_p=0.5)
-    elif _is_large(dataset, img_size):
+    elif catalogue.is_large(dataset, img_size):
         view = mocov2_view(img_size, mean, std)
     else:
         view = wmse_style_view(img_size, mean, std)
@@ -273,9 +269,9 @@ def intl_views(img_size: int, dataset: str, multi_crop: bool = False, num_views:
     dataset = _dataset(dataset)
     _check_size(img_size)
     mean, std = dataset_stats(dataset, "intl")
-    large = _is_large(dataset, img_size)
+    large = catalogue.is_large(dataset, img_size)
     if multi_crop:
-        if dataset in NATIVE_SIZE:
+        if catalogue.get(dataset).small:
             raise ValueError(f"INTL multi-crop is defined for ImageNet-style data (imagenet, imagenet100, imagefolder), "
                              f"not {dataset}")
         if num_views != INTL_MULTI_CROP_VIEWS:
@@ -335,9 +331,9 @@ def eval_transform(dataset: str, img_size: int, method: str | None = None,
     dataset = _dataset(dataset)
     _check_size(img_size)
     mean, std = eval_stats(dataset, method, normalisation)
-    if _is_large(dataset, img_size):
+    if catalogue.is_large(dataset, img_size):
         resize = [T.Resize(int(img_size / 0.875), interpolation=BILINEAR), T.CenterCrop(img_size)]
-    elif dataset == "stl10" and img_size < NATIVE_SIZE["stl10"]:
+    elif dataset == "stl10" and img_size < catalogue.get("stl10").native_size:
         resize = [T.Resize(round(img_size * 70 / 64), interpolation=BICUBIC), T.CenterCrop(img_size)]
     else:
         resize = [FitSquare(img_size)]

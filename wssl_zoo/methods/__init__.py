@@ -9,7 +9,9 @@ One module per method (:mod:`.wmse`, :mod:`.cwrgp`, :mod:`.intl`); each defines
 - ``RECIPE_DOCS``: ``{recipe name: {"description", "source", "notes"}}``, what each recipe is and the
   authors' command it reproduces (``wssl_zoo.pretrain.recipes`` builds every recipe from the two);
 - ``PROTOCOLS``: ``{protocol name: {setting: Fact}}``, the settings of the
-  :mod:`eval.protocols` dataclasses except ``name``, ``version``, ``source`` and ``kind``;
+  :mod:`eval.protocols` dataclasses except ``name``, ``version``, ``source`` and ``kind``: the protocols'
+  values, held only here (``eval.protocols`` builds every protocol from them);
+- ``PROTOCOL_DOCS``: ``{protocol name: source}``, the one-line source each protocol record carries;
 - ``FACTS``: ``{key: Fact}``, the method's facts the library reads through :func:`fact` (projector
   placement, distributed whitening, the authors' normalisations, the converter's stems).
 
@@ -23,12 +25,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import OURS_MONITOR, PROTOCOL_META_FIELDS, RECIPE_META_FIELDS, UNUSED, Fact, src  # noqa: F401
+from ._common import OPTIMIZERS, OURS_MONITOR, PROTOCOL_META_FIELDS, RECIPE_META_FIELDS, UNUSED, Fact, src  # noqa: F401
 
 # Protocols that are not one author's: wssl-zoo's fast probe, the weighted kNN, SimCLR's fine-tuning.
 _FAST = "wssl-zoo: the fast probe (eval/protocols.py), not an authors' protocol"
 _KNN200 = "InstDisc (Wu et al. 2018) / solo-learn weighted k-NN"
 _SIMCLR = "SimCLR (Chen et al. 2020), appendix B.5"
+OTHER_PROTOCOL_DOCS: dict[str, str] = {
+    "fast": "wssl-zoo: the INTL protocol's classifier and batch on cached, standardised centre-crop features, cosine "
+            "schedule; no augmentation, so no backbone pass per epoch",
+    "knn200": "InstDisc / solo-learn weighted k-NN (k=200, T=0.07)",
+    "semi_simclr": _SIMCLR,
+}
 OTHER_PROTOCOLS: dict[str, dict[str, Fact]] = {
     "fast": {k: Fact(v, _FAST) for k, v in dict(
         features="cached", optimizer="sgd", lr=0.1, epochs=100, batch_size=256, weight_decay=0.0, momentum=0.9,
@@ -92,12 +100,70 @@ def recipe_definitions() -> dict[str, tuple[dict[str, Fact], dict[str, str]]]:
     return out
 
 
+def authors_value(method: str, dataset: str, key: str) -> Any:
+    """The value of recipe field ``key`` that ``method``'s authors use on ``dataset`` (every recipe of
+    that method and dataset agrees on it), or None when no recipe of theirs trains on ``dataset`` or
+    their recipes disagree. E.g. the crop size W-MSE trains STL-10 at: ``authors_value("wmse", "stl10",
+    "img_size") == 64``."""
+    values = {repr(table[key].value): table[key].value for table in _module(method).RECIPES.values()
+              if table["dataset"].value == dataset and key in table}
+    return next(iter(values.values())) if len(values) == 1 else None
+
+
+def describe_schedule(values: dict[str, Any]) -> str:
+    """A recipe's learning-rate schedule in words (model cards, ``wssl-zoo info``), from its values
+    (``{field: value}``, e.g. a ``RECIPES`` table's)."""
+    kind = values["schedule"]
+    if kind == "wmse":
+        drops = " and ".join(str(d) for d in values["lr_drops"])
+        return (f"{values['warmup_steps']} warm-up iterations, lr x {values['drop_gamma']} at {drops} epochs before "
+                "the end") if drops else f"{values['warmup_steps']} warm-up iterations, constant lr"
+    if kind == "warmup_cosine":
+        warmup = (f"{values['warmup_epochs']} warm-up epochs" if values["warmup_epochs"]
+                  else f"{values['warmup_steps']} warm-up iterations")
+        return f"{warmup}, cosine to 0.001 x lr"
+    if kind == "warmup_cosine_epoch":
+        return f"{values['warmup_steps']} warm-up iterations, cosine per epoch"
+    raise ValueError(f"unknown schedule {kind!r}")
+
+
 def protocol_provenance(name: str) -> dict[str, Fact]:
     """``{setting: Fact}`` of evaluation protocol ``name``; ValueError if no table has it."""
     for table in (*(m.PROTOCOLS for m in _modules()), OTHER_PROTOCOLS):
         if name in table:
             return table[name]
     raise ValueError(f"no provenance table has protocol {name!r} (wssl_zoo/methods/)")
+
+
+def protocol_definitions() -> dict[str, tuple[dict[str, Fact], str]]:
+    """Every evaluation protocol: ``{name: (its PROTOCOLS table, its one-line source)}``, the methods'
+    first, then wssl-zoo's and the other papers' (:data:`OTHER_PROTOCOLS`). :mod:`eval.protocols` builds
+    the protocols from these (and nothing else)."""
+    out: dict[str, tuple[dict[str, Fact], str]] = {}
+    for tables, docs, where in [*((m.PROTOCOLS, m.PROTOCOL_DOCS, m.__name__) for m in _modules()),
+                                (OTHER_PROTOCOLS, OTHER_PROTOCOL_DOCS, __name__)]:
+        if set(tables) != set(docs):
+            raise ValueError(f"{where}: PROTOCOLS and PROTOCOL_DOCS name other protocols: {sorted(set(tables) ^ set(docs))}")
+        for name, table in tables.items():
+            if name in out:
+                raise ValueError(f"{where}: protocol {name!r} is defined twice")
+            out[name] = (table, docs[name])
+    return out
+
+
+def protocol_variant(name: str, recipe: str | None) -> str:
+    """The protocol the authors ran when ``name`` is asked for a model pretrained with ``recipe`` (the
+    methods' ``protocol_variants`` facts: INTL evaluates its plain models with other learning rates);
+    ``name`` itself otherwise.
+
+    >>> protocol_variant("intl", "intl_imagenet"), protocol_variant("intl", "intl_m_imagenet")
+    ('intl_plain', 'intl')
+    """
+    for module in _modules():
+        variant = module.FACTS["protocol_variants"].value.get(name, {}).get(recipe or "")
+        if variant:
+            return variant
+    return name
 
 
 def flatten_recipe(data: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# The optimisers the recipes and protocols name (wssl_zoo.optim builds them).
+OPTIMIZERS = ("adam", "sgd", "lars")
 # Recipe fields that are documentation, not hyper-parameters.
 RECIPE_META_FIELDS = ("name", "source", "description", "notes")
 PROTOCOL_META_FIELDS = ("name", "version", "source", "kind")

@@ -167,6 +167,22 @@ RECIPE_DOCS: dict[str, dict[str, str]] = recipe_docs(REPO, COMMIT, {
 })
 
 
+# Each protocol's one-line source (its values and their sources are PROTOCOLS below); records carry it, so its
+# text (the 12-digit commit included) stays as the records in zoo/results have it.
+
+
+def _protocol_source(where: str) -> str:
+    return f"{REPO}@{COMMIT[:12]} {where}"
+
+
+PROTOCOL_DOCS: dict[str, str] = {
+    "cwrgp": _protocol_source("ImageNet/lincls.py, ImageNet/cfg.py (--lars, --lr_eval 0.1 x --bs_eval 1024/256, "
+                              "--wd_eval 0)"),
+    "small": _protocol_source("base/eval/sgd.py (W-MSE eval/sgd.py)"),
+    "knn5": _protocol_source("base/eval/knn.py (W-MSE eval/knn.py); v2: ties go to the smallest class index, as there "
+                             "(v1 gave them to the nearest neighbour's class)"),
+}
+
 PROTOCOLS: dict[str, dict[str, Fact]] = {
     "cwrgp": {
         "features": Fact("augmented", s(f"{_LIN}:211 backbone run on augmented images each epoch")),
@@ -222,6 +238,7 @@ FACTS: dict[str, Fact] = {
     "eval_stats": Fact({}, s("base/datasets/*.py ds_clf / ds_test: base_transform(), the views' normalisation")),
     "converter_small_stems": Fact(("cifar", "small"), s("base/model.py:22-25 conv1 3x3/1 unless in100; maxpool "
                                                         "removed for CIFAR only")),
+    "protocol_variants": Fact({}, s("scripts/*.sh: one evaluation per protocol for every model")),
     # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
     "checkpoint_layout": Fact(dict(backbone=("module.model.module.", "module.model.", "model.module.", "model."),
                                    projector=("module.head.", "head."), hidden_bias=True),

@@ -192,6 +192,26 @@ def _semi(lr_backbone: float, script: str) -> dict[str, Fact]:
     }
 
 
+# Each protocol's one-line source (its values and their sources are PROTOCOLS below); records carry it, so its
+# text (the 12-digit commit included) stays as the records in zoo/results have it.
+
+
+def _protocol_source(where: str) -> str:
+    return f"{REPO}@{COMMIT[:12]} {where}"
+
+
+PROTOCOL_DOCS: dict[str, str] = {
+    "intl": _protocol_source("evaluate.py, cfg.py, scripts/ep100_multi-crop_ema.sh (--weights freeze --schedule "
+                             "step --lr-classifier 0.4 --bs 256)"),
+    "intl_plain": _protocol_source("evaluate.py, cfg.py:138, scripts/ep800.sh:11-15, scripts/in100.sh:14-18 "
+                                   "(--lr-classifier 0.2: the plain 800-epoch model and ImageNet-100)"),
+    "semi_intl": _protocol_source("evaluate.py, cfg.py, scripts/ep100_multi-crop_ema.sh (--weights finetune "
+                                  "--train-percent 1|10 --epochs 20 --lr-backbone 0.004 --lr-classifier 0.2, default "
+                                  "--schedule step: constant over 20 epochs); v1 used a cosine"),
+    "semi_intl_plain": _protocol_source("evaluate.py, cfg.py, scripts/ep800.sh:18-25 (the plain 800-epoch model: "
+                                        "--lr-backbone 0.006 --lr-classifier 0.2; constant lr)"),
+}
+
 PROTOCOLS: dict[str, dict[str, Fact]] = {
     "intl": _linear(0.4, s("scripts/ep100_multi-crop_ema.sh:14 --lr-classifier 0.4 (multi-crop + EMA models)")),
     "intl_plain": _linear(0.2, s("scripts/ep800.sh:13, scripts/in100.sh:16 --lr-classifier 0.2 (cfg.py:138)")),
@@ -218,6 +238,12 @@ FACTS: dict[str, Fact] = {
     "eval_stats": Fact({"cifar10": _CIFAR_EVAL, "cifar100": _CIFAR_EVAL}, s("cifar/eval/dataloader.py:63-67,77-81")),
     "converter_small_stems": Fact(("cifar_pad2",), s("src/model.py:23-25 (CIFAR only) inside src/resnet.py's "
                                                      "ResNet, which zero-pads by 1 before conv1 (src/resnet.py:156,276)")),
+    # protocol asked for -> {recipe of the evaluated model: the protocol its authors ran on it}
+    "protocol_variants": Fact({"intl": {"intl_imagenet": "intl_plain", "intl_imagenet100": "intl_plain"},
+                               "semi_intl": {"intl_imagenet": "semi_intl_plain"}},
+                              s("scripts/ep800.sh:13,21 and scripts/in100.sh:16 (--lr-classifier 0.2, "
+                                "--lr-backbone 0.006) against scripts/ep*_multi-crop_ema.sh:14,19 (0.4, 0.004): the "
+                                "plain models (no multi-crop, no EMA) are evaluated with other learning rates")),
     # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
     "checkpoint_layout": Fact(dict(backbone=("module.backbone.", "backbone."), projector=("module.projection.", "projection."),
                                    momentum_backbone=("module.momentum_backbone.", "momentum_backbone."),

@@ -134,6 +134,7 @@ RECIPE_DOCS: dict[str, dict[str, str]] = recipe_docs(REPO, COMMIT, {
 # W-MSE's own evaluation (eval/sgd.py, eval/knn.py) is the one CW-RGP copied: see cwrgp.PROTOCOLS
 # ("small", "knn5"), cited from both repositories there.
 PROTOCOLS: dict[str, dict[str, Fact]] = {}
+PROTOCOL_DOCS: dict[str, str] = {}
 
 
 # The method's facts the library reads (``wssl_zoo.methods.fact(method, key)``): one home per method.
@@ -150,6 +151,7 @@ FACTS: dict[str, Fact] = {
     "eval_stats": Fact({}, s("datasets/*.py ds_clf / ds_test: base_transform(), the views' normalisation")),
     "converter_small_stems": Fact(("cifar", "small"), s("model.py:22-25 conv1 3x3/1 unless imagenet; maxpool "
                                                         "removed for CIFAR only")),
+    "protocol_variants": Fact({}, s("README.md: one evaluation per protocol for every model")),
     # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
     "checkpoint_layout": Fact(dict(backbone=("model.module.", "module.model.module.", "module.model.", "model."),
                                    projector=("head.", "module.head."), hidden_bias=True),

@@ -17,13 +17,15 @@ import os
 import sys
 from pathlib import Path
 
+from .. import catalogue
+from ..cliargs import dataset_arg
 from .recipes import get_recipe, list_recipes, recipe_from_dict, resolve_recipe
 
 # flag -> recipe field, for the fields researchers override most
 FIELD_FLAGS = {
     "--arch": ("arch", str, "timm architecture of the backbone (e.g. resnet18, resnet50, convnext_tiny)"),
     "--stem": ("stem", str, "backbone stem: imagenet, cifar (3x3 stride-1 conv, no max-pool) small (3x3 stride-1 conv, max-pool kept) or cifar_pad2 (INTL's CIFAR network: cifar with padding 2)"),
-    "--dataset": ("dataset", str, "dataset kind: cifar10, cifar100, stl10, tiny_imagenet, imagenet100, imagenet, imagefolder, fashion_mnist"),
+    "--dataset": ("dataset", dataset_arg, f"dataset kind: {', '.join(catalogue.names())} (wssl_zoo/catalogue.py)"),
     "--img-size": ("img_size", int, "crop size of the views"),
     "--epochs": ("epochs", int, "number of epochs"),
     "--batch-size": ("batch_size", int, "global batch size (all processes together)"),

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wssl_zoo.pretrain.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a pretraining output directory")
-    p.add_argument("--dataset", required=True, help="cifar10, cifar100, fashion_mnist or imagefolder")
+    cliargs.add_dataset(p, default=None, required=True)
     p.add_argument("--data", help="dataset root")
     p.add_argument("--bank", type=int, default=50000, help="labelled training images (default: all of CIFAR-10)")
     p.add_argument("--queries", type=int, default=10000, help="held-out test images (default: %(default)s)")
@@ -93,9 +93,10 @@ def run(args, argv: list[str] | None) -> int:
     metrics = {name: heldout_metrics(m, args.dataset, args.data, weights.img_size, args.bank, args.queries, args.seed,
                                      device, args.workers, method=method)
                for name, m in (("pretrained", trained), ("random_init", random_init))}
-    from ..data.datasets import SMALL_DATASETS, build_dataset
+    from ..catalogue import eval_dataset
+    from ..data.datasets import build_dataset
 
-    train_set = build_dataset(args.dataset if args.dataset in SMALL_DATASETS else "imagefolder", args.data, "train")
+    train_set = build_dataset(eval_dataset(args.dataset), args.data, "train")
     record = pretrain_eval_record(
         model=str(model_dir), model_label=weights.label, arch=weights.arch, stem=weights.stem,
         weights_sha256=weights.weights_sha256,

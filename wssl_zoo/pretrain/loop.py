@@ -30,10 +30,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from .. import distributed
+from .. import catalogue, distributed
 from .recipes import Recipe
 
-IMAGEFOLDER_DATASETS = ("imagefolder", "tiny_imagenet", "imagenet100", "imagenet")
 
 
 class TrainingStopped(RuntimeError):
@@ -124,7 +123,9 @@ class EpochIndexed(Dataset):
 
 
 def _dataset_name(recipe: Recipe) -> str:
-    return "imagefolder" if recipe.dataset in IMAGEFOLDER_DATASETS else recipe.dataset
+    """How the recipe's data is read: ``imagefolder`` for every image-folder dataset of the catalogue
+    (ImageNet, ImageNet-100, Tiny-ImageNet, your own), else the dataset's name (CIFAR, STL-10, ...)."""
+    return "imagefolder" if catalogue.get(recipe.dataset).reader == "imagefolder" else recipe.dataset
 
 
 # ---------------------------------------------------------------------------- model
@@ -306,7 +307,7 @@ def _setup(recipe: Recipe, opts: RunOptions) -> _Run:
             f"change --batch-size or --set loss.w_size=..."
         )
     name = _dataset_name(recipe)
-    if name != "fashion_mnist" and not opts.data:
+    if catalogue.get(name).default_root is None and not opts.data:
         raise ValueError(f"recipe {recipe.name!r} trains on {recipe.dataset}: pass --data ROOT")
     run = _Run(recipe=recipe, opts=opts, out=out, rank=rank, world=world, device=device, local_batch=local_batch,
                gather=gather, dataset=name, log_path=out / "log.jsonl")
@@ -332,7 +333,7 @@ def _setup_data(run: _Run) -> None:
     from ..data.transforms import SeededViews, build_view_transform
 
     recipe, opts, name = run.recipe, run.opts, run.dataset
-    train_set = build_dataset(name, opts.data, "train+unlabeled" if name == "stl10" else "train")
+    train_set = build_dataset(name, opts.data, catalogue.get(name).train_split)
     view_tf = build_view_transform(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views,
                                    multi_crop=recipe.multi_crop)
     # The statistics the views are normalised with (Tiny-ImageNet's own for tiny_imagenet, which is
@@ -615,7 +616,7 @@ def _export_model(out: Path, core: nn.Module, recipe: Recipe, mean, std, opts: R
 
     small = recipe.img_size <= 96
     crop_pct, interpolation = (1.0, "bilinear") if small else (0.875, "bicubic")
-    if recipe.dataset == "stl10" and recipe.img_size < 96:
+    if recipe.dataset == "stl10" and recipe.img_size < catalogue.get("stl10").native_size:
         # W-MSE datasets/stl10.py:13-16 (CW-RGP's copy): Resize(70, bicubic) + CenterCrop(64)
         crop_pct, interpolation = recipe.img_size / round(recipe.img_size * 70 / 64), "bicubic"
     save_model_dir(

@@ -17,20 +17,21 @@ import copy
 import dataclasses
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
-from ..registry import METHODS  # noqa: E402  (the one list of methods)
-DATASETS = ("cifar10", "cifar100", "stl10", "tiny_imagenet", "imagenet100", "imagenet", "imagefolder", "fashion_mnist")
-OPTIMIZERS = ("adam", "sgd", "lars")
+from .. import catalogue
+from ..methods import OPTIMIZERS
+from ..registry import METHODS, STEMS  # the one list of methods, of stems
+
 SCHEDULES = ("wmse", "warmup_cosine", "warmup_cosine_epoch")
-from ..registry import STEMS  # noqa: E402  (the one list of stems)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A complete pretraining configuration. Batch sizes are global (all GPUs together)."""
+    """A complete pretraining configuration. Batch sizes are global (all GPUs together). No field has a
+    default: every value comes from the provenance tables of :mod:`wssl_zoo.methods`."""
 
     name: str
     method: str
@@ -40,34 +41,34 @@ class Recipe:
     epochs: int
     batch_size: int
     lr: float
-    arch: str = "resnet18"
-    stem: str = "cifar"
-    img_size: int = 32
-    num_views: int = 2
-    multi_crop: bool = False
-    loss: dict = field(default_factory=dict)
-    projector: dict = field(default_factory=dict)
-    optimizer: str = "adam"
-    lr_scaling: str = "none"  # "none" or "batch/256": lr * batch_size / 256 (the authors' base_lr)
-    weight_decay: float = 0.0
-    exclude_bias_norm_wd: bool = False
-    momentum: float = 0.9
-    schedule: str = "wmse"
-    warmup_steps: int = 0
-    warmup_epochs: int = 0
-    lr_drops: tuple = ()  # W-MSE: epochs before the end at which lr *= drop_gamma
-    drop_gamma: float = 0.2
-    ema_momentum: float | None = None  # INTL_M's momentum encoder (base value of the cosine schedule)
-    cov_stop_epoch: int | None = None  # CW-RGP ImageNet: covariance term off from this epoch
-    knn_k: int = 5
-    eval_every: int = 5
+    arch: str
+    stem: str
+    img_size: int
+    num_views: int
+    multi_crop: bool
+    loss: dict
+    projector: dict
+    optimizer: str
+    lr_scaling: str  # "none" or "batch/256": lr * batch_size / 256 (the authors' base_lr)
+    weight_decay: float
+    exclude_bias_norm_wd: bool
+    momentum: float
+    schedule: str
+    warmup_steps: int
+    warmup_epochs: int
+    lr_drops: tuple  # W-MSE: epochs before the end at which lr *= drop_gamma
+    drop_gamma: float
+    ema_momentum: float | None  # INTL_M's momentum encoder (base value of the cosine schedule)
+    cov_stop_epoch: int | None  # CW-RGP ImageNet: covariance term off from this epoch
+    knn_k: int
+    eval_every: int
     # torchvision's zero_init_residual (timm's zero_init_last): the last BN of every residual branch
     # starts at weight 0. The authors set it per method and arch (see wssl_zoo.methods).
-    zero_init_residual: bool = False
+    zero_init_residual: bool
     # The authors' training precision: "fp32", or "fp16" (torch.cuda.amp autocast + GradScaler).
     # Ours is `wssl-zoo pretrain --amp` (default none = fp32; `--amp fp16` is the authors' setting).
-    authors_precision: str = "fp32"
-    notes: str = ""
+    authors_precision: str
+    notes: str
 
     @property
     def effective_lr(self) -> float:
@@ -117,8 +118,8 @@ class Recipe:
 
         if self.method not in METHODS:
             bad("method", f"is not one of {METHODS}")
-        if self.dataset not in DATASETS:
-            bad("dataset", f"is not one of {DATASETS}")
+        if self.dataset not in catalogue.names():
+            bad("dataset", f"is not one of {catalogue.names()}")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"is not one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
@@ -275,11 +276,19 @@ def resolve_recipe(base: Recipe | str, overrides: dict[str, Any] | None = None) 
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    """Rebuild a recipe from :meth:`Recipe.to_dict` output (a saved run config)."""
+    """Rebuild a recipe from :meth:`Recipe.to_dict` output (a saved run config). A config saved before a
+    field existed takes that field from its named recipe's table (nowhere else holds a value)."""
     fields = {f.name for f in dataclasses.fields(Recipe)}
     unknown = set(data) - fields
     if unknown:
         raise ValueError(f"unknown recipe keys {sorted(unknown)} in config")
+    missing = fields - set(data)
+    if missing:
+        base = RECIPES.get(str(data.get("name")))
+        if base is None:
+            raise ValueError(f"the config's recipe {data.get('name')!r} lacks {sorted(missing)} and is not a recipe "
+                             "that could give them")
+        data = {**{k: v for k, v in base.to_dict().items() if k in missing}, **data}
     data = dict(data)
     if "lr_drops" in data:
         data["lr_drops"] = tuple(data["lr_drops"])
