@@ -16,6 +16,7 @@ import torch
 
 import wssl_zoo
 from eval import benchmark, knn, linear, records, report, semi, spectrum
+from wssl_zoo import documents
 from eval.protocols import get_protocol, with_overrides
 from eval.records import RECORD_SCHEMA_VERSION, default_record_path, make_record, validate_record
 from wssl_zoo.modelio import save_model_dir
@@ -242,7 +243,7 @@ def test_update_readme_defaults_to_zoo_results(tmp_path, monkeypatch):
     readme.write_text(f"a\n{report.START}\n{report.END}\nb\n")
     res = tmp_path / "res"
     res.mkdir()
-    monkeypatch.setattr(report, "RESULTS_DIR", res)
+    monkeypatch.setattr(documents, "zoo_results_dir", lambda: res)  # the default: the zoo's records
     assert report.update_readme(readme) is True
     assert "No evaluation records yet" in readme.read_text() and readme.read_text().endswith(f"{report.END}\nb\n")
 

@@ -35,7 +35,7 @@ def test_the_check_writes_a_schema_record_that_readers_handle(tmp_path, capsys, 
     from test_eval import colour_folder
 
     from eval import report
-    from wssl_zoo import cards, cli
+    from wssl_zoo import cards, cli, documents
     from wssl_zoo.pretrain.evaluate import main
 
     run = _run_dir(tmp_path / "run")
@@ -61,7 +61,7 @@ def test_the_check_writes_a_schema_record_that_readers_handle(tmp_path, capsys, 
     assert not cards.comparable(rec)
     assert [r["metric"] for r in cards.metric_rows(rec)] == ["linear_top1", "monitor_knn20_cos", "monitor_knn5_cos"]
     assert report.full_evaluations(read_records(results)) == ([], [])
-    monkeypatch.setattr(cli, "results_dir", lambda: results)
+    monkeypatch.setattr(documents, "zoo_results_dir", lambda: results)  # where the README table reads
     (row,) = cli.pretrain_results_table().splitlines()[2:]
     assert row.startswith("| intl_cifar10 | resnet18 (imagenet stem) | 1 | 0.2 min | test machine |")
     assert row.endswith("| `zoo/results/pretrain_x.json` |")

@@ -333,3 +333,19 @@ def test_model_cards_are_up_to_date_and_labelled():
     card = render_card(get_entry("intl_r50"))
     assert "| 76.6 | paper: reported by the authors" in card
     assert ("not published yet" in card) is (not get_entry("intl_r50").hub.published)
+
+
+def test_one_command_checks_every_generated_document(tmp_path, monkeypatch, capsys):
+    """`wssl-zoo docs --check` is clean on the checkout and names a stale document (the one generator)."""
+    from wssl_zoo import documents
+    from wssl_zoo.cli import main
+
+    assert main(["docs", "--check"]) == 0, capsys.readouterr().out
+    readme = tmp_path / "README.md"
+    readme.write_text((Path(__file__).resolve().parent.parent / "README.md").read_text().replace(
+        "| `intl_resnet50` |", "| `intl_resnet50_stale` |"))
+    monkeypatch.setattr(documents, "readme_path", lambda: readme)
+    capsys.readouterr()
+    assert main(["docs", "--check"]) == 1 and f"out of date: {readme}" in capsys.readouterr().out
+    assert main(["docs"]) == 0 and "| `intl_resnet50` |" in readme.read_text()
+    assert main(["docs", "--check"]) == 0

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from .registry import METHODS, STEMS, get_entry, list_models
+from .documents import Outputs, generate, pretrain_results_table, readme_with_table, zoo_table  # noqa: F401
+from .paths import zoo_results_dir
+from .registry import METHODS, STEMS, get_entry
 
 
 @dataclass(frozen=True)
@@ -28,72 +31,10 @@ def _list_args(p: argparse.ArgumentParser) -> None:
                    "pretraining results) between their markers in this file instead of printing")
 
 
-README_START, README_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
-RESULTS_START, RESULTS_END = "<!-- pretrain-results:start -->", "<!-- pretrain-results:end -->"
-
-
-def results_dir():
-    from .paths import zoo_results_dir
-
-    return zoo_results_dir()
-
-
-def pretrain_results_table() -> str:
-    """The measured pretraining results (the ``pretrain_eval`` records of ``zoo/results``, read with
-    :func:`wssl_zoo.records.read_records`) as a Markdown table."""
-    from .records import PRETRAIN_EVAL_TASK, read_records
-
-    rows = ["| recipe (settings) | backbone | epochs | pretrain time | hardware | monitor cos kNN k=5 | monitor cos kNN k=20 | linear | same net, random init: monitor kNN k=5 / linear | record |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in read_records(results_dir(), task=PRETRAIN_EVAL_TASK):
-        m, base = r["metrics"], r["random_init_metrics"]
-        minutes = (r["pretrain"].get("wall_seconds") or 0) / 60
-        hardware = r["pretrain"].get("hardware") or r["hardware"]  # where the pretraining ran
-        rows.append(f"| {r['recipe']} | {r['arch']} ({r['stem']} stem) | {r['pretrain']['epochs']} | {minutes:.1f} min | "
-                    f"{hardware} | {m['monitor_knn5_cos']:.2f} | {m['monitor_knn20_cos']:.2f} | {m['linear_top1']:.2f} | "
-                    f"{base['monitor_knn5_cos']:.2f} / {base['linear_top1']:.2f} | `zoo/results/{r['file']}` |")
-    return "\n".join(rows) + "\n"
-
-
-def _replace_between(text: str, start: str, end: str, body: str) -> str:
-    if start not in text or end not in text:
-        raise ValueError(f"the README has no {start} ... {end} markers")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{body}{end}{tail}"
-
-
-def readme_with_table(text: str) -> str:
-    """``text`` with the generated README sections (zoo table, measured results) refreshed."""
-    text = _replace_between(text, README_START, README_END, zoo_table())
-    return _replace_between(text, RESULTS_START, RESULTS_END, pretrain_results_table())
-
-
-def zoo_table(method: str | None = None) -> str:
-    """The zoo as a Markdown table (the README's table is this text)."""
-    rows = ["| model | aliases | method | arch (stem) | trained on | epochs | paper linear top-1 | weights |",
-            "|---|---|---|---|---|---|---|---|"]
-    for name in list_models(method):
-        e = get_entry(name)
-        ds = e.training.get("dataset", "")
-        paper = None
-        for r in e.paper_results:
-            if r.task == "linear_top1" and r.epochs in (None, e.training.get("epochs")):
-                paper = r
-                break
-        paper_txt = f"{paper.value:.2f} ({paper.label})" if paper else "not reported"
-        weights = f"[{e.hub.repo_id}](https://huggingface.co/{e.hub.repo_id})" if e.hub.published else "not published yet"
-        rows.append(f"| `{name}` | {', '.join(f'`{a}`' for a in e.aliases)} | {e.method} | {e.arch} ({e.stem}) | "
-                    f"{ds} | {e.training.get('epochs', '')} | {paper_txt} | {weights} |")
-    return "\n".join(rows) + "\n"
-
-
 def _list_run(args: argparse.Namespace) -> int:
     if args.update_readme:
-        from pathlib import Path
-
         path = Path(args.update_readme)
-        path.write_text(readme_with_table(path.read_text()))
+        generate(Outputs(results=zoo_results_dir(), readme=path, leaderboard=None, plot=None, cards=None))
         print(f"updated the generated tables in {path}")
         return 0
     print(zoo_table(args.method), end="")
@@ -184,7 +125,7 @@ def _card_args(p: argparse.ArgumentParser) -> None:
 def _card_run(args: argparse.Namespace) -> int:
     from .cards import render_card, write_cards
 
-    if args.all:
+    if args.all:  # the cards part of the documents generator (wssl-zoo docs)
         for path in write_cards():
             print(f"wrote {path}")
         return 0
@@ -241,8 +182,6 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
 
 
 def _publish_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .publish import publish
 
     publish(args.source, args.repo, dry_run=args.dry_run, staging=Path(args.staging) if args.staging else None,
@@ -315,10 +254,32 @@ def _plot_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Render every generated document from the registry and zoo/results: the README's generated "
+                     "sections (zoo table, measured pretraining results, leaderboard), LEADERBOARD.md, "
+                     "docs/leaderboard.png and MODEL_CARDS/. The same generator as python -m eval.report.")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming every document that is out of "
+                   "date (default: write them)")
+
+
+def _docs_run(args: argparse.Namespace) -> int:
+    lines, stale = generate(check=args.check)
+    for line in lines:
+        print(line)
+    if args.check:
+        for path in stale:
+            print(f"out of date: {path} (run wssl-zoo docs)")
+        return 1 if stale else 0
+    print(f"{len(stale)} document(s) refreshed" if stale else "every document was up to date")
+    return 0
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("list", "the registered models as a table", _list_args, _list_run),
     Subcommand("info", "one registry entry: recipe, files, paper results (no download)", _info_args, _info_run),
     Subcommand("card", "render model cards (MODEL_CARDS/) from the registry and zoo/results", _card_args, _card_run),
+    Subcommand("docs", "render every generated document (README sections, LEADERBOARD.md, plot, MODEL_CARDS/)",
+               _docs_args, _docs_run),
     Subcommand("download", "prefetch published weights into the Hugging Face cache (sha256-checked)",
                _download_args, _download_run),
     Subcommand("publish", "upload a model directory to the Hub and pin it in the registry", _publish_args,

@@ -13,7 +13,7 @@ be compared with fresh data without matplotlib and independently of its pixel by
 - :func:`spectrum_series`: normalised covariance eigenvalues per feature kind, each model beside
   its random-init baseline; drawn by :func:`plot_spectrum` (``python -m eval.spectrum``).
 - :func:`plot_panels`: small multiples of horizontal bars, one axis per metric kind (the
-  leaderboard of ``python -m eval.report``, whose data is ``eval.report.plot_data``).
+  leaderboard of ``wssl-zoo docs``, whose data is ``wssl_zoo.documents.plot_data``).
 """
 
 from __future__ import annotations
