@@ -254,6 +254,25 @@ def _plot_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_data_args(p: argparse.ArgumentParser) -> None:
+    from .data.download import downloadable
+
+    p.description = ("Download a dataset with torchvision's downloader (md5-checked) into --root, else $WSSL_ZOO_DATA/NAME, "
+                     "else ~/.cache/wssl_zoo/data/NAME, and print the folder to pass as --data. "
+                     "$WSSL_ZOO_DATA_MIRROR (a base URL) replaces the download host.")
+    p.add_argument("name", metavar="NAME", help=f"one of {', '.join(downloadable())}")
+    p.add_argument("--root", metavar="DIR", help="where to put it (default: $WSSL_ZOO_DATA/NAME or "
+                   "~/.cache/wssl_zoo/data/NAME)")
+
+
+def _download_data_run(args: argparse.Namespace) -> int:
+    from .data.download import download
+
+    folder = download(args.name, args.root)
+    print(f"{args.name}: {folder}  (pass --data {folder} --dataset {args.name})")
+    return 0
+
+
 def _docs_args(p: argparse.ArgumentParser) -> None:
     p.description = ("Render every generated document from the registry and zoo/results: the README's generated "
                      "sections (zoo table, measured pretraining results, leaderboard), LEADERBOARD.md, "
@@ -282,6 +301,8 @@ SUBCOMMANDS: list[Subcommand] = [
                _docs_args, _docs_run),
     Subcommand("download", "prefetch published weights into the Hugging Face cache (sha256-checked)",
                _download_args, _download_run),
+    Subcommand("download-data", "download CIFAR-10/100, STL-10 or Fashion-MNIST with torchvision (md5-checked)",
+               _download_data_args, _download_data_run),
     Subcommand("publish", "upload a model directory to the Hub and pin it in the registry", _publish_args,
                _publish_run),
     Subcommand("convert", "convert the authors' checkpoint into a model directory", _convert_args, _convert_run),

@@ -86,6 +86,14 @@ def add_dataset(p, default: str | None = "imagefolder", help_extra: str = "", re
                    f"spellings in100, tiny_in work too){help_extra} ({shown})")
 
 
+def add_download(p) -> None:
+    """``--download``: fetch CIFAR-10/100, STL-10 or Fashion-MNIST with torchvision when ``--data`` lacks it."""
+    p.add_argument("--download", action="store_true",
+                   help="when the dataset is not at --data (or no --data is given), download it with torchvision "
+                   "(CIFAR-10, CIFAR-100, STL-10, Fashion-MNIST; md5-checked) into --data, else $WSSL_ZOO_DATA/NAME "
+                   "or ~/.cache/wssl_zoo/data/NAME; $WSSL_ZOO_DATA_MIRROR replaces the host (default: never download)")
+
+
 def add_workers(p, default: int | None = -1, what: str = "", cap: int = 8, aliases: tuple[str, ...] = ()) -> None:
     """``default=-1`` means :func:`default_workers` (``cap``); ``None`` lets the tool decide (said in ``what``).
     ``aliases`` are older spellings a tool keeps accepting (``detection.train --num-workers``)."""

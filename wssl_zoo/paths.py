@@ -11,6 +11,8 @@
   adds to the zoo.
 - **Caches** (features): ``--cache-dir``, else ``$WSSL_ZOO_CACHE``, else
   ``~/.cache/wssl_zoo/features``.
+- **Downloaded datasets** (``--download``): ``--data``, else ``$WSSL_ZOO_DATA/<dataset>``, else
+  ``~/.cache/wssl_zoo/data/<dataset>``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-HOME_ENV, RESULTS_ENV, CACHE_ENV = "WSSL_ZOO_HOME", "WSSL_ZOO_RESULTS", "WSSL_ZOO_CACHE"
+HOME_ENV, RESULTS_ENV, CACHE_ENV, DATA_ENV = "WSSL_ZOO_HOME", "WSSL_ZOO_RESULTS", "WSSL_ZOO_CACHE", "WSSL_ZOO_DATA"
 
 
 def checkout() -> Path | None:
@@ -72,3 +74,9 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """The feature cache: ``override`` (``--cache-dir``), else ``$WSSL_ZOO_CACHE``, else
     ``~/.cache/wssl_zoo/features``."""
     return Path(override or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "wssl_zoo" / "features")
+
+
+def data_dir() -> Path:
+    """Where ``--download`` puts datasets when no ``--data`` is given: ``$WSSL_ZOO_DATA``, else
+    ``~/.cache/wssl_zoo/data`` (one sub-folder per dataset)."""
+    return Path(os.environ.get(DATA_ENV) or Path.home() / ".cache" / "wssl_zoo" / "data").expanduser()
