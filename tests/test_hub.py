@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 import wssl_zoo
-from hub_server import HubServer
+from hub_server import HubServer, lfs_pointer
 from wssl_zoo.cli import main
 from wssl_zoo.hub import HashMismatchError, HubError
 from wssl_zoo.fileio import sha256_file
@@ -710,3 +712,60 @@ def test_a_repo_without_sha256sums_is_refused_unless_unverified_weights_are_acce
     with pytest.raises(HubError, match="no SHA256SUMS"):
         resolve("hf-hub:someone/plain")
     assert resolve("hf-hub:someone/plain", verify=False).arch == "resnet18"
+
+# ---------------------------------------------------------------------------- the local Hub itself
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _git_hash_object(data: bytes) -> str:
+    """The git blob id as git itself computes it (not the code under test)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: git blob ids are checked against `git hash-object`")
+    run = subprocess.run(["git", "hash-object", "--stdin"], input=data, capture_output=True, check=True)
+    return run.stdout.decode().strip()
+
+
+def test_the_local_hub_states_file_metadata_as_the_hub_does(tmp_path, hub):
+    """Through the client's own API: a file is in LFS by the Hub's default .gitattributes or when it is
+    over 10 MiB (never when empty); git blob ids are git's (`git hash-object`), an LFS file's is that of
+    its git-lfs pointer (bert-base-uncased's tf_model.h5, 536,063,208 bytes, has a 134-byte pointer, as
+    huggingface.js's paths-info test records); paths-info, tree and model_info(files_metadata=True) agree;
+    resolve gives the git blob id as ETag, or a redirect to the CDN with the sha256 as X-Linked-Etag,
+    which name the cache's blobs; and huggingface_hub's own checksum verifier finds no mismatch."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url, snapshot_download
+
+    api, repo = HfApi(), "someone/layout"
+    files = {"config.json": b'{"a": 1}\n', "notes.txt": b"x" * (10 * 1024 * 1024 + 1), "small.txt": b"hello\n",
+             "empty.bin": b"", "w.safetensors": bytes(range(256)) * 4, "sub/w.pt": b"\x01" * 10}
+    hub.create_repo(repo)
+    commit = hub.commit_files(repo, files)
+    info = {f.path: f for f in api.get_paths_info(repo, list(files), revision=commit)}
+    assert {p for p, f in info.items() if f.lfs} == {"notes.txt", "w.safetensors", "sub/w.pt"}
+    for path, data in files.items():
+        f = info[path]
+        assert f.size == len(data), path
+        if f.lfs:
+            pointer = lfs_pointer(_sha(data), len(data))
+            assert (f.lfs.sha256, f.lfs.size, f.lfs.pointer_size) == (_sha(data), len(data), len(pointer)), path
+            assert f.blob_id == _git_hash_object(pointer), path
+        else:
+            assert f.blob_id == _git_hash_object(data), path
+    assert len(lfs_pointer("a7a17d6d844b5de815ccab5f42cad6d24496db3850a2a43d8258221018ce87d2", 536063208)) == 134
+    tree = {f.path: f for f in api.list_repo_tree(repo, revision=commit, recursive=True)}
+    siblings = {s.rfilename: s for s in api.model_info(repo, revision=commit, files_metadata=True).siblings}
+    for path, f in info.items():
+        assert (tree[path].blob_id, tree[path].lfs, tree[path].size) == (f.blob_id, f.lfs, f.size), path
+        assert (siblings[path].blob_id, siblings[path].lfs, siblings[path].size) == (f.blob_id, f.lfs, f.size), path
+    lfs_head = get_hf_file_metadata(hf_hub_url(repo, "w.safetensors", revision=commit))
+    assert (lfs_head.etag, lfs_head.size, lfs_head.commit_hash) == (_sha(files["w.safetensors"]), 1024, commit)
+    assert lfs_head.location.startswith(hub.cdn_url + "/")
+    git_head = get_hf_file_metadata(hf_hub_url(repo, "config.json", revision=commit))
+    assert (git_head.etag, git_head.commit_hash) == (info["config.json"].blob_id, commit)
+    folder = Path(snapshot_download(repo, revision=commit))
+    assert {p.name for p in (folder.parent.parent / "blobs").iterdir()} == {
+        f.lfs.sha256 if f.lfs else f.blob_id for p, f in tree.items()}
+    assert api.verify_repo_checksums(repo, revision=commit).mismatches == []
+
