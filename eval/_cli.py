@@ -13,8 +13,8 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
 
     cliargs.add_model(p)
     p.add_argument("--allow-unverified", action="store_true",
-                   help="accept an hf-hub: --model without SHA256SUMS, e.g. a plain timm repo (its weights are "
-                   "not checked)")
+                   help="accept hf-hub: --model files for which neither the Hub nor the repo's SHA256SUMS states a "
+                   "hash (a mirror without the Hub's file metadata); they are loaded unchecked")
     p.add_argument("--data", required=data_required, metavar="ROOT",
                    help="ImageNet layout (ROOT/train/<class>/ and ROOT/val/<class>/ or ROOT/test/<class>/), "
                    "or torchvision's folder with --dataset")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 import wssl_zoo
-from hub_server import HubServer
+from hub_server import HubServer, lfs_pointer
 from wssl_zoo.cli import main
 from wssl_zoo.hub import HashMismatchError, HubError
 from wssl_zoo.fileio import sha256_file
@@ -392,7 +394,7 @@ def test_wssl_zoo_loads_a_plain_timm_repo_without_its_classifier(tmp_path, hub, 
     hub.create_repo("timm/r18-sup")
     commit = hub.commit_files("timm/r18-sup", {p.name: p.read_bytes() for p in (tmp_path / "timm").iterdir()})
     with caplog.at_level("WARNING", logger="wssl_zoo"):
-        ours = wssl_zoo.load(f"hf-hub:timm/r18-sup@{commit}", verify=False)  # a plain timm repo: no SHA256SUMS
+        ours = wssl_zoo.load(f"hf-hub:timm/r18-sup@{commit}")  # a plain timm repo: verified by the Hub's hashes
     assert "classifier (fc.weight, fc.bias) was dropped" in caplog.text
     supervised.reset_classifier(0)
     assert torch.equal(features(ours, 64), features(supervised, 64))
@@ -692,11 +694,16 @@ def test_a_failed_publish_pins_nothing_and_leaves_the_registry_byte_identical(tm
     assert not get_entry(ENTRY).hub.published
 
 
-def test_a_repo_without_sha256sums_is_refused_unless_unverified_weights_are_accepted(tmp_path, hub, registry, capsys):
+def test_a_repo_whose_server_states_no_hashes_and_without_sha256sums_is_refused_unless_unverified_is_accepted(
+        tmp_path, hub, registry, capsys):
+    """A plain repo on the Hub loads verified by the Hub's hashes (test_a_plain_timm_repo_loads_verified_...);
+    served by a mirror that gives files but no metadata, nothing vouches for it: refused, unless
+    verify=False / --allow-unverified, which loads it and says which files went unchecked."""
     run = tmp_path / "run"
     model = make_run_dir(run)
     hub.create_repo("someone/plain")
     hub.commit_files("someone/plain", {n: (run / n).read_bytes() for n in ("config.json", "model.safetensors")})
+    hub.file_metadata = False
     message = r"someone/plain@[0-9a-f]{40}: no SHA256SUMS file.*verify=False \(--allow-unverified"
     with pytest.raises(HubError, match=message):
         wssl_zoo.load("hf-hub:someone/plain")
@@ -705,8 +712,245 @@ def test_a_repo_without_sha256sums_is_refused_unless_unverified_weights_are_acce
     err = capsys.readouterr().err
     assert "no SHA256SUMS file" in err and "--allow-unverified" in err and len(err.strip().splitlines()) == 1
     assert main(["download", "--allow-unverified", "hf-hub:someone/plain"]) == 0
+    out = capsys.readouterr().out
+    assert "  model.safetensors: NOT verified (no hash stated" in out and "config.json: NOT verified" in out
     from wssl_zoo.weights import resolve
 
     with pytest.raises(HubError, match="no SHA256SUMS"):
         resolve("hf-hub:someone/plain")
     assert resolve("hf-hub:someone/plain", verify=False).arch == "resnet18"
+
+
+# ---------------------------------------------------------------------------- the local Hub itself
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _git_hash_object(data: bytes) -> str:
+    """The git blob id as git itself computes it (not the code under test)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: git blob ids are checked against `git hash-object`")
+    run = subprocess.run(["git", "hash-object", "--stdin"], input=data, capture_output=True, check=True)
+    return run.stdout.decode().strip()
+
+
+def test_git_blob_id_is_what_git_hash_object_prints(tmp_path):
+    from wssl_zoo.fileio import git_blob_id
+
+    for name, data in (("empty", b""), ("text", b'{"a": 1}\n'), ("binary", bytes(range(256)) * 20)):
+        (tmp_path / name).write_bytes(data)
+        assert git_blob_id(tmp_path / name, chunk=1000) == _git_hash_object(data), name
+
+
+def test_the_local_hub_states_file_metadata_as_the_hub_does(tmp_path, hub):
+    """Through the client's own API: a file is in LFS by the Hub's default .gitattributes or when it is
+    over 10 MiB (never when empty); git blob ids are git's (`git hash-object`), an LFS file's is that of
+    its git-lfs pointer (bert-base-uncased's tf_model.h5, 536,063,208 bytes, has a 134-byte pointer, as
+    huggingface.js's paths-info test records); paths-info, tree and model_info(files_metadata=True) agree;
+    resolve gives the git blob id as ETag, or a redirect to the CDN with the sha256 as X-Linked-Etag,
+    which name the cache's blobs; and huggingface_hub's own checksum verifier finds no mismatch."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url, snapshot_download
+
+    api, repo = HfApi(), "someone/layout"
+    files = {"config.json": b'{"a": 1}\n', "notes.txt": b"x" * (10 * 1024 * 1024 + 1), "small.txt": b"hello\n",
+             "empty.bin": b"", "w.safetensors": bytes(range(256)) * 4, "sub/w.pt": b"\x01" * 10}
+    hub.create_repo(repo)
+    commit = hub.commit_files(repo, files)
+    info = {f.path: f for f in api.get_paths_info(repo, list(files), revision=commit)}
+    assert {p for p, f in info.items() if f.lfs} == {"notes.txt", "w.safetensors", "sub/w.pt"}
+    for path, data in files.items():
+        f = info[path]
+        assert f.size == len(data), path
+        if f.lfs:
+            pointer = lfs_pointer(_sha(data), len(data))
+            assert (f.lfs.sha256, f.lfs.size, f.lfs.pointer_size) == (_sha(data), len(data), len(pointer)), path
+            assert f.blob_id == _git_hash_object(pointer), path
+        else:
+            assert f.blob_id == _git_hash_object(data), path
+    assert len(lfs_pointer("a7a17d6d844b5de815ccab5f42cad6d24496db3850a2a43d8258221018ce87d2", 536063208)) == 134
+    tree = {f.path: f for f in api.list_repo_tree(repo, revision=commit, recursive=True)}
+    siblings = {s.rfilename: s for s in api.model_info(repo, revision=commit, files_metadata=True).siblings}
+    for path, f in info.items():
+        assert (tree[path].blob_id, tree[path].lfs, tree[path].size) == (f.blob_id, f.lfs, f.size), path
+        assert (siblings[path].blob_id, siblings[path].lfs, siblings[path].size) == (f.blob_id, f.lfs, f.size), path
+    lfs_head = get_hf_file_metadata(hf_hub_url(repo, "w.safetensors", revision=commit))
+    assert (lfs_head.etag, lfs_head.size, lfs_head.commit_hash) == (_sha(files["w.safetensors"]), 1024, commit)
+    assert lfs_head.location.startswith(hub.cdn_url + "/")
+    git_head = get_hf_file_metadata(hf_hub_url(repo, "config.json", revision=commit))
+    assert (git_head.etag, git_head.commit_hash) == (info["config.json"].blob_id, commit)
+    folder = Path(snapshot_download(repo, revision=commit))
+    assert {p.name for p in (folder.parent.parent / "blobs").iterdir()} == {
+        f.lfs.sha256 if f.lfs else f.blob_id for p, f in tree.items()}
+    assert api.verify_repo_checksums(repo, revision=commit).mismatches == []
+
+
+# ---------------------------------------------------------------------------- hf-hub: verified by the Hub's hashes
+
+
+def _plain_timm_repo(hub: HubServer, folder: Path, repo_id: str = "timm/r18-plain", seed: int = 5):
+    """A repo as timm publishes one (timm's own save_for_hf: config.json and model.safetensors, no
+    SHA256SUMS) committed on the local Hub; returns (the supervised model, the commit, the files)."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    supervised = _randomised(timm.create_model("resnet10t", num_classes=7), seed)  # 20 MB: a small timm ResNet
+    save_for_hf(supervised, str(folder / "timm"), safe_serialization=True)
+    files = {p.name: p.read_bytes() for p in (folder / "timm").iterdir()}
+    assert set(files) == {"config.json", "model.safetensors"}
+    hub.create_repo(repo_id)
+    return supervised, hub.commit_files(repo_id, files), files
+
+
+def test_a_plain_timm_repo_loads_verified_by_the_hashes_the_hub_states(tmp_path, hub, monkeypatch, capsys):
+    """No SHA256SUMS: the weights (an LFS file) are checked against the sha256 the Hub states at the
+    commit, config.json (kept in git) against its git blob id. One load hashes the weights once, and a
+    load pinned to a commit whose files and hashes are cached asks nothing of the Hub."""
+    from wssl_zoo import fileio
+    from wssl_zoo.hub import download_repo
+    from wssl_zoo.weights import resolve
+
+    supervised, commit, files = _plain_timm_repo(hub, tmp_path)
+    snap = download_repo("hf-hub:timm/r18-plain")
+    assert snap.commit == commit and snap.unverified == ()
+    assert snap.sha256 == {n: _sha(data) for n, data in files.items()}
+    assert snap.checked_against == {"model.safetensors": "the Hub's LFS sha256",
+                                    "config.json": f"the Hub's git blob id {_git_hash_object(files['config.json'])}"}
+    hashed = []
+    real = fileio.sha256_file
+    monkeypatch.setattr(fileio, "sha256_file", lambda path, *a: (hashed.append(Path(path).name), real(path, *a))[1])
+    hub.requests.clear()
+    weights = resolve(f"hf-hub:timm/r18-plain@{commit}")
+    model = weights.build()
+    assert hashed.count("model.safetensors") == 1 and weights.weights_sha256 == _sha(files["model.safetensors"])
+    assert hub.requests == []  # the commit's files and the Hub's hashes of it were in the cache
+    supervised.reset_classifier(0)
+    assert torch.equal(features(model, 64), features(supervised, 64))
+    assert torch.equal(features(wssl_zoo.load("hf-hub:timm/r18-plain"), 64), features(supervised, 64))
+    # the command line prints what it verified, against what
+    assert main(["download", "hf-hub:timm/r18-plain"]) == 0
+    out = capsys.readouterr().out
+    assert f"hf-hub:timm/r18-plain: timm/r18-plain@{commit} -> " in out
+    weights = _sha(files["model.safetensors"])
+    assert f"  model.safetensors: sha256 {weights} verified against the Hub's LFS sha256\n" in out
+    assert (f"  config.json: sha256 {_sha(files['config.json'])} verified against the Hub's git blob id "
+            f"{_git_hash_object(files['config.json'])}\n") in out
+
+
+
+def test_a_tampered_file_of_a_plain_repo_is_refused_naming_the_file_and_both_hashes(tmp_path, hub):
+    """The CDN serves other bytes than the Hub's metadata states: refused with both hashes and deleted
+    from the cache, verify=False included (it only accepts files with no stated hash); a file kept in
+    git is caught by its git blob id; once the bytes are right again the repo loads."""
+    supervised, commit, files = _plain_timm_repo(hub, tmp_path)
+    spec, cache = "hf-hub:timm/r18-plain", tmp_path / "hf-cache" / "models--timm--r18-plain"
+    good = files["model.safetensors"]
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    hub.tamper("timm/r18-plain", commit, "model.safetensors", bytes(bad))
+    for verify in (True, False):
+        with pytest.raises(HashMismatchError) as info:
+            wssl_zoo.load(spec, verify=verify)
+        msg = str(info.value)
+        assert (f"timm/r18-plain@{commit} file 'model.safetensors': sha256 {_sha(bytes(bad))} does not match the "
+                f"expected {_sha(good)} (the sha256 the Hub states for this LFS file at this commit)") in msg
+        assert "deleted from the cache" in msg and "\n" not in msg
+        assert not [p for p in (cache / "blobs").iterdir() if _sha(p.read_bytes()) == _sha(bytes(bad))]
+        assert not (cache / "snapshots" / commit / "model.safetensors").is_symlink()
+    hub.tampered.clear()
+    shutil.rmtree(cache)
+    config = json.loads(files["config.json"])
+    config["num_classes"] = 3
+    forged = json.dumps(config).encode()
+    hub.tamper("timm/r18-plain", commit, "config.json", forged)
+    expected = _git_hash_object(files["config.json"])
+    with pytest.raises(HashMismatchError, match=rf"'config.json': git blob id {_git_hash_object(forged)} does not "
+                       rf"match the expected {expected} \(the git blob id the Hub states"):
+        wssl_zoo.load(spec)
+    hub.tampered.clear()
+    supervised.reset_classifier(0)
+    assert torch.equal(features(wssl_zoo.load(spec), 64), features(supervised, 64))
+
+
+def test_a_sha256sums_that_disagrees_with_the_hub_is_refused_before_the_weights_are_downloaded(published, hub):
+    """A repo we published carries SHA256SUMS; it must agree with the Hub. A stale line for the weights
+    (an LFS file) is refused by comparing it with the Hub's sha256, before the download; one for
+    config.json (kept in git) after checking the file against the Hub's git blob id."""
+    _, result = published
+    files = hub.repos[REPO_ID].commits[result.revision].files
+    sums = files["SHA256SUMS"].decode()
+    weights, config = _sha(files["model.safetensors"]), _sha(files["config.json"])
+    commit = hub.commit_files(REPO_ID, {"SHA256SUMS": sums.replace(weights, "ab" * 32).encode()}, "a stale manifest")
+    hub.requests.clear()
+    with pytest.raises(HashMismatchError) as info:
+        wssl_zoo.load(f"hf-hub:{REPO_ID}@{commit}")
+    assert (f"{REPO_ID}@{commit} file 'model.safetensors': SHA256SUMS lists sha256 {'ab' * 32}, but the Hub states "
+            f"{weights} for this LFS file") in str(info.value)
+    assert not [path for _, path in hub.requests if path.endswith("/model.safetensors")]  # nothing downloaded
+    commit = hub.commit_files(REPO_ID, {"SHA256SUMS": sums.replace(config, "cd" * 32).encode()}, "another one")
+    with pytest.raises(HashMismatchError, match=rf"'config.json': SHA256SUMS lists sha256 {'cd' * 32}, but the file "
+                       rf"that has the git blob id the Hub states \({_git_hash_object(files['config.json'])}\) has "
+                       rf"sha256 {config}"):
+        wssl_zoo.load(f"hf-hub:{REPO_ID}@{commit}")
+
+
+def test_a_published_repo_is_verified_by_the_hub_and_its_sha256sums_and_by_sha256sums_alone_on_a_mirror(
+        published, hub, tmp_path, capsys):
+    model, result = published
+    spec = f"hf-hub:{REPO_ID}@{result.revision}"
+    assert main(["download", spec]) == 0
+    out = capsys.readouterr().out
+    files = hub.repos[REPO_ID].commits[result.revision].files
+    for name in ("model.safetensors", "projector.safetensors"):
+        assert f"  {name}: sha256 {_sha(files[name])} verified against the Hub's LFS sha256 and SHA256SUMS\n" in out
+    assert (f"  config.json: sha256 {_sha(files['config.json'])} verified against the Hub's git blob id "
+            f"{_git_hash_object(files['config.json'])} and SHA256SUMS\n") in out
+    assert f"  SHA256SUMS: sha256 {_sha(files['SHA256SUMS'])} verified against the Hub's git blob id " in out
+    from wssl_zoo.hub import download_repo
+
+    hub.file_metadata = False  # a mirror without the Hub's metadata: the repo's SHA256SUMS vouches for its files
+    shutil.rmtree(tmp_path / "hf-cache")
+    snap = download_repo(spec)
+    assert snap.checked_against == dict.fromkeys(("config.json", "model.safetensors", "projector.safetensors"),
+                                                 "SHA256SUMS") and snap.unverified == ()
+    assert torch.equal(features(wssl_zoo.load(spec)), features(model))
+
+
+def test_offline_loads_of_a_plain_repo_stay_verified(tmp_path, hub, monkeypatch):
+    """Online, the Hub's hashes of the commit are kept beside its snapshot; offline the cached bytes are
+    checked against them (bytes changed on disk are refused). A cache another tool filled holds the
+    files but not the Hub's hashes: refused, naming the command that keeps them, unless verify=False."""
+    from huggingface_hub import constants, hf_hub_download
+
+    from wssl_zoo.hub import download_repo
+
+    supervised, commit, files = _plain_timm_repo(hub, tmp_path)
+    _, other, other_files = _plain_timm_repo(hub, tmp_path / "other", "timm/r18-other", seed=6)
+    for name in other_files:  # as `hf download` or timm would
+        hf_hub_download("timm/r18-other", name, revision=other)
+    spec = f"hf-hub:timm/r18-plain@{commit}"
+    wssl_zoo.load(spec)
+    cache = Path(constants.HF_HUB_CACHE) / "models--timm--r18-plain"
+    kept = json.loads((cache / "wssl-zoo" / f"hub-files-{commit}.json").read_text())
+    assert kept["files"]["model.safetensors"]["lfs_sha256"] == _sha(files["model.safetensors"])
+    assert kept["files"]["SHA256SUMS"] is None  # the Hub said: no such file at this commit
+    hub.stop()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    supervised.reset_classifier(0)
+    assert torch.equal(features(wssl_zoo.load(spec), 64), features(supervised, 64))
+    assert download_repo(spec).checked_against["model.safetensors"] == "the Hub's LFS sha256"
+    blob = (cache / "snapshots" / commit / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(HashMismatchError, match=rf"'model.safetensors': sha256 {_sha(bytes(data))} does not match"):
+        wssl_zoo.load(spec)
+    message = (rf"timm/r18-other@{other}: no SHA256SUMS file and HF_HUB_OFFLINE is set and the Hub's file hashes of "
+               rf"this commit are not in the cache \(a load while online keeps them: wssl-zoo download "
+               rf"hf-hub:timm/r18-other@{other}\), so 'config.json', 'model.safetensors' cannot be verified; pass "
+               rf"verify=False")
+    with pytest.raises(HubError, match=message):
+        wssl_zoo.load(f"hf-hub:timm/r18-other@{other}")
+    assert download_repo(f"hf-hub:timm/r18-other@{other}", verify=False).unverified == ("config.json",
+                                                                                         "model.safetensors")

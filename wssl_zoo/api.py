@@ -39,8 +39,9 @@ def load(name_or_path: str | Path, seed: int = 0, verify: bool = True) -> nn.Mod
 
     ``name_or_path`` is a local model directory or ``.safetensors`` file with its
     ``config.json``, a registry name or alias (its published weights, at the pinned revision,
-    sha256-checked), ``hf-hub:org/name[@revision]`` (checked against the repo's ``SHA256SUMS``; a repo without
-    one, such as a plain timm repo, is refused unless ``verify=False``; a repo in our format or any plain timm repo
+    sha256-checked), ``hf-hub:org/name[@revision]`` (pinned to the commit the revision resolves to, every file
+    checked against the hashes the Hub states for it and against the repo's ``SHA256SUMS`` where it has one; a file
+    with no stated hash is refused unless ``verify=False``; a repo in our format or any plain timm repo
     with ``model.safetensors``: a supervised baseline's classifier is dropped, with a warning on
     the ``wssl_zoo`` logger, and the backbone returns pooled features like ours), or
     ``random:ARCH[:STEM[:SIZE]]`` (random init drawn from ``seed``). :func:`wssl_zoo.weights.resolve`

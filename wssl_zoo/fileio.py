@@ -9,6 +9,8 @@
   less the umask).
 - :func:`sha256_file`: the hex sha256 of a file, the hash records, the registry, the Hub
   verification and the cards match on.
+- :func:`git_blob_id`: a file's git object id, the hash the Hugging Face Hub states for a file it
+  keeps in git rather than in LFS (``config.json``, ``SHA256SUMS``).
 
 No torch here: every layer of the project writes files.
 """
@@ -88,6 +90,17 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file, read in chunks (checkpoints can be larger than memory)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_blob_id(path, chunk: int = 1 << 20) -> str:
+    """The git blob id of a file, as ``git hash-object`` prints it: the hex sha1 of ``b"blob <size>\\0"``
+    followed by the bytes. The Hub gives it as the ``oid`` of every file it keeps in git."""
+    with open(path, "rb") as fh:
+        # git's object name, not a free choice of hash; usedforsecurity=False keeps it working under FIPS
+        digest = hashlib.sha1(b"blob %d\0" % os.fstat(fh.fileno()).st_size, usedforsecurity=False)
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -5,7 +5,8 @@ A spec is one of
 - a registry name or alias (``intl_resnet50``, ``intl_r50``): its published weights at the pinned
   revision, sha256-checked (:func:`wssl_zoo.hub.download_entry`);
 - a local model directory or a ``.safetensors`` file with its ``config.json`` beside it;
-- ``hf-hub:org/name[@rev]``: a Hub repo in our (timm) format (:func:`wssl_zoo.hub.download_repo`);
+- ``hf-hub:org/name[@rev]``: a Hub repo in our (timm) format, checked against the hashes the Hub
+  states for the commit (:func:`wssl_zoo.hub.download_repo`);
 - ``random:ARCH[:STEM[:SIZE]]``: the architecture at random init from ``seed`` (the baseline every
   table needs); STEM defaults to ``imagenet``, SIZE to 224 for the imagenet stem and 32 otherwise.
 
@@ -231,7 +232,7 @@ def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry |
 def resolve(spec: str | Path, seed: int = 0, verify: bool = True) -> ResolvedWeights:
     """The :class:`ResolvedWeights` of ``spec`` (see the module docstring); downloads (verified)
     what a Hub or registry spec needs. ``seed`` draws ``random:`` weights; ``verify=False`` accepts
-    an ``hf-hub:`` repo without ``SHA256SUMS`` (e.g. a plain timm repo), whose weights are then unchecked.
+    ``hf-hub:`` files for which neither the Hub nor ``SHA256SUMS`` states a hash, loaded unchecked.
 
     Raises FileNotFoundError for a path that does not exist, :class:`UnknownModelError` (listing
     the closest names) for an unknown name, :class:`WeightsNotPublishedError` for a registered
