@@ -9,3 +9,10 @@
 
 See docs/detection.md.
 """
+
+# name -> what it does: the one list, shown by `wssl-zoo --help` (`wssl-zoo detect <name>` is
+# `python -m detection.<name>`)
+COMMANDS = {
+    "train": "train and evaluate Faster/Mask R-CNN on a backbone with a detectron2 protocol config (COCO, VOC)",
+    "export": "a backbone as a detectron2 checkpoint (.pkl) with its input settings",
+}

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {
-    "linear": "linear classifier on a frozen backbone (protocols fast, small, intl, cwrgp)",
-    "knn": "k-NN on cached features (knn5: the papers' 5-NN majority vote; knn200: weighted cosine)",
-    "semi": "fine-tuning on a 1 % / 10 % labelled subset (semi_intl, semi_simclr); split files",
-    "spectrum": "covariance eigenvalues and effective rank of backbone and projector features",
-    "benchmark": "every model under the same protocols, resumable, one table",
-    "report": "LEADERBOARD.md, docs/leaderboard.png, the README section and MODEL_CARDS/ from zoo/results",
-}
+from . import COMMANDS
 
 
 def main() -> int:
-    print("usage: python -m eval.<command> --help\n")
+    print("usage: python -m eval.<command> --help   (or: wssl-zoo eval <command> --help)\n")
     for name, what in COMMANDS.items():
         print(f"  {name:10s} {what}")
     return 0

@@ -1,5 +1,7 @@
-"""The ``wssl-zoo`` command: ``list``, ``info``, ``card``, ``download``, ``publish``, ``convert``,
-``pretrain``, ``demo``, ``plot``.
+"""The ``wssl-zoo`` command, the face over the whole project: ``list``, ``info``, ``card``, ``docs``,
+``download``, ``download-data``, ``publish``, ``convert``, ``pretrain``, ``demo``, ``plot``, and the
+engines' own command lines, ``wssl-zoo eval linear|knn|semi|spectrum|benchmark|report`` (=
+``python -m eval.<name>``) and ``wssl-zoo detect train|export`` (= ``python -m detection.<name>``).
 
 Subcommands register as (name, help, add_arguments, run) in :data:`SUBCOMMANDS`; errors raised
 by wssl-zoo (ValueError, KeyError, FileNotFoundError) print one line and exit with status 2.
@@ -8,6 +10,8 @@ by wssl-zoo (ValueError, KeyError, FileNotFoundError) print one line and exit wi
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -326,19 +330,48 @@ def register_subcommand(command: Subcommand) -> Subcommand:
     return command
 
 
+# The engines' own command lines, reached through this face: `wssl-zoo eval linear ARGS` runs
+# `python -m eval.linear ARGS` (the same parser, --help, errors and exit status). Their lists are the
+# packages' own (eval.COMMANDS, detection.COMMANDS).
+FORWARDED = {"eval": ("eval", "evaluate a backbone: linear, knn, semi, spectrum, benchmark, report"),
+             "detect": ("detection", "COCO / VOC detection transfer: train, export")}
+
+
+def _forwarded(package: str) -> dict[str, str]:
+    return importlib.import_module(package).COMMANDS
+
+
+def _run_forwarded(package: str, name: str, argv: list[str]) -> int:
+    # the engines import torch, torchvision and timm: loaded only for the command that runs
+    return int(importlib.import_module(f"{package}.{name}").main(argv) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wssl-zoo", description="The whitening-SSL model zoo.")
+    parser = argparse.ArgumentParser(prog="wssl-zoo", description="The whitening-SSL model zoo.",
+                                     epilog="Every COMMAND has its --help; `wssl-zoo eval linear --help` is `python -m "
+                                     "eval.linear --help`, `wssl-zoo detect train --help` is `python -m detection.train "
+                                     "--help`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for cmd in SUBCOMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
         p.set_defaults(_run=cmd.run)
+    for group, (package, what) in FORWARDED.items():
+        g = sub.add_parser(group, help=what, description=what)
+        inner = g.add_subparsers(dest="forwarded", metavar="TOOL")
+        inner.required = True
+        for name, help_text in _forwarded(package).items():
+            # listed here for --help; main() hands everything after the tool's name to the tool itself
+            inner.add_parser(name, help=help_text.replace("%", "%%"), add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``wssl-zoo`` command line; returns the exit status (2 for a usage or input error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] in FORWARDED and argv[1] in _forwarded(FORWARDED[argv[0]][0]):
+        return _run_forwarded(FORWARDED[argv[0]][0], argv[1], argv[2:])  # the tool parses, helps and errs itself
     args = build_parser().parse_args(argv)
     from .cliargs import run_cli
 
