@@ -402,3 +402,21 @@ def test_data_and_protocol_spellings(tmp_path):
                           ([], "give the data with --data ROOT")):
         with pytest.raises(train.UsageError, match=message):
             data_root(p.parse_args(base + ["--protocol", "c", *argv]))
+
+
+def test_a_skipped_detectron2_test_fails_in_ci_and_skips_elsewhere():
+    """tests/conftest.py: with CI=true a test marked detectron2 that skips fails the run, so a green CI
+    run proves that the detectron2 tests ran; elsewhere it skips."""
+    import os
+    import sys
+
+    import warm
+
+    repo = Path(__file__).resolve().parent.parent
+    for ci, status, words in (("true", 1, "a detectron2 test skipped in CI (CI=true), which must run it"),
+                              ("", 0, "1 skipped")):
+        proc = warm.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                         "tests/ci_skip_probe.py"], env=dict(os.environ, CI=ci), cwd=repo, capture_output=True,
+                        text=True, timeout=300)
+        assert proc.returncode == status, proc.stdout[-2000:]
+        assert words in proc.stdout, proc.stdout[-2000:]
