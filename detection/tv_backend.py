@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from wssl_zoo import distributed
 from wssl_zoo.fileio import atomic_write_bytes, atomic_write_text
@@ -167,8 +168,6 @@ def train(model: nn.Module, dataset, s: TrainSettings, *, out: Path, device: tor
     """Train for ``s.max_iter`` iterations, then precise BN (when the config asks); writes
     OUT/checkpoints/last.pt, OUT/metrics.jsonl and OUT/model_final.pt, returns a summary. ``amp``:
     none (float32), fp16 or bf16 (CUDA only). Raises :class:`Preempted` after checkpointing on a stop signal."""
-    from tqdm import tqdm
-
     out = Path(out)
     if s.ims_per_batch % world:
         raise TrainError(f"SOLVER.IMS_PER_BATCH {s.ims_per_batch} is not divisible by the {world} processes")
@@ -225,8 +224,8 @@ def train(model: nn.Module, dataset, s: TrainSettings, *, out: Path, device: tor
         with StopOnSignal() as stop:
             if start < s.max_iter:
                 data_iter = iter(_loader(dataset, s, per_rank, seed, rank, world, start, device))
-                if rng is not None:
-                    _set_rng_state(rng, device)
+            if rng is not None:  # after the loader drew its workers' seeds, as the uninterrupted run did
+                _set_rng_state(rng, device)
             while it < s.max_iter:
                 images, targets = _to_device(*next(data_iter), device)
                 lr = s.lr_at(it)
