@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detection import configs, tv_backend  # noqa: E402
+from detection import configs, tv_backend, tv_model  # noqa: E402
 
 LIGHT = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=64", "MODEL.RPN.POST_NMS_TOPK_TRAIN=200"]
 
@@ -57,8 +57,8 @@ def measure(config: str, arch: str, batch: int, size: int, device: torch.device,
     cfg = configs.load_config(config, overrides + [f"INPUT.MIN_SIZE_TRAIN=({size},)", f"INPUT.MAX_SIZE_TRAIN={2 * size}"])
     s = configs.to_torchvision(cfg)
     torch.manual_seed(0)
-    model = tv_backend.build_model(wssl_zoo.create(arch), s).to(device).train()
-    opt = torch.optim.SGD(tv_backend._param_groups(model, s), lr=1e-3, momentum=0.9)
+    model = tv_model.build_model(wssl_zoo.create(arch), s).to(device).train()
+    opt = torch.optim.SGD(tv_backend.param_groups(model, s), lr=1e-3, momentum=0.9)
     use_amp = amp and device.type == "cuda"
     dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)

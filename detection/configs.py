@@ -318,16 +318,59 @@ class TrainSettings:
     extra: dict = field(default_factory=dict)
     anchor_sizes: tuple = ((32, 64, 128, 256, 512),)
     anchor_ratios: tuple = ((0.5, 1.0, 2.0),)
+    anchor_offset: float = 0.0
     fpn_out_channels: int = 256
+    fpn_norm: str = ""           # "" | BN | SyncBN | FrozenBN | GN (as detectron2's get_norm; BN variants folded)
     box_pooler_resolution: int = 14
+    box_pooler_aligned: bool = True          # POOLER_TYPE ROIAlignV2 (half-pixel aligned) or ROIAlign
+    box_pooler_sampling_ratio: int = 0
     box_num_conv: int = 0
     box_conv_dim: int = 256
     box_num_fc: int = 0
     box_fc_dim: int = 1024
+    box_head_norm: str = ""
     mask_pooler_resolution: int = 14
+    mask_pooler_aligned: bool = True
+    mask_pooler_sampling_ratio: int = 0
     mask_num_conv: int = 0
     mask_conv_dim: int = 256
+    mask_head_norm: str = ""
+    mask_format: str = "polygon"
     random_flip: bool = True
+    # RPN, in detectron2's semantics (MODEL.RPN.*)
+    rpn_iou_thresholds: tuple[float, float] = (0.3, 0.7)
+    rpn_positive_fraction: float = 0.5
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 0.0               # MODEL.PROPOSAL_GENERATOR.MIN_SIZE
+    rpn_loss_type: str = "smooth_l1"
+    rpn_smooth_l1_beta: float = 0.0
+    rpn_loc_loss_weight: float = 1.0        # BBOX_REG_LOSS_WEIGHT
+    rpn_loss_weight: float = 1.0            # LOSS_WEIGHT (both RPN losses)
+    rpn_box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    # RoI heads (MODEL.ROI_HEADS.*, MODEL.ROI_BOX_HEAD.*)
+    roi_iou_threshold: float = 0.5
+    box_loss_type: str = "smooth_l1"
+    box_smooth_l1_beta: float = 0.0
+    box_loss_weight: float = 1.0
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    # solver and data (SOLVER.*, DATALOADER.*, TEST.*)
+    nesterov: bool = False
+    bias_lr_factor: float = 1.0
+    weight_decay_bias: float | None = None  # None: SOLVER.WEIGHT_DECAY (detectron2 0.6)
+    aspect_ratio_grouping: bool = True
+    precise_bn: bool = False
+    precise_bn_iters: int = 200
+    eval_period: int = 0
+
+    @property
+    def size_divisibility(self) -> int:
+        """Padding of a batch (detectron2's ``backbone.size_divisibility``): 32 for the FPN, none for C4."""
+        return 32 if self.arch == "FPN" else 0
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """The feature strides the RPN runs on: res4 (16) for C4, p2-p6 (4-64) for the FPN."""
+        return (4, 8, 16, 32, 64) if self.arch == "FPN" else (16,)
 
     def lr_at(self, it: int) -> float:
         """detectron2's WarmupMultiStepLR: linear warm-up from WARMUP_FACTOR, x GAMMA at each step."""
@@ -344,15 +387,86 @@ class TrainSettings:
         return asdict(self)
 
 
+# Keys whose every value the torchvision backend does not implement: it accepts only the value
+# here (detectron2 0.6's default, which every shipped config keeps) and refuses the others, naming
+# the key and pointing to --backend detectron2, rather than silently computing something else.
+TORCHVISION_ONLY = {
+    "MODEL.RPN.HEAD_NAME": "StandardRPNHead",
+    "MODEL.RPN.CONV_DIMS": [-1],
+    "MODEL.RPN.IOU_LABELS": [0, -1, 1],
+    "MODEL.RPN.BOUNDARY_THRESH": -1,
+    "MODEL.PROPOSAL_GENERATOR.NAME": "RPN",
+    "MODEL.ANCHOR_GENERATOR.NAME": "DefaultAnchorGenerator",
+    "MODEL.ROI_HEADS.IOU_LABELS": [0, 1],
+    "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT": True,
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": False,
+    "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES": False,
+    "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": False,
+    "MODEL.ROI_MASK_HEAD.NAME": "MaskRCNNConvUpsampleHead",
+    "MODEL.RESNETS.STRIDE_IN_1X1": False,
+    "MODEL.RESNETS.RES5_DILATION": 1,
+    "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, False, False, False],
+    "MODEL.FPN.FUSE_TYPE": "sum",
+    "MODEL.LOAD_PROPOSALS": False,
+    "MODEL.KEYPOINT_ON": False,
+    "INPUT.CROP.ENABLED": False,
+    "DATALOADER.SAMPLER_TRAIN": "TrainingSampler",
+    "SOLVER.LR_SCHEDULER_NAME": "WarmupMultiStepLR",
+    "SOLVER.CLIP_GRADIENTS.ENABLED": False,
+    "SOLVER.REFERENCE_WORLD_SIZE": 0,
+    "TEST.AUG.ENABLED": False,
+}
+BOX_LOSSES = ("smooth_l1",)  # of detectron2 0.6's smooth_l1, giou, diou, ciou
+POOLER_TYPES = {"ROIAlignV2": True, "ROIAlign": False}   # -> RoIAlign's aligned flag
+HEAD_NORMS = {"": "", "BN": "BN", "SyncBN": "SyncBN", "nnSyncBN": "SyncBN", "naiveSyncBN": "SyncBN",
+              "naiveSyncBN_N": "SyncBN", "FrozenBN": "FrozenBN", "GN": "GN"}
+
+
+def _plain_value(value):
+    return [_plain_value(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def to_torchvision(cfg: dict) -> TrainSettings:
-    """Map a detectron2 config onto the torchvision backend's settings."""
+    """Map a detectron2 config onto the torchvision backend's settings; a value the backend does not
+    implement (:data:`TORCHVISION_ONLY`, box losses outside :data:`BOX_LOSSES`, ...) is a
+    :class:`ConfigError` naming the key."""
     m, s, i = cfg["MODEL"], cfg["SOLVER"], cfg["INPUT"]
+    where = cfg.get("_PATH", "config")
+    for key, only in TORCHVISION_ONLY.items():
+        value = _get(cfg, key)
+        if _plain_value(value) != only:
+            raise ConfigError(f"{where}: {key} = {value!r}: the torchvision backend implements only {only!r} "
+                              "(detectron2's default); use --backend detectron2")
+    for key in ("MODEL.RPN.BBOX_REG_LOSS_TYPE", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE"):
+        if _get(cfg, key) not in BOX_LOSSES:
+            raise ConfigError(f"{where}: {key} = {_get(cfg, key)!r}: the torchvision backend implements "
+                              f"{', '.join(BOX_LOSSES)}; use --backend detectron2")
+    for key in ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ROI_MASK_HEAD.POOLER_TYPE"):
+        if _get(cfg, key) not in POOLER_TYPES:
+            raise ConfigError(f"{where}: {key} = {_get(cfg, key)!r}: the torchvision backend implements "
+                              f"{', '.join(POOLER_TYPES)}; use --backend detectron2")
+    for key in ("MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM"):
+        if _get(cfg, key) not in HEAD_NORMS:
+            raise ConfigError(f"{where}: {key} = {_get(cfg, key)!r}: the torchvision backend implements "
+                              f"{', '.join(repr(n) for n in HEAD_NORMS)}; use --backend detectron2")
+    if len(m["ROI_HEADS"]["IOU_THRESHOLDS"]) != 1 or len(m["RPN"]["IOU_THRESHOLDS"]) != 2:
+        raise ConfigError(f"{where}: MODEL.ROI_HEADS.IOU_THRESHOLDS needs one value and MODEL.RPN.IOU_THRESHOLDS "
+                          "two (with the IOU_LABELS the torchvision backend implements)")
+    fpn_in = ["p2", "p3", "p4", "p5", "p6"]
+    wants = ({"MODEL.RPN.IN_FEATURES": fpn_in, "MODEL.ROI_HEADS.IN_FEATURES": fpn_in[:-1],
+              "MODEL.FPN.IN_FEATURES": ["res2", "res3", "res4", "res5"]}
+             if m["BACKBONE"]["NAME"] == "build_resnet_fpn_backbone" else
+             {"MODEL.RPN.IN_FEATURES": ["res4"], "MODEL.ROI_HEADS.IN_FEATURES": ["res4"]})
+    for key, only in wants.items():
+        if list(_get(cfg, key)) != only:
+            raise ConfigError(f"{where}: {key} = {_get(cfg, key)!r}: the torchvision backend builds {only} for "
+                              f"MODEL.BACKBONE.NAME {m['BACKBONE']['NAME']}; use --backend detectron2")
     if i["FORMAT"] != "RGB":
-        raise ConfigError(f"{cfg.get('_PATH', 'config')}: INPUT.FORMAT {i['FORMAT']!r}: the torchvision backend "
+        raise ConfigError(f"{where}: INPUT.FORMAT {i['FORMAT']!r}: the torchvision backend "
                           "feeds RGB images (wssl-zoo backbones are RGB); set INPUT.FORMAT RGB")
     norm = m["RESNETS"]["NORM"]
     if norm not in TORCHVISION_NORMS:
-        raise ConfigError(f"{cfg.get('_PATH', 'config')}: MODEL.RESNETS.NORM {norm!r}: detectron2 accepts it, the "
+        raise ConfigError(f"{where}: MODEL.RESNETS.NORM {norm!r}: detectron2 accepts it, the "
                           f"torchvision backend does {', '.join(TORCHVISION_NORMS)}; use --backend detectron2")
     fpn = m["BACKBONE"]["NAME"] == "build_resnet_fpn_backbone"
     mins = tuple(i["MIN_SIZE_TRAIN"])
@@ -402,16 +516,46 @@ def to_torchvision(cfg: dict) -> TrainSettings:
         datasets_test=tuple(cfg["DATASETS"]["TEST"]),
         anchor_sizes=tuple(tuple(int(x) for x in level) for level in m["ANCHOR_GENERATOR"]["SIZES"]),
         anchor_ratios=tuple(tuple(float(x) for x in level) for level in m["ANCHOR_GENERATOR"]["ASPECT_RATIOS"]),
+        anchor_offset=float(m["ANCHOR_GENERATOR"]["OFFSET"]),
         fpn_out_channels=int(m["FPN"]["OUT_CHANNELS"]),
+        fpn_norm=HEAD_NORMS[m["FPN"]["NORM"]],
         box_pooler_resolution=int(m["ROI_BOX_HEAD"]["POOLER_RESOLUTION"]),
+        box_pooler_aligned=POOLER_TYPES[m["ROI_BOX_HEAD"]["POOLER_TYPE"]],
+        box_pooler_sampling_ratio=int(m["ROI_BOX_HEAD"]["POOLER_SAMPLING_RATIO"]),
         box_num_conv=int(m["ROI_BOX_HEAD"]["NUM_CONV"]),
         box_conv_dim=int(m["ROI_BOX_HEAD"]["CONV_DIM"]),
         box_num_fc=int(m["ROI_BOX_HEAD"]["NUM_FC"]),
         box_fc_dim=int(m["ROI_BOX_HEAD"]["FC_DIM"]),
+        box_head_norm=HEAD_NORMS[m["ROI_BOX_HEAD"]["NORM"]],
         mask_pooler_resolution=int(m["ROI_MASK_HEAD"]["POOLER_RESOLUTION"]),
+        mask_pooler_aligned=POOLER_TYPES[m["ROI_MASK_HEAD"]["POOLER_TYPE"]],
+        mask_pooler_sampling_ratio=int(m["ROI_MASK_HEAD"]["POOLER_SAMPLING_RATIO"]),
         mask_num_conv=int(m["ROI_MASK_HEAD"]["NUM_CONV"]),
         mask_conv_dim=int(m["ROI_MASK_HEAD"]["CONV_DIM"]),
+        mask_head_norm=HEAD_NORMS[m["ROI_MASK_HEAD"]["NORM"]],
+        mask_format=str(i["MASK_FORMAT"]),
         random_flip=i["RANDOM_FLIP"] == "horizontal",
+        rpn_iou_thresholds=tuple(float(x) for x in m["RPN"]["IOU_THRESHOLDS"]),
+        rpn_positive_fraction=float(m["RPN"]["POSITIVE_FRACTION"]),
+        rpn_nms_thresh=float(m["RPN"]["NMS_THRESH"]),
+        rpn_min_size=float(m["PROPOSAL_GENERATOR"]["MIN_SIZE"]),
+        rpn_loss_type=str(m["RPN"]["BBOX_REG_LOSS_TYPE"]),
+        rpn_smooth_l1_beta=float(m["RPN"]["SMOOTH_L1_BETA"]),
+        rpn_loc_loss_weight=float(m["RPN"]["BBOX_REG_LOSS_WEIGHT"]),
+        rpn_loss_weight=float(m["RPN"]["LOSS_WEIGHT"]),
+        rpn_box_weights=tuple(float(x) for x in m["RPN"]["BBOX_REG_WEIGHTS"]),
+        roi_iou_threshold=float(m["ROI_HEADS"]["IOU_THRESHOLDS"][0]),
+        box_loss_type=str(m["ROI_BOX_HEAD"]["BBOX_REG_LOSS_TYPE"]),
+        box_smooth_l1_beta=float(m["ROI_BOX_HEAD"]["SMOOTH_L1_BETA"]),
+        box_loss_weight=float(m["ROI_BOX_HEAD"]["BBOX_REG_LOSS_WEIGHT"]),
+        box_weights=tuple(float(x) for x in m["ROI_BOX_HEAD"]["BBOX_REG_WEIGHTS"]),
+        nesterov=bool(s["NESTEROV"]),
+        bias_lr_factor=float(s["BIAS_LR_FACTOR"]),
+        weight_decay_bias=None if s["WEIGHT_DECAY_BIAS"] is None else float(s["WEIGHT_DECAY_BIAS"]),
+        aspect_ratio_grouping=bool(cfg["DATALOADER"]["ASPECT_RATIO_GROUPING"]),
+        precise_bn=bool(cfg["TEST"]["PRECISE_BN"]["ENABLED"]),
+        precise_bn_iters=int(cfg["TEST"]["PRECISE_BN"]["NUM_ITER"]),
+        eval_period=int(cfg["TEST"]["EVAL_PERIOD"]),
     )
 
 

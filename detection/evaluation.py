@@ -1,7 +1,8 @@
 """COCO-style evaluation with pycocotools' COCOeval (bbox and segm).
 
-Predictions are mapped back to the dataset's category ids, boxes to xywh, masks (thresholded at
-0.5, as detectron2) to RLE. Metrics are on the 0-100 scale: AP, AP50, AP75, APs, APm, APl per
+Predictions are mapped back to the original image (:func:`detection.tv_model.detector_postprocess`,
+detectron2's), to the dataset's category ids, boxes to xywh, masks (pasted and thresholded at 0.5,
+as detectron2) to RLE. Metrics are on the 0-100 scale: AP, AP50, AP75, APs, APm, APl per
 task, keyed ``bbox_AP`` ... ``segm_APl``. A metric COCOeval cannot compute (no ground truth in an
 area range; detectron2 reports NaN) is left out of the metrics and listed under ``undefined``;
 no detections at all give AP 0.
@@ -17,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .data import collate
+from .tv_model import detector_postprocess
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -35,8 +39,6 @@ def predict(model, dataset, device, *, batch_size: int = 1, num_workers: int = 0
     """COCO-format results of ``model`` on ``dataset`` (this rank's share when distributed)."""
     from tqdm import tqdm
 
-    from .data import collate
-
     indices = list(range(rank, len(dataset), world))
     subset = torch.utils.data.Subset(dataset, indices)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate,
@@ -46,13 +48,14 @@ def predict(model, dataset, device, *, batch_size: int = 1, num_workers: int = 0
     label_to_cat = dataset.label_to_cat
     for images, targets in tqdm(loader, disable=not progress or rank != 0, desc="eval", unit="batch"):
         outputs = model([im.to(device) for im in images])
-        for out, tgt in zip(outputs, targets):
+        for out, image, tgt in zip(outputs, images, targets):
+            out = detector_postprocess(out, tuple(image.shape[-2:]), tuple(tgt["orig_size"]))
             boxes = out["boxes"].float().cpu().numpy()
             scores = out["scores"].float().cpu().numpy()
             labels = out["labels"].cpu().numpy()
             masks = out.get("masks")
             if masks is not None:
-                masks = (masks[:, 0] > 0.5).cpu().numpy()
+                masks = masks.cpu().numpy()
             for k in range(len(boxes)):
                 x1, y1, x2, y2 = (float(v) for v in boxes[k])
                 res: dict[str, Any] = {"image_id": int(tgt["image_id"]),

@@ -51,8 +51,8 @@ import numpy as np
 
 from wssl_zoo.weights import ResolvedWeights, resolve
 
-__all__ = ["timm_to_detectron2", "ExportError", "load_backbone", "export_detectron2",
-           "input_settings", "main", "LAYOUTS"]
+__all__ = ["timm_to_detectron2", "detectron2_name", "layout_name", "ExportError", "load_backbone",
+           "export_detectron2", "input_settings", "main", "LAYOUTS"]
 
 LAYOUTS = ("c4", "fpn", "backbone")
 _NORM_FIELDS = ("weight", "bias", "running_mean", "running_var")
@@ -85,6 +85,16 @@ def _to_numpy(value) -> np.ndarray:
     return value.detach().cpu().float().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
 
 
+def detectron2_name(timm_key: str) -> str | None:
+    """The bare detectron2 ResNet name of one timm ResNet tensor name, or None when the map has no
+    rule for it (``layer1.0.bn2.weight`` -> ``res2.0.conv2.norm.weight``)."""
+    for pattern, rename in _RULES:
+        match = pattern.match(timm_key)
+        if match:
+            return rename(match)
+    return None
+
+
 def timm_to_detectron2(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Map a timm ResNet state dict to detectron2's ResNet names (bare, without layout prefix).
 
@@ -97,16 +107,13 @@ def timm_to_detectron2(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     for key, value in state_dict.items():
         if key.endswith(".num_batches_tracked"):
             continue  # BN step counters: detectron2's norms have none
-        for pattern, rename in _RULES:
-            match = pattern.match(key)
-            if match:
-                new = rename(match)
-                if new in out:  # cannot happen with the rules above; guards future edits
-                    raise ExportError(f"timm key {key!r} maps onto {new!r}, which is already mapped")
-                out[new] = _to_numpy(value)
-                break
-        else:
+        new = detectron2_name(key)
+        if new is None:
             unmapped.append(key)
+            continue
+        if new in out:  # cannot happen with the rules above; guards future edits
+            raise ExportError(f"timm key {key!r} maps onto {new!r}, which is already mapped")
+        out[new] = _to_numpy(value)
     if unmapped:
         raise ExportError(f"{len(unmapped)} tensor(s) have no detectron2 name (only plain timm ResNets "
                           f"with the imagenet stem are supported): {sorted(unmapped)}")
@@ -146,15 +153,20 @@ def resnet_shape(d2: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {"depth": depth, "block": kind, "res2_out_channels": width, "blocks": blocks}
 
 
+def layout_name(bare: str, layout: str) -> str:
+    """Where the bare detectron2 ResNet name ``bare`` lives in detectron2's model of ``layout``."""
+    if layout == "backbone":
+        return bare
+    if layout == "fpn":
+        return f"backbone.bottom_up.{bare}"
+    if layout == "c4":
+        return f"roi_heads.{bare}" if bare.startswith("res5.") else f"backbone.{bare}"
+    raise ExportError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+
+
 def with_layout(d2: dict[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
     """Prefix bare detectron2 ResNet names with where they live in detectron2's model."""
-    if layout == "backbone":
-        return dict(d2)
-    if layout == "fpn":
-        return {f"backbone.bottom_up.{k}": v for k, v in d2.items()}
-    if layout == "c4":
-        return {(f"roi_heads.{k}" if k.startswith("res5.") else f"backbone.{k}"): v for k, v in d2.items()}
-    raise ExportError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+    return {layout_name(k, layout): v for k, v in d2.items()}
 
 
 def load_backbone(spec: str, seed: int = 0):

@@ -1,5 +1,5 @@
-"""What both detection backends share (``detection.train``'s torchvision loop and
-``detection.d2_backend``): the job's merged config, its output folder and its record."""
+"""What both detection backends share (:mod:`detection.tv_backend` and :mod:`detection.d2_backend`):
+the job's merged config, its data, its output folder and its record."""
 
 from __future__ import annotations
 
@@ -27,6 +27,31 @@ def schedule_label(config: str, max_iter: int, suffix: list[str]) -> str:
 
 class UsageError(ValueError):
     pass
+
+
+DATASETS = ("coco", "voc")
+
+
+def resume_argv(argv: list[str], opts: list[str]) -> list[str]:
+    """``argv`` with ``--resume``, placed before the trailing ``KEY VALUE`` overrides ``opts`` (which
+    end the command line) so that the command still parses."""
+    head = list(argv[: len(argv) - len(opts)])
+    return list(argv) if "--resume" in head else head + ["--resume"] + list(opts)
+
+
+def data_root(args) -> tuple[str, str]:
+    """``(dataset, root)`` of the command line: ``--data ROOT --dataset coco|voc`` or the older
+    spellings ``--coco-root ROOT`` / ``--voc-root ROOT``."""
+    given = [(name, value) for name, value in (("coco", args.coco_root), ("voc", args.voc_root)) if value]
+    if args.data:
+        if given:
+            raise UsageError(f"--data and --{given[0][0]}-root name the data twice; give one of them")
+        return args.dataset or "coco", str(args.data)
+    if not given:
+        raise UsageError("give the data with --data ROOT [--dataset coco|voc] (or --coco-root ROOT / --voc-root ROOT)")
+    if args.dataset and args.dataset != given[0][0]:
+        raise UsageError(f"--dataset {args.dataset} contradicts --{given[0][0]}-root")
+    return given[0][0], str(given[0][1])
 
 
 def _scaled(value: int, factor: float) -> int:
@@ -75,7 +100,7 @@ def claim_out(args, out: Path) -> None:
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     job = dict(model=args.model, config=args.config, overrides=list(args.overrides), max_iter=args.max_iter,
-               ims_per_batch=args.ims_per_batch, seed=args.seed, data=str(args.coco_root or args.voc_root))
+               ims_per_batch=args.ims_per_batch, seed=args.seed, data=data_root(args)[1])
     claim(out, "detection.train", job, overwrite=args.overwrite, resume=args.resume or args.eval_only, hint="resume")
 
 
@@ -87,7 +112,8 @@ def warn_cpu_size(ims_per_batch: int, max_iter: int, min_size: int) -> None:
             f"SOLVER.MAX_ITER={max_iter}, INPUT.MIN_SIZE_TRAIN up to {min_size}): one iteration can take minutes "
             f"and tens of GB; make it small with --ims-per-batch 2 --max-iter 100 "
             f"--set 'INPUT.MIN_SIZE_TRAIN=(256,)' --set INPUT.MAX_SIZE_TRAIN=480 --set INPUT.MIN_SIZE_TEST=256 "
-            f"--set INPUT.MAX_SIZE_TEST=480 (see docs/detection.md)", UserWarning, "detection.train", 0)
+            f"--set INPUT.MAX_SIZE_TEST=480 --set TEST.PRECISE_BN.NUM_ITER=10 (see docs/detection.md)", UserWarning,
+            "detection.train", 0)
 
 
 def _fingerprint(paths: list[Path]) -> str:

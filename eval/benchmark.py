@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semi-protocol", default="semi_intl", help="recipe of semi1/semi10 (default: %(default)s)")
     # INTL's COCO numbers: detection/configs/coco_R_50_C4_2x.yaml (winci-ai/INTL@0aa69af); CW-RGP: "same as MoCo" (2x)
     p.add_argument("--coco-config", default="coco_R_50_C4_2x",
-                   help="detection config (default: %(default)s, Mask R-CNN R50-C4 2x: the protocol of the "
-                        "INTL / CW-RGP COCO numbers)")
+                   help="detection config (default: %(default)s, Mask R-CNN R50-C4 2x: the config of the INTL / "
+                        "CW-RGP COCO numbers, whose protocol is detectron2 in float32: --coco-backend detectron2)")
     p.add_argument("--coco-backend", choices=["torchvision", "detectron2"], default=None,
                    help="detection backend (default: detection.train's, detectron2 when importable)")
     p.add_argument("--coco-ims-per-batch", type=int, metavar="N",
