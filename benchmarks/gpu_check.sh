@@ -12,8 +12,10 @@
 #   02_pretrain_r18.md pretraining step views/s, ResNet-18 CIFAR stem @ 32 px, recipe batches, beside a
 #                      cross-entropy step of the same backbone and batch; eager and torch.compile; peak memory
 #   03_pretrain_r50.md the same for ResNet-50 @ 224 px, bf16, channels_last
-#   04_pipeline.md     data pipeline views/s: per CPU worker, a DataLoader with all CPU workers, --gpu-augment,
-#                      and the workers the step tables above need (benchmarks/input_pipeline.py)
+#   04_pipeline.md     the input pipeline beside the step: host CPU ms per view of the PIL path and of
+#                      --device-views' host part, the device part's views/s on the GPU, the cores per GPU
+#                      each path needs with the step tables above, a DataLoader with all CPU workers, and
+#                      the GPU's JPEG decode against PIL's (benchmarks/input_pipeline.py)
 #   05_cifar_runs.md   W-MSE and INTL ResNet-18 (CIFAR stem) on the CIFAR-10 JPEGs for TRAIN_SECONDS each
 #                      (epochs estimated from the step and loader tables), then kNN and the fast linear probe,
 #                      as records in DIR/records/ (never zoo/results)
@@ -192,12 +194,13 @@ for f in "$OUT"/pretrain_r*.json; do [ -f "$f" ] && TABLES+=("$f"); done
 
 # ------------------------------------------------------------------ 04 data pipeline
 if [ "$DRY" = 1 ]; then
-  PIPE=(--sizes 32 224 --images 4 --seconds 0 --min-images 2 --loader-workers 1 --loader-batches 1 --batch 4)
+  PIPE=(--sizes 32 224 --methods wmse intl intl_m --images 4 --seconds 0 --min-images 2 --loader-workers 1
+        --loader-batches 1 --batch 2 --device-repeats 1)
 else
-  PIPE=(--images 64 --seconds 2 --loader-workers "$NPROC" --loader-batches 4 --batch 128)
+  PIPE=(--images 64 --seconds 1.5 --loader-workers "$NPROC" --loader-batches 4 --batch 128 --device-repeats 3)
 fi
-part 04_pipeline "Data pipeline views/s beside the step" 200 \
-  "$PY" benchmarks/input_pipeline.py "${PIPE[@]}" --gpu-augment --device "$DEVICE" \
+part 04_pipeline "Input pipeline: host CPU per view (PIL, --device-views), device part views/s, cores per GPU" 200 \
+  "$PY" benchmarks/input_pipeline.py "${PIPE[@]}" --device "$DEVICE" \
   ${TABLES[@]:+--gpu-table "${TABLES[@]}"} --json "$OUT/pipeline.json"
 
 # ------------------------------------------------------------------ 05 short real runs on CIFAR-10

@@ -41,15 +41,18 @@ sample's own parameters, quantised after every step as PIL is (an 8-bit image be
   ``Normalize`` in float32 as torchvision.
 
 Measured on the CPU (``tests/test_device_views.py``), every step equals the PIL step exactly on
-real JPEGs and so do whole views; the stated tolerance is at most 1 of 255 on at most 0.1% of the
-values, the room left for float32 arithmetic on other devices. On a GPU, nvjpeg's decode differs
-from libjpeg's by a few levels (its own IDCT and chroma upsampling); everything after the decode is
-the same arithmetic (``benchmarks/gpu_check.sh`` measures both).
+real JPEGs and so do whole views of every recipe. The stated tolerance is at most 1 of 255 on at
+most 0.1% of the values: room for other devices' arithmetic, which is the same IEEE operations but
+has not been compared on a GPU yet. nvjpeg's decode is expected to differ from libjpeg's by a few
+levels (its own IDCT and chroma upsampling); ``benchmarks/gpu_check.sh`` measures that difference.
 
-Why plain tensor ops and not a library: a test of every PIL step needs PIL's arithmetic, which
-neither kornia nor DALI implements (their resizes, colour spaces and blurs are float
-approximations of other definitions; measured against PIL in ``benchmarks/RESULTS.md``), and the
-few dozen tensor operations here run on any device torch runs on without another dependency.
+Why PIL's arithmetic on plain tensor ops and not a library: torchvision.transforms.v2, kornia and
+DALI implement other definitions of these operations (a true Gaussian blur, other resampling
+roundings, HSV or YIQ colour spaces): measured against PIL on photos, they differ on 18-97% of the
+values, by up to 11-97 levels (``benchmarks/view_ops_vs_pil.py``, table in ``benchmarks/RESULTS.md``).
+Only PIL's own arithmetic lets every view be tested value for value against the authors' pipeline,
+and it runs wherever torch runs, with no other dependency. On the CPU it is slower than PIL; it is
+meant for GPUs, whose speed ``gpu_check.sh`` measures.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import copy
 import io
 import math
 import os
+import random
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -93,8 +97,8 @@ PARAM_COLUMNS = ("top", "left", "height", "width",  # RandomResizedCrop.get_para
 COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
 NUM_PARAMS = len(PARAM_COLUMNS)
 _FACTOR0, _ORDER0 = COL["brightness"], COL["order0"]
-COLOUR_STEPS = ("jitter", "gray", "blur", "solarize")
-_FILTERS = {BICUBIC: ("bicubic", 2.0), BILINEAR: ("bilinear", 1.0)}  # PIL's filters and their support
+_FILTERS = {BICUBIC: "bicubic", BILINEAR: "bilinear"}  # the authors' PIL filters
+_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # Resample.c: BICUBIC = {bicubic_filter, 2.0}, BILINEAR = {.., 1.0}
 _PRECISION = float(1 << 22)  # Resample.c PRECISION_BITS = 32 - 8 - 2
 
 
@@ -165,7 +169,7 @@ def _compile(view: Any, index: int) -> ViewProgram:
             raise ValueError(f"view {index}: the device views do not implement {t!r}")
     if crop is None or not tensor or norm is None:
         raise ValueError(f"view {index}: the device views need a RandomResizedCrop, ToTensor and Normalize")
-    return ViewProgram(size=int(crop.size[0]), interpolation=_FILTERS[crop.interpolation][0], draws=tuple(draws),
+    return ViewProgram(size=int(crop.size[0]), interpolation=_FILTERS[crop.interpolation], draws=tuple(draws),
                        before_crop=tuple(before), after_crop=tuple(after),
                        mean=tuple(float(m) for m in norm.mean), std=tuple(float(s) for s in norm.std))
 
@@ -190,8 +194,6 @@ class ViewPlan:
         ``height`` x ``width`` pixels, drawn from torch's CPU generator and Python's ``random`` with
         the same calls, in the same order, as the PIL pipeline makes (seed them with
         :func:`~wssl_zoo.data.transforms.seeded`)."""
-        import random
-
         nan = float("nan")
         shape = torch.empty(()).expand(3, height, width)  # what get_params reads: the size, no pixels
         rows = []
@@ -554,14 +556,16 @@ def _filter(kind: str, t: torch.Tensor) -> torch.Tensor:
     return torch.where(t < 1.0, near, torch.where(t < 2.0, far, torch.zeros_like(t)))
 
 
-def resample_matrix(offset: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, kind: str,
-                    flip: torch.Tensor | None = None) -> torch.Tensor:
-    """``(N, out_size, in_size)`` float64: PIL's resampling of the pixels ``offset .. offset +
-    length`` of one axis to ``out_size`` (Resample.c ``precompute_coeffs`` + ``normalize_coeffs_8bpc``:
-    support scaled when shrinking, coefficients normalised and rounded to 22-bit fixed point, as
-    integers), zero outside the crop; rows reversed where ``flip``. offset, length: (N,) float64."""
+def resample_taps(offset: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, kind: str,
+                  flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's resampling of the pixels ``offset .. offset + length`` of one axis to ``out_size``
+    (Resample.c ``precompute_coeffs`` + ``normalize_coeffs_8bpc``: support scaled when shrinking,
+    coefficients normalised and rounded to 22-bit fixed point, kept as integers in float64), as
+    ``(positions (N, out_size, K) long, weights (N, out_size, K) float64)``: output pixel ``o`` is
+    ``sum_k weights[o, k] * input[positions[o, k]]``; unused taps have weight 0 and a valid
+    position; outputs reversed where ``flip``. offset, length: (N,) float64."""
     device = offset.device
-    support = (2.0 if kind == "bicubic" else 1.0)
+    support = _SUPPORT[kind]
     scale = length / out_size
     filterscale = torch.clamp(scale, min=1.0)
     reach = support * filterscale
@@ -569,23 +573,37 @@ def resample_matrix(offset: torch.Tensor, length: torch.Tensor, in_size: int, ou
     center = (torch.arange(out_size, dtype=torch.float64, device=device) + 0.5) * scale[:, None]  # (N, S)
     xmin = torch.clamp(torch.trunc(center - reach[:, None] + 0.5), min=0.0)
     xmax = torch.minimum(torch.trunc(center + reach[:, None] + 0.5), length[:, None])
-    count = xmax - xmin
-    ksize = int(math.ceil(float(reach.max()))) * 2 + 1
-    j = torch.arange(ksize, dtype=torch.float64, device=device)
-    taps = _filter(kind, ((j + xmin[..., None]) - center[..., None] + 0.5) * inv[:, None, None])  # (N, S, K)
-    taps = taps * (j < count[..., None])
+    used = torch.arange(int(math.ceil(float(reach.max()))) * 2 + 1, dtype=torch.float64, device=device)
+    used = used < (xmax - xmin)[..., None]  # (N, S, K)
+    j = torch.arange(used.shape[-1], dtype=torch.float64, device=device)
+    taps = _filter(kind, ((j + xmin[..., None]) - center[..., None] + 0.5) * inv[:, None, None]) * used
     total = taps[..., 0]
-    for k in range(1, ksize):  # C's sequential sum, for the same rounding
+    for k in range(1, taps.shape[-1]):  # C's sequential sum, for the same rounding
         total = total + taps[..., k]
     taps = torch.where(total[..., None] != 0, taps / total[..., None], taps)
     scaled = taps * _PRECISION
-    fixed = torch.where(taps < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5))
-    position = torch.clamp(offset[:, None, None] + xmin[..., None] + j, 0, in_size - 1).long()
-    matrix = torch.zeros(len(offset), out_size, in_size, dtype=torch.float64, device=device)
-    matrix.scatter_add_(2, position, fixed * (j < count[..., None]))
+    weights = torch.where(taps < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5)) * used
+    positions = torch.clamp(offset[:, None, None] + xmin[..., None] + j, 0, in_size - 1).long()
     if flip is not None:
-        matrix = torch.where(flip.view(-1, 1, 1) > 0, matrix.flip(1), matrix)
-    return matrix
+        flipped = (flip > 0).view(-1, 1, 1)
+        positions = torch.where(flipped, positions.flip(1), positions)
+        weights = torch.where(flipped, weights.flip(1), weights)
+    return positions, weights
+
+
+def _resample_axis(x: torch.Tensor, dim: int, taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """One PIL pass along ``dim`` (2: rows, 3: columns) of ``x`` (n, c, H, W) float64, before
+    rounding, as a batched product with the dense matrices of ``taps`` (few launches, tensor cores on
+    a GPU; on the CPU it measured faster than summing gathered taps: 12.5 against 18 ms for a 300 x
+    250 crop of a 640 x 449 photo to 224 px)."""
+    positions, weights = taps
+    n, c = x.shape[:2]
+    matrix = torch.zeros(n, positions.shape[1], x.shape[dim], dtype=torch.float64, device=x.device)
+    matrix.scatter_add_(2, positions, weights)
+    if dim == 3:  # (n, c H, W) @ (n, W, S)
+        return torch.bmm(x.reshape(n, -1, x.shape[3]), matrix.transpose(1, 2)).reshape(n, c, x.shape[2], -1)
+    rows = torch.bmm(matrix, x.transpose(1, 2).reshape(n, x.shape[2], -1))  # (n, S, H) @ (n, H, c W)
+    return rows.reshape(n, -1, c, x.shape[3]).transpose(1, 2)
 
 
 def _round_fixed(x: torch.Tensor) -> torch.Tensor:
@@ -622,11 +640,11 @@ def resized_crop(x: torch.Tensor, params: torch.Tensor, size: int, kind: str,
     ``size`` x ``size`` as PIL does (one pass per axis, each rounded to 8 bits, in the installed
     Pillow's order; ``v_first`` (N,) bool on the host, default :func:`vertical_first`) and flip it
     where ``params`` says; ``(N, 3, size, size)`` float32."""
-    n, c, height, width = x.shape
+    n, c = x.shape[:2]
     if v_first is None:
         v_first = vertical_first(params[:, 2].cpu(), params[:, 3].cpu(), size)
-    horizontal = resample_matrix(params[:, 1], params[:, 3], width, size, kind, params[:, COL["flip"]])
-    vertical = resample_matrix(params[:, 0], params[:, 2], height, size, kind)
+    columns = resample_taps(params[:, 1], params[:, 3], x.shape[3], size, kind, params[:, COL["flip"]])
+    rows = resample_taps(params[:, 0], params[:, 2], x.shape[2], size, kind)
     x = x.double()
     out = torch.empty(n, c, size, size, dtype=torch.float32, device=x.device)
     for first_v in (False, True):
@@ -634,16 +652,12 @@ def resized_crop(x: torch.Tensor, params: torch.Tensor, size: int, kind: str,
         if index is None:
             continue
         index = index.to(x.device)
-        xs, hs, vs, m = x[index], horizontal[index], vertical[index], len(index)
-        if first_v:  # (m, S, H) @ (m, H, 3W), then (m, 3S, W) @ (m, W, S)
-            cols = _round_fixed(torch.bmm(vs, xs.transpose(1, 2).reshape(m, height, c * width)))
-            cols = cols.reshape(m, size, c, width).transpose(1, 2).reshape(m, c * size, width)
-            out[index] = _round_fixed(torch.bmm(cols, hs.transpose(1, 2))).reshape(m, c, size, size).float()
-        else:  # (m, 3H, W) @ (m, W, S), then (m, S, H) @ (m, H, 3S)
-            rows = _round_fixed(torch.bmm(xs.reshape(m, c * height, width), hs.transpose(1, 2)))
-            rows = rows.reshape(m, c, height, size).transpose(1, 2).reshape(m, height, c * size)
-            result = _round_fixed(torch.bmm(vs, rows))  # (m, S, 3S)
-            out[index] = result.reshape(m, size, c, size).transpose(1, 2).float()
+        cols, rws = (columns[0][index], columns[1][index]), (rows[0][index], rows[1][index])
+        order = ((2, rws), (3, cols)) if first_v else ((3, cols), (2, rws))
+        y = x[index]
+        for dim, taps in order:
+            y = _round_fixed(_resample_axis(y, dim, taps))
+        out[index] = y.float()
     return out
 
 
