@@ -8,8 +8,8 @@ eval.benchmark``, ``python -m detection.train`` and the demo take these flags wi
 - ``--out``: where the tool's output goes (a run folder for pretraining, detection and the demo; for
   the eval tools the folder their records go to, or one ``.json`` record file when exactly one
   record is written);
-- ``--workers N``: data-loading worker processes per training/eval process (default ``auto``: the
-  usable cores / processes on the node, less one, at most :data:`WORKERS_CAP`, printed at the start);
+- ``--workers N``: data-loading worker processes per training/eval process (default: the usable
+  cores / processes on the node, less one, at most :data:`WORKERS_CAP`; :func:`default_workers`);
 - ``--device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun a bare
   ``cuda`` is this process's ``LOCAL_RANK`` GPU; every tool turns it into a ``torch.device`` with
   :func:`device` (anything else, or CUDA where there is none, is a one-line error);
@@ -65,7 +65,8 @@ def usable_cores() -> int:
     except (AttributeError, OSError):  # not on Linux
         cores = os.cpu_count() or 1
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
         if quota != "max":
             cores = min(cores, max(1, int(quota) // int(period)))
     except (OSError, ValueError):  # no cgroup v2 quota file
@@ -101,31 +102,15 @@ def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def add_workers(p, default: int | None = -1, what: str = "", cap: int = WORKERS_CAP,
                 aliases: tuple[str, ...] = ()) -> None:
-    """``default=-1`` means :func:`default_workers` (``cap``), also asked for with ``--workers auto``;
-    the value it comes to is printed (to stderr, by the first process of a torchrun job) when the
-    arguments are parsed, so every tool says at its start how many workers it runs. ``None`` lets
-    the tool decide (said in ``what``). ``aliases`` are older spellings a tool keeps accepting
-    (``detection.train --num-workers``)."""
+    """``default=-1`` means :func:`default_workers` (``cap``), its rule and this machine's numbers in
+    the help; ``None`` lets the tool decide (said in ``what``). ``aliases`` are older spellings a tool
+    keeps accepting (``detection.train --num-workers``). A tool says the number it runs with at its
+    start (pretraining does; nothing is printed when the arguments are parsed, so an error stays one line)."""
+    value = default_workers(cap) if default == -1 else default
+    shown = workers_rule(cap) if default == -1 else (what or "%(default)s")
     also = f"; also spelled {', '.join(aliases)}" if aliases else ""
-    if default != -1:
-        p.add_argument("--workers", *aliases, dest="workers", type=int, default=default,
-                       help=f"data-loading worker processes per process (default: {what or '%(default)s'}){also}")
-        return
-
-    def to_int(text: str) -> int:
-        """argparse's converter for ``type=int`` in this parser: ``auto`` (the default) -> the rule."""
-        if str(text).strip().lower() != "auto":
-            return int(text)
-        value = default_workers(cap)
-        if os.environ.get("RANK", "0") == "0":
-            print(f"--workers {workers_rule(cap)}", file=sys.stderr, flush=True)
-        return value
-
-    # argparse converts a string default, and every string, with the converter registered for the
-    # action's type: the flag keeps type=int and "auto" resolves when (and only when) it is parsed.
-    p.register("type", int, to_int)
-    p.add_argument("--workers", *aliases, dest="workers", type=int, default="auto",
-                   help=f"data-loading worker processes per process (default: auto = {workers_rule(cap)}){also}")
+    p.add_argument("--workers", *aliases, dest="workers", type=int, default=value,
+                   help=f"data-loading worker processes per process (default: {shown}){also}")
 
 
 def add_device(p) -> None:

@@ -557,13 +557,14 @@ def _filter(kind: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def resample_taps(offset: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, kind: str,
-                  flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  flip: torch.Tensor | None = None, longest: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PIL's resampling of the pixels ``offset .. offset + length`` of one axis to ``out_size``
     (Resample.c ``precompute_coeffs`` + ``normalize_coeffs_8bpc``: support scaled when shrinking,
     coefficients normalised and rounded to 22-bit fixed point, kept as integers in float64), as
     ``(positions (N, out_size, K) long, weights (N, out_size, K) float64)``: output pixel ``o`` is
     ``sum_k weights[o, k] * input[positions[o, k]]``; unused taps have weight 0 and a valid
-    position; outputs reversed where ``flip``. offset, length: (N,) float64."""
+    position; outputs reversed where ``flip``. offset, length: (N,) float64; ``longest``: the
+    largest ``length`` when known on the host (saves a device synchronisation)."""
     device = offset.device
     support = _SUPPORT[kind]
     scale = length / out_size
@@ -573,7 +574,9 @@ def resample_taps(offset: torch.Tensor, length: torch.Tensor, in_size: int, out_
     center = (torch.arange(out_size, dtype=torch.float64, device=device) + 0.5) * scale[:, None]  # (N, S)
     xmin = torch.clamp(torch.trunc(center - reach[:, None] + 0.5), min=0.0)
     xmax = torch.minimum(torch.trunc(center + reach[:, None] + 0.5), length[:, None])
-    used = torch.arange(int(math.ceil(float(reach.max()))) * 2 + 1, dtype=torch.float64, device=device)
+    longest = float(length.max()) if longest is None else longest
+    taps_max = int(math.ceil(_SUPPORT[kind] * max(longest / out_size, 1.0))) * 2 + 1  # Resample.c's ksize
+    used = torch.arange(taps_max, dtype=torch.float64, device=device)
     used = used < (xmax - xmin)[..., None]  # (N, S, K)
     j = torch.arange(used.shape[-1], dtype=torch.float64, device=device)
     taps = _filter(kind, ((j + xmin[..., None]) - center[..., None] + 0.5) * inv[:, None, None]) * used
@@ -634,17 +637,19 @@ def vertical_first(height: torch.Tensor, width: torch.Tensor, size: int) -> torc
 
 
 def resized_crop(x: torch.Tensor, params: torch.Tensor, size: int, kind: str,
-                 v_first: torch.Tensor | None = None) -> torch.Tensor:
+                 host: torch.Tensor | None = None) -> torch.Tensor:
     """Crop ``(top, left, height, width)`` of ``params`` (N, NUM_PARAMS; on x's device) out of
     ``x`` (N, 3, H, W) 8-bit values (padding beyond an image is never read), resize it to
     ``size`` x ``size`` as PIL does (one pass per axis, each rounded to 8 bits, in the installed
-    Pillow's order; ``v_first`` (N,) bool on the host, default :func:`vertical_first`) and flip it
-    where ``params`` says; ``(N, 3, size, size)`` float32."""
+    Pillow's order, :func:`vertical_first`) and flip it where ``params`` says; ``(N, 3, size,
+    size)`` float32. ``host``: the same parameters on the host, where the per-sample decisions are
+    made (default: copied from ``params``)."""
     n, c = x.shape[:2]
-    if v_first is None:
-        v_first = vertical_first(params[:, 2].cpu(), params[:, 3].cpu(), size)
-    columns = resample_taps(params[:, 1], params[:, 3], x.shape[3], size, kind, params[:, COL["flip"]])
-    rows = resample_taps(params[:, 0], params[:, 2], x.shape[2], size, kind)
+    host = params.cpu() if host is None else host
+    v_first = vertical_first(host[:, 2], host[:, 3], size)
+    columns = resample_taps(params[:, 1], params[:, 3], x.shape[3], size, kind, params[:, COL["flip"]],
+                            longest=float(host[:, 3].max()))
+    rows = resample_taps(params[:, 0], params[:, 2], x.shape[2], size, kind, longest=float(host[:, 2].max()))
     x = x.double()
     out = torch.empty(n, c, size, size, dtype=torch.float32, device=x.device)
     for first_v in (False, True):
@@ -773,7 +778,7 @@ class DeviceViews:
             for v, view in enumerate(self.plan.views):
                 xv = apply_colour(x.clone(), view.before_crop, params[index, v], valid) if view.before_crop else x
                 outs[v][index.to(device)] = resized_crop(xv, on_device[index.to(device), v], view.size,
-                                                         view.interpolation)
+                                                         view.interpolation, host=params[index, v])
         result = []
         for v, view in enumerate(self.plan.views):
             y = apply_colour(outs[v], view.after_crop, params[:, v])

@@ -352,7 +352,9 @@ def _setup_data(run: _Run) -> None:
     else:
         views_ds = EpochIndexed(SeededViews(train_set, view_tf, opts.seed))
     if run.is_main:
-        print(f"data: {opts.workers} loader workers per process, views made "
+        from ..cliargs import workers_rule
+
+        print(f"data: {opts.workers} loader workers per process (--workers; default {workers_rule()}), views made "
               f"{f'on {run.device} (--device-views)' if opts.device_views else 'by PIL in the workers'}", flush=True)
     run.loader = DataLoader(
         views_ds, batch_sampler=sampler, num_workers=opts.workers, pin_memory=run.device.type == "cuda",
