@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 import tarfile
 import warnings
 from pathlib import Path
@@ -183,10 +184,10 @@ def test_parameter_streams_equal_the_pil_pipelines(key, monkeypatch):
             assert params.shape == (len(transform), dv.NUM_PARAMS)
     with seeded(5):  # the same number of draws from both generators
         transform(images[2][0])
-        after_pil = (torch.default_generator.get_state(), __import__("random").getstate())
+        after_pil = (torch.default_generator.get_state(), random.getstate())
     with seeded(5):
         host.plan.draw(375, 500)
-        after_host = (torch.default_generator.get_state(), __import__("random").getstate())
+        after_host = (torch.default_generator.get_state(), random.getstate())
     assert torch.equal(after_pil[0], after_host[0]) and after_pil[1] == after_host[1]
 
 
@@ -392,6 +393,26 @@ def test_other_files_are_decoded_on_the_host_counted_and_reported_once(photos, t
         warnings.simplefilter("ignore", BadImageWarning)
         for v, got in enumerate(views):
             assert torch.equal(got, torch.stack([pil[i][0][v] for i in range(len(dataset))]))
+
+
+def test_pretraining_reports_the_host_decoded_files_once(tmp_path, capsys):
+    """A run over a folder with PNG files: one line at the end of the first epoch, none after."""
+    from test_pretrain import make_imagefolder
+    from test_readme_claims import TINY
+
+    from wssl_zoo.pretrain.cli import main
+
+    data = make_imagefolder(tmp_path / "data", size=32)
+    for i in range(0, 20, 4):  # a fifth of each class as PNG
+        for folder in (data / "train").iterdir():
+            jpeg = folder / f"{i}.jpg"
+            Image.open(jpeg).save(jpeg.with_suffix(".png"))
+            jpeg.unlink()
+    assert main([*TINY, "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "2", "--device-views"]) == 0
+    out = capsys.readouterr().out
+    assert "views made on cpu (--device-views)" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("device views:")]
+    assert "images were decoded by PIL in the data workers (" in line and " PNG file)" in line
 
 
 def test_a_file_neither_decoder_reads_is_warned_about_once_and_the_run_goes_on(photos, tmp_path):

@@ -489,11 +489,9 @@ def gaussian_blur(x: torch.Tensor, radius: np.ndarray) -> torch.Tensor:
     pixel repeated (exact in float64)."""
     r, ww, fw = box_blur_params(radius)
     reach = int(r.max()) + 1
-    taps = torch.zeros(len(x), 2 * reach + 1, dtype=torch.float64)
-    for n in range(len(x)):
-        taps[n, reach - r[n]:reach + r[n] + 1] = float(ww[n])
-        taps[n, reach - r[n] - 1] = taps[n, reach + r[n] + 1] = float(fw[n])
-    taps = taps.to(x.device).view(len(x), 1, 1, 1, -1)
+    offset = np.abs(np.arange(-reach, reach + 1))[None, :]  # (1, 2 reach + 1)
+    taps = np.where(offset <= r[:, None], ww[:, None], np.where(offset == r[:, None] + 1, fw[:, None], 0))
+    taps = torch.from_numpy(taps.astype(np.float64)).to(x.device).view(len(x), 1, 1, 1, -1)
     y = x.double()
     for dim in (3, 2):
         for _ in range(3):
@@ -699,7 +697,8 @@ class DeviceViews:
     is warned about once and replaced by a mid-grey image of its size, so the run goes on.
 
     ``chunk_pixels`` bounds the padded pixels of the images processed together (memory: about
-    40 bytes per pixel for the float64 resampling). ``host_decoded`` counts the images the host
+    40 bytes per pixel for the float64 resampling, and 12 per pixel and view for W-MSE's colour
+    steps on whole images). ``host_decoded`` counts the images the host
     decoded, per reason; ``images`` all images seen.
     """
 
@@ -775,16 +774,29 @@ class DeviceViews:
                 x[k, :, :sizes[b][0], :sizes[b][1]] = images[b]
             index = torch.tensor(chunk, dtype=torch.long)
             valid = torch.tensor([sizes[b] for b in chunk], dtype=torch.float64)
+            coloured = {}  # W-MSE's colour steps on the whole image: the views with the same steps in one pass
+            for steps in {view.before_crop for view in self.plan.views if view.before_crop}:
+                members = [v for v, view in enumerate(self.plan.views) if view.before_crop == steps]
+                done = apply_colour(x.repeat(len(members), 1, 1, 1), steps,
+                                    torch.cat([params[index, v] for v in members]), valid.repeat(len(members), 1))
+                coloured.update({v: done[k * len(chunk):(k + 1) * len(chunk)] for k, v in enumerate(members)})
             for v, view in enumerate(self.plan.views):
-                xv = apply_colour(x.clone(), view.before_crop, params[index, v], valid) if view.before_crop else x
-                outs[v][index.to(device)] = resized_crop(xv, on_device[index.to(device), v], view.size,
+                outs[v][index.to(device)] = resized_crop(coloured.get(v, x), on_device[index.to(device), v], view.size,
                                                          view.interpolation, host=params[index, v])
-        result = []
+        # Views of one size with the same steps after the crop go through them together (each sample
+        # still with its own parameters): CW-RGP's four views take one pass instead of four.
+        groups: dict[tuple, list[int]] = {}
         for v, view in enumerate(self.plan.views):
-            y = apply_colour(outs[v], view.after_crop, params[:, v])
-            mean = torch.tensor(view.mean, device=device).view(1, 3, 1, 1)
-            std = torch.tensor(view.std, device=device).view(1, 3, 1, 1)
-            result.append(y.div_(255).sub_(mean).div_(std))  # ToTensor + Normalize, float32 as torchvision
+            groups.setdefault((view.size, view.after_crop, view.mean, view.std), []).append(v)
+        result: list[torch.Tensor] = [torch.empty(0)] * len(self.plan.views)
+        for (_, steps, mean, std), members in groups.items():
+            y = torch.cat([outs[v] for v in members]) if len(members) > 1 else outs[members[0]]
+            y = apply_colour(y, steps, torch.cat([params[:, v] for v in members]))
+            mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+            std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+            y = y.div_(255).sub_(mean_t).div_(std_t)  # ToTensor + Normalize, float32 as torchvision
+            for k, v in enumerate(members):
+                result[v] = y[k * n_img:(k + 1) * n_img]
         return result
 
     def report(self) -> str:
