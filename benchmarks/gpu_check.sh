@@ -12,8 +12,12 @@
 #   02_pretrain_r18.md pretraining step views/s, ResNet-18 CIFAR stem @ 32 px, recipe batches, beside a
 #                      cross-entropy step of the same backbone and batch; eager and torch.compile; peak memory
 #   03_pretrain_r50.md the same for ResNet-50 @ 224 px, bf16, channels_last
-#   04_pipeline.md     data pipeline views/s: per CPU worker, a DataLoader with all CPU workers, --gpu-augment,
-#                      and the workers the step tables above need (benchmarks/input_pipeline.py)
+#   04_pipeline.md     the input pipeline beside the step: host CPU ms per view of the PIL path and of
+#                      --device-views' host part, the device part's views/s on the GPU, the cores per GPU
+#                      each path needs with the step tables above, a DataLoader with all CPU workers, and
+#                      the GPU's JPEG decode against PIL's (benchmarks/input_pipeline.py)
+#   04b_device_views_run.md  views/s of short CW-RGP and INTL_M ImageNet runs (ResNet-50, bf16) with
+#                      --device-views on synthetic 500 x 375 JPEGs (benchmarks/device_views_run.py)
 #   05_cifar_runs.md   W-MSE and INTL ResNet-18 (CIFAR stem) on the CIFAR-10 JPEGs for TRAIN_SECONDS each
 #                      (epochs estimated from the step and loader tables), then kNN and the fast linear probe,
 #                      as records in DIR/records/ (never zoo/results)
@@ -33,7 +37,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1; shift ;;
     --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a folder; $usage" >&2; exit 2; }; OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1; $usage" >&2; exit 2 ;;
   esac
 done
@@ -192,13 +196,33 @@ for f in "$OUT"/pretrain_r*.json; do [ -f "$f" ] && TABLES+=("$f"); done
 
 # ------------------------------------------------------------------ 04 data pipeline
 if [ "$DRY" = 1 ]; then
-  PIPE=(--sizes 32 224 --images 4 --seconds 0 --min-images 2 --loader-workers 1 --loader-batches 1 --batch 4)
+  PIPE=(--sizes 32 224 --methods wmse intl intl_m --images 4 --seconds 0 --min-images 2 --loader-workers 1
+        --loader-batches 1 --batch 2 --device-repeats 1)
 else
-  PIPE=(--images 64 --seconds 2 --loader-workers "$NPROC" --loader-batches 4 --batch 128)
+  PIPE=(--images 64 --seconds 1.5 --loader-workers "$NPROC" --loader-batches 4 --batch 128 --device-repeats 3)
 fi
-part 04_pipeline "Data pipeline views/s beside the step" 200 \
-  "$PY" benchmarks/input_pipeline.py "${PIPE[@]}" --gpu-augment --device "$DEVICE" \
+part 04_pipeline "Input pipeline: host CPU per view (PIL, --device-views), device part views/s, cores per GPU" 200 \
+  "$PY" benchmarks/input_pipeline.py "${PIPE[@]}" --device "$DEVICE" \
   ${TABLES[@]:+--gpu-table "${TABLES[@]}"} --json "$OUT/pipeline.json"
+
+# ------------------------------------------------------------------ 04b --device-views in short real runs
+# CW-RGP's and INTL_M's ImageNet recipes, ResNet-50 bf16, on synthetic 500 x 375 JPEGs: the loader with
+# all but one core, the device part and the step together (benchmarks/device_views_run.py).
+SYNTH="$DATA/synth224"
+if [ "$DRY" = 1 ]; then
+  NSYNTH=16; VIEWRUN=(--device cpu --tiny --batch-size 8 --steps 2 --workers 1)
+else
+  NSYNTH=512; VIEWRUN=(--device cuda --amp bf16 --channels-last --batch-size 256 --steps 8 --workers $((NPROC - 1)))
+fi
+"$PY" - "$SYNTH" "$NSYNTH" <<'EOF' || STATUS=1
+import sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from input_pipeline import write_jpegs
+write_jpegs(Path(sys.argv[1]), int(sys.argv[2]), (500, 375))
+EOF
+part 04b_device_views_run "Short pretraining runs with --device-views: loader, device part and step together" 180 \
+  "$PY" benchmarks/device_views_run.py --data "$SYNTH" "${VIEWRUN[@]}"
 
 # ------------------------------------------------------------------ 05 short real runs on CIFAR-10
 # Epochs from the measured tables: budget x min(step views/s, loader views/s) / (50,000 images x views).

@@ -27,7 +27,7 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
                    "results. Records are named <task>_<model>_<protocol>_<dataset>_seed<S>_<id>.json, <id> a short "
                    "hash of the record's identity")
     cliargs.add_device(p)
-    cliargs.add_workers(p, cap=2)
+    cliargs.add_workers(p)
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     p.add_argument("--cache-dir", help="feature cache (default: $WSSL_ZOO_CACHE or ~/.cache/wssl_zoo/features)")
     p.add_argument("--normalisation", choices=["authors", "train"], default="authors",

@@ -1,4 +1,5 @@
-"""Datasets, multi-view transforms, seeding and GPU-side views (tiny generated images)."""
+"""Datasets, multi-view transforms and seeding (tiny generated images); the device views are in
+test_device_views.py."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from wssl_zoo.data.datasets import (
     read_idx,
     scan_images,
 )
-from wssl_zoo.data.gpu_augment import BatchViewAugment, RawImages, batch_view_augments, hsv_to_rgb, rgb_to_hsv
 from wssl_zoo.data.transforms import (
     MultiViewTransform,
     RandomGaussianBlur,
@@ -407,70 +407,3 @@ def test_seeded_views_are_deterministic_across_workers_epochs_and_callers(tmp_pa
     got = torch.cat([torch.stack(v, dim=1) for v, _ in loader])  # (N, views, 3, 16, 16)
     assert torch.equal(got, torch.stack([torch.stack(views[i][0]) for i in order]))
 
-
-# ---------------------------------------------------------------------------- GPU-side views
-
-
-def test_gpu_augment_shape_determinism_and_normalisation():
-    aug = BatchViewAugment(24, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    a = aug(images, torch.Generator().manual_seed(1))
-    b = aug(images, torch.Generator().manual_seed(1))
-    c = aug(images, torch.Generator().manual_seed(2))
-    assert a.shape == (16, 3, 24, 24) and a.dtype == torch.float32 and torch.equal(a, b) and not torch.equal(a, c)
-    assert a.min() >= -2 - 1e-5 and a.max() <= 2 + 1e-5  # [0, 1] normalised
-    torch.testing.assert_close(aug(images.float() / 255, torch.Generator().manual_seed(1)), a)
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        aug(images[:, :1], torch.Generator())
-
-
-def test_gpu_augment_geometry_and_colour_steps():
-    # seeded, and away from 0: the brightness factor is read back as bright / x, which bicubic resampling's
-    # ~1e-6 error makes meaningless on a pixel near 0 (the unseeded draw failed about one run in three)
-    x = 0.1 + 0.9 * torch.rand(6, 3, 20, 20, generator=torch.Generator().manual_seed(0))
-    plain = dict(mean=(0, 0, 0), std=(1, 1, 1), jitter_p=0.0, gray_p=0.0)
-    gen = torch.Generator().manual_seed(0)
-    identity = BatchViewAugment(20, scale=(1, 1), ratio=(1, 1), flip_p=0.0, **plain)(x, gen)
-    torch.testing.assert_close(identity, x, atol=1e-5, rtol=0)
-    flipped = BatchViewAugment(20, scale=(1, 1), ratio=(1, 1), flip_p=1.0, **plain)(x, gen)
-    torch.testing.assert_close(flipped, x.flip(-1), atol=1e-5, rtol=0)
-    grey = BatchViewAugment(20, mean=(0, 0, 0), std=(1, 1, 1), jitter_p=0.0, gray_p=1.0)(x, gen)
-    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
-    bright = BatchViewAugment(20, scale=(1, 1), ratio=(1, 1), flip_p=0.0, mean=(0, 0, 0), std=(1, 1, 1),
-                              jitter=(0.4, 0, 0, 0), jitter_p=1.0, gray_p=0.0)(x * 0.5, gen)
-    factor = bright / (x * 0.5)
-    assert torch.allclose(factor, factor.mean(dim=(1, 2, 3), keepdim=True).expand_as(factor), atol=1e-3)
-    assert 0.6 - 1e-4 <= factor.min() and factor.max() <= 1.4 + 1e-4
-    const = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)  # a constant image stays constant under crops
-    out = BatchViewAugment(16, **plain)(const, gen)
-    torch.testing.assert_close(out, torch.full_like(out, 128 / 255))
-    # HSV round trip and torchvision's hue shift
-    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
-    hsv = rgb_to_hsv(x)
-    hsv[:, 0] = torch.remainder(hsv[:, 0] + 0.07, 1.0)
-    torch.testing.assert_close(hsv_to_rgb(hsv).clamp(0, 1), TF.adjust_hue(x, 0.07), atol=1e-5, rtol=0)
-
-
-def test_gpu_crop_sampler_matches_torchvision_statistics():
-    aug = BatchViewAugment(32, (0, 0, 0), (1, 1, 1))
-    top, left, h, w = aug._crop_boxes(20000, 32, 48, torch.Generator().manual_seed(0), "cpu")
-    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 48).all()
-    torch.manual_seed(0)
-    ref = torch.tensor([T.RandomResizedCrop.get_params(torch.zeros(3, 32, 48), (0.2, 1.0), (3 / 4, 4 / 3))
-                        for _ in range(4000)], dtype=torch.float)
-    assert abs((h * w).mean() - (ref[:, 2] * ref[:, 3]).mean()) / (32 * 48) < 0.02
-    assert abs((w / h).mean() - (ref[:, 3] / ref[:, 2]).mean()) < 0.03
-
-
-def test_batch_view_augments_per_method_and_raw_images(tmp_path):
-    wmse = batch_view_augments("wmse", "cifar10", 32, 4)
-    assert len(wmse) == 4 and wmse[0].mean == dataset_stats("cifar10", "wmse")[0] and wmse[0].gray_p == 0.1
-    intl = batch_view_augments("intl", "cifar10", 32, 2)
-    assert [a.solarize_p for a in intl] == [0.0, 0.2] and all(a.crop_first and a.scale == (0.08, 1.0) for a in intl)
-    out = intl[1](torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
-    assert out.shape == (4, 3, 32, 32)
-    with pytest.raises(ValueError, match="small-image data"):
-        batch_view_augments("intl", "imagenet", 224, 2)
-    raw = RawImages(ImageFolderDataset(_folder(tmp_path)), 16)
-    image, target = raw[(3, 1)]
-    assert image.shape == (3, 16, 16) and image.dtype == torch.uint8 and target == 0

@@ -61,7 +61,7 @@ def test_every_per_method_table_covers_exactly_the_registry_methods():
     removed or misnamed fails too."""
     from wssl_zoo import demo, methods
     from wssl_zoo.convert import LAYOUTS
-    from wssl_zoo.data.gpu_augment import batch_view_augments
+    from wssl_zoo.data.device_views import ViewPlan
     from wssl_zoo.data.transforms import build_view_transform
     from wssl_zoo.heads import PROJECTORS
     from wssl_zoo.losses import LOSSES
@@ -77,7 +77,7 @@ def test_every_per_method_table_covers_exactly_the_registry_methods():
         assert LOSSES[method].method == method, "a loss declares the method whose facts it reads"
         assert RECIPES[demo.BASE_RECIPE[method]].method == method
         assert len(build_view_transform(method, "cifar10", 32, 2)) == 2
-        assert len(batch_view_augments(method, "cifar10", 32, 2)) == 2
+        assert len(ViewPlan(build_view_transform(method, "cifar10", 32, 2))) == 2
     with pytest.raises(ValueError, match="unknown method 'simclr'"):
         build_view_transform("simclr", "cifar10", 32, 2)
     with pytest.raises(ValueError, match="unknown method 'simclr'"):

@@ -89,17 +89,17 @@ def _observe(mp: pytest.MonkeyPatch) -> dict[str, list]:
     view augmentation to record its calls, and ``torch.utils.tensorboard`` to a recording writer.
     Returns the lists they fill: ``seen`` (per backbone call: input, dtype, memory formats of the
     input and the first conv's weight, autocast state, that conv's output dtype), ``made`` (per
-    augmentation call: raw dtype and shape, the view) and ``writers``."""
+    view the device views make: the decoded images' dtype and batch shape, the view) and ``writers``."""
     import sys
     import types
 
     import torch
 
-    from wssl_zoo.data import gpu_augment
+    from wssl_zoo.data import device_views
     from wssl_zoo.pretrain import loop
 
     seen, made = [], []
-    real_build, real_augment = loop.build_model, gpu_augment.BatchViewAugment.__call__
+    real_build, real_views = loop.build_model, device_views.DeviceViews.views
 
     def hooked(recipe, gather):
         model = real_build(recipe, gather)
@@ -121,13 +121,14 @@ def _observe(mp: pytest.MonkeyPatch) -> dict[str, list]:
         conv.register_forward_hook(conv_out)
         return model
 
-    def recording(self, images, gen):
-        out = real_augment(self, images, gen)
-        made.append(dict(raw=images.dtype, shape=tuple(images.shape), view=out.detach().clone()))
+    def recording(self, images, params):
+        out = real_views(self, images, params)
+        for view in out:
+            made.append(dict(raw=images[0].dtype, shape=(len(images), *images[0].shape), view=view.detach().clone()))
         return out
 
     mp.setattr(loop, "build_model", hooked)
-    mp.setattr(gpu_augment.BatchViewAugment, "__call__", recording)
+    mp.setattr(device_views.DeviceViews, "views", recording)
     fake = types.ModuleType("torch.utils.tensorboard")
     fake.SummaryWriter = _RecordingWriter
     mp.setitem(sys.modules, "torch.utils.tensorboard", fake)
@@ -187,19 +188,21 @@ def test_channels_last_reaches_the_conv_input_and_weights(tiny_images, tmp_path,
     assert all(c["channels_last"] and c["weight_channels_last"] for c in seen)
 
 
-def test_gpu_augment_makes_the_views_the_backbone_trains_on(tiny_images, tmp_path, control, observed):
-    """--gpu-augment: the loader yields raw uint8 images and the batched augmentation (here on the
-    CPU, the training device) makes every view the backbone sees; without it, it is never called."""
+def test_device_views_make_the_views_the_backbone_trains_on(tiny_images, tmp_path, control, observed):
+    """--device-views (older name --gpu-augment): the loader yields the JPEG files and the device
+    part (here on the CPU, the training device) decodes them to uint8 images and makes every view
+    the backbone sees; without it, it is never called. Its views are the PIL path's (control), value
+    for value: the parameters are the PIL pipeline's and every step is PIL's arithmetic."""
     import torch
 
     assert control["made"] == []
-    assert _pretrain_tiny(tiny_images, tmp_path / "gpu-views", "--gpu-augment")["gpu_augment"] is True
+    assert _pretrain_tiny(tiny_images, tmp_path / "gpu-views", "--gpu-augment")["device_views"] is True
     made, seen = observed["made"], observed["seen"]
     assert len(made) == len(seen) == TINY_STEPS * TINY_VIEWS
     assert {m["raw"] for m in made} == {torch.uint8} and {m["shape"] for m in made} == {(16, 3, 32, 32)}
     for m, c in zip(made, seen):
         assert torch.equal(m["view"], c["input"])  # the backbone trains on exactly these views
-    assert not any(torch.equal(a["input"], c["input"]) for a, c in zip(control["seen"], seen))
+    assert all(torch.equal(a["input"], c["input"]) for a, c in zip(control["seen"], seen))
 
 
 def test_tensorboard_logs_every_epoch_record(tiny_images, tmp_path, control, observed):

@@ -31,6 +31,9 @@ CASES = {
                                     "--set", "projector.out_dim=16"],
     "intl_lars": ["--recipe", "intl_cifar10", "--batch-size", "16", "--set", "optimizer=lars",
                   "--set", "projector.out_dim=16"],
+    # INTL_M's six crops made on the device; the resumed command does not repeat --device-views
+    "intl_m_device_views": ["--recipe", "intl_m_imagenet", "--batch-size", "16", "--set", "projector.out_dim=16",
+                            "--device-views"],
 }
 RUN = ["--workers", "0", "--eval-every", "0", "--no-progress", "--checkpoint-every", "1", "--device", "cpu"]
 COMMON = ["--dataset", "imagefolder", "--arch", "test_resnet", "--stem", "imagenet", "--img-size", "32",
@@ -128,6 +131,8 @@ def test_sigkill_after_a_seen_checkpoint_resumes_from_it_bit_identically(tmp_pat
             sorted(final["model"])[:20]
     if case == "intl_lars":
         assert all("lars_exclude" in g for g in final["optimizer"]["param_groups"])
+    if case == "intl_m_device_views":  # the resumed process made its views on the device too
+        assert json.loads((tmp_path / "killed" / "train_config.json").read_text())["options"]["device_views"] is True
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ eval.benchmark``, ``python -m detection.train`` and the demo take these flags wi
   the eval tools the folder their records go to, or one ``.json`` record file when exactly one
   record is written);
 - ``--workers N``: data-loading worker processes per training/eval process (default: the usable
-  cores less one, capped per tool);
+  cores / processes on the node, less one, at most :data:`WORKERS_CAP`; :func:`default_workers`);
 - ``--device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun a bare
   ``cuda`` is this process's ``LOCAL_RANK`` GPU; every tool turns it into a ``torch.device`` with
   :func:`device` (anything else, or CUDA where there is none, is a one-line error);
@@ -50,14 +50,51 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFou
                                                 IsADirectoryError, PermissionError, RuntimeError)
 
 
-def default_workers(cap: int = 8) -> int:
-    """Data-loading worker processes for this machine: ``min(cap, usable cores - 1)``, at least 0
-    (on a 2-core machine one worker, so the main process keeps a core)."""
+# The most data-loading workers one process gets by default: what a node with 16 cores per GPU gives
+# each of its processes (16 - 1, one core left to the process itself: the device views' stage, the
+# optimiser, NCCL). More workers per process feed nothing a GPU can use (with --device-views a
+# worker ships a 224-px image's views in well under a millisecond; without it even 15 PIL workers
+# fall short of an ImageNet step, so more cores per GPU are better spent on a faster pipeline) and
+# each costs memory: a Python process with torch and a copy-on-write view of the file list.
+WORKERS_CAP = 15
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask (what a scheduler's cpuset
+    grants), lowered to a cgroup v2 CPU quota when one is set (containers with ``--cpus``)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         cores = os.cpu_count() or 1
-    return max(0, min(cap, cores - 1))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 quota file
+        pass
+    return cores
+
+
+def local_processes() -> int:
+    """The processes sharing this node's cores: torchrun's ``LOCAL_WORLD_SIZE`` (1 outside torchrun)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def default_workers(cap: int = WORKERS_CAP) -> int:
+    """Data-loading worker processes per process on this machine, the one rule of every tool:
+    ``usable cores / processes on this node - 1``, at most ``cap``, at least 0 (on a 2-core machine
+    one worker, so the main process keeps a core; 15 per GPU process on a 128-core 8-GPU node)."""
+    return max(0, min(cap, usable_cores() // local_processes() - 1))
+
+
+def workers_rule(cap: int = WORKERS_CAP) -> str:
+    """:func:`default_workers` in words, with this machine's numbers."""
+    return (f"{default_workers(cap)}: {usable_cores()} usable cores / {local_processes()} process(es) on this node "
+            f"less one, at most {cap}")
 
 
 def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -94,11 +131,14 @@ def add_download(p) -> None:
                    "or ~/.cache/wssl_zoo/data/NAME; $WSSL_ZOO_DATA_MIRROR replaces the host (default: never download)")
 
 
-def add_workers(p, default: int | None = -1, what: str = "", cap: int = 8, aliases: tuple[str, ...] = ()) -> None:
-    """``default=-1`` means :func:`default_workers` (``cap``); ``None`` lets the tool decide (said in ``what``).
-    ``aliases`` are older spellings a tool keeps accepting (``detection.train --num-workers``)."""
+def add_workers(p, default: int | None = -1, what: str = "", cap: int = WORKERS_CAP,
+                aliases: tuple[str, ...] = ()) -> None:
+    """``default=-1`` means :func:`default_workers` (``cap``), its rule and this machine's numbers in
+    the help; ``None`` lets the tool decide (said in ``what``). ``aliases`` are older spellings a tool
+    keeps accepting (``detection.train --num-workers``). A tool says the number it runs with at its
+    start (pretraining does; nothing is printed when the arguments are parsed, so an error stays one line)."""
     value = default_workers(cap) if default == -1 else default
-    shown = (f"{value}: the usable cores less one, at most {cap}" if default == -1 else (what or "%(default)s"))
+    shown = workers_rule(cap) if default == -1 else (what or "%(default)s")
     also = f"; also spelled {', '.join(aliases)}" if aliases else ""
     p.add_argument("--workers", *aliases, dest="workers", type=int, default=value,
                    help=f"data-loading worker processes per process (default: {shown}){also}")

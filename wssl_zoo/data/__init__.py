@@ -1,5 +1,6 @@
 """Datasets (ImageFolder/ImageNet layout, CIFAR, STL-10, Fashion-MNIST), the per-method
-multi-view pretraining transforms, deterministic per-sample seeding and GPU-side batched views."""
+multi-view pretraining transforms, deterministic per-sample seeding, and the same views made on the
+training device (parameters drawn on the host, pixels made on the device)."""
 
 from .datasets import (
     ImageFolderDataset,
@@ -11,7 +12,7 @@ from .datasets import (
     read_idx,
     scan_images,
 )
-from .gpu_augment import BatchViewAugment, RawImages, batch_view_augments
+from .device_views import DeviceViews, HostViews, ViewPlan, collate_views
 from .transforms import (
     MultiViewTransform,
     SeededViews,
@@ -20,11 +21,12 @@ from .transforms import (
     derive_seed,
     eval_transform,
     intl_views,
+    seeded,
     wmse_views,
 )
 
 __all__ = [
     "ImageFolderDataset", "build_dataset", "balanced_subset", "dataset_stats", "eval_stats", "load_rgb", "read_idx", "scan_images",
     "MultiViewTransform", "build_view_transform", "wmse_views", "cwrgp_views", "intl_views", "eval_transform",
-    "SeededViews", "derive_seed", "BatchViewAugment", "batch_view_augments", "RawImages",
+    "SeededViews", "seeded", "derive_seed", "ViewPlan", "HostViews", "DeviceViews", "collate_views",
 ]

@@ -25,7 +25,7 @@ import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -50,8 +50,9 @@ class BadImageWarning(UserWarning):
     """An image file could not be decoded and was replaced by another sample."""
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Fully decode ``path`` and return it as RGB (grayscale, palette, RGBA, CMYK included).
+def load_rgb(path: str | os.PathLike | BinaryIO) -> Image.Image:
+    """Fully decode ``path`` (a file name or an open binary file) and return it as RGB (grayscale,
+    palette, RGBA, CMYK included).
 
     Raises one of :data:`DECODE_ERRORS` when the file is not a readable image.
     """

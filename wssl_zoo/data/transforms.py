@@ -25,10 +25,11 @@ Sources (read, not copied; the commits of ``wssl_zoo.pretrain.recipes``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import operator
 import random
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
@@ -343,13 +344,31 @@ def eval_transform(dataset: str, img_size: int, method: str | None = None,
 # ---------------------------------------------------------------------------- seeding
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Inside: torch's CPU generator and Python's ``random`` seeded with ``seed``; afterwards both
+    are as they were. The random draws of the view pipelines (torchvision's on the CPU generator,
+    the blur radius on ``random``) then depend on ``seed`` only."""
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed would also (lazily) seed every accelerator
+        # backend, which costs milliseconds per image and is not restored by fork_rng.
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+
+
 class SeededViews(Dataset):
     """``dataset`` seen through ``transform`` with reproducible randomness.
 
     Sample ``i`` in epoch ``e`` is transformed under torch's and Python's generators seeded with
-    ``derive_seed(seed, e, i)``, so its views do not depend on the number of DataLoader workers,
-    on which worker loads it, on the batch order or on whether the run was resumed. The caller's
-    generator states are restored afterwards. ``dataset[i]`` -> ``(views: list[Tensor], target)``.
+    ``derive_seed(seed, e, i)`` (:func:`seeded`), so its views do not depend on the number of
+    DataLoader workers, on which worker loads it, on the batch order or on whether the run was
+    resumed. The caller's generator states are restored afterwards. ``dataset[i]`` ->
+    ``(views: list[Tensor], target)``.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable, seed: int):
@@ -365,15 +384,6 @@ class SeededViews(Dataset):
 
     def __getitem__(self, index: int):
         image, target = self.dataset[index]
-        seed = derive_seed(self.seed, self.epoch, index)
-        python_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: torch.manual_seed would also (lazily) seed every accelerator
-            # backend, which costs milliseconds per image and is not restored by fork_rng.
-            torch.default_generator.manual_seed(seed)
-            random.seed(seed)
-            try:
-                views = self.transform(image)
-            finally:
-                random.setstate(python_state)
+        with seeded(derive_seed(self.seed, self.epoch, index)):
+            views = self.transform(image)
         return list(views) if isinstance(views, tuple) else views, target

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--overwrite", action="store_true", help="delete what --out holds first (by default a non-empty "
                      "folder that is not this run's is refused)")
     cliargs.add_device(run)
-    cliargs.add_workers(run, default=None, what=f"{cliargs.default_workers(4)}: the usable cores less one, at most 4")
+    cliargs.add_workers(run)
     cliargs.add_seed(run, help_seed="seed of everything: init, data order, augmentation, sub-batches", default=None,
                      shown="0, or the resumed run's")
     cliargs.add_amp(run, default=None, shown="none, or the resumed run's",
@@ -74,8 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--train-subset", type=int, help="pretrain on a class-balanced subset of about this many images")
     run.add_argument("--gather", choices=["auto", "yes", "no"], default=None,
                      help="whitening statistics over all DDP ranks (auto: INTL yes, W-MSE/CW-RGP per process as the authors)")
-    run.add_argument("--gpu-augment", action="store_true",
-                     help="make the views on the training device in batches (W-MSE / CW-RGP, images <= 96 px)")
+    run.add_argument("--device-views", "--gpu-augment", dest="device_views", action="store_true", default=None,
+                     help="decode the JPEGs and make the views on the training device, in batches, for every recipe "
+                     "(multi-crop included): the workers only read the files and draw each view's random parameters "
+                     "as the PIL pipeline does; on the CPU every view equals the PIL pipeline's (wssl_zoo/data/"
+                     "device_views.py states the tolerance); --gpu-augment is the older name (default: off, or the "
+                     "resumed run's)")
     run.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -155,19 +159,17 @@ def saved_config(args: argparse.Namespace) -> dict | None:
 
 # run options --resume takes from train_config.json when not given again, with their defaults
 RESUMED_OPTIONS = dict(data=None, seed=0, amp="none", eval_every=None, monitor_samples=2000, checkpoint_every=0,
-                       steps_per_epoch=None, train_subset=None, gather="auto")
+                       steps_per_epoch=None, train_subset=None, gather="auto", device_views=False)
 
 
 def run_options(args: argparse.Namespace) -> dict:
     """The run options: each flag given, else (with ``--resume``) the saved run's, else the default."""
-    from ..cliargs import default_workers
-
     saved = (saved_config(args) or {}).get("options", {}) if args.resume else {}
     values = {}
     for key, default in RESUMED_OPTIONS.items():
         given = getattr(args, key)
         values[key] = given if given is not None else saved.get(key, default)
-    values["workers"] = args.workers if args.workers is not None else default_workers(4)  # this machine's
+    values["workers"] = args.workers  # this machine's, never the resumed run's
     return values
 
 
@@ -187,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out is required")
     opts = RunOptions(
         out=Path(args.out), device=args.device, channels_last=args.channels_last, compile=args.compile,
-        resume=args.resume, overwrite=args.overwrite, gpu_augment=args.gpu_augment, tensorboard=args.tensorboard,
+        resume=args.resume, overwrite=args.overwrite, tensorboard=args.tensorboard,
         progress=not args.no_progress, **run_options(args),
     )
     summary = pretrain(recipe, opts)

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", type=int, default=50000, help="labelled training images (default: all of CIFAR-10)")
     p.add_argument("--queries", type=int, default=10000, help="held-out test images (default: %(default)s)")
     cliargs.add_seed(p, help_seed="seed of the subsets and the linear probe")
-    cliargs.add_workers(p, default=2)
+    cliargs.add_workers(p)
     cliargs.add_device(p)
     p.add_argument("--command", default="", help="the pretraining command, stored in the record")
     p.add_argument("--out", required=True, help="JSON record to write (an existing record of another measurement "

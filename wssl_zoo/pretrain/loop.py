@@ -60,7 +60,7 @@ class RunOptions:
     steps_per_epoch: int | None = None  # cap the steps of every epoch (smoke runs, benchmarks)
     train_subset: int | None = None  # pretrain on a class-balanced subset of this many images
     gather: str = "auto"  # auto | yes | no: whitening statistics over all DDP ranks
-    gpu_augment: bool = False  # make the views on the training device (small-image recipes)
+    device_views: bool = False  # decode and augment on the training device (wssl_zoo.data.device_views)
     tensorboard: bool = False
     progress: bool = True
 
@@ -238,7 +238,7 @@ class _Run:
     std: tuple = ()
     sampler: Any = None
     loader: Any = None
-    gpu_aug: Any = None  # the batch view augmentations of --gpu-augment, or None
+    device_views: Any = None  # the device part of --device-views (DeviceViews), or None
     steps_per_epoch: int = 0
     data_id: dict = field(default_factory=dict)  # what a resumed run must see again
     model: Any = None  # what trains (DDP-wrapped under torchrun)
@@ -344,18 +344,22 @@ def _setup_data(run: _Run) -> None:
         per_class = max(1, opts.train_subset // max(1, len(train_set.classes)))
         indices = balanced_subset(train_set.targets, per_class, opts.seed)
     sampler = EpochBatchSampler(indices, run.local_batch, opts.seed, run.rank, run.world, opts.steps_per_epoch)
-    if opts.gpu_augment:
-        from ..data.gpu_augment import RawImages, batch_view_augments
+    collate = None
+    if opts.device_views:  # workers draw the parameters and ship the files; the device makes the pixels
+        from ..data.device_views import DeviceViews, HostViews, collate_views
 
-        if recipe.multi_crop:
-            raise ValueError("--gpu-augment makes same-size views; it does not implement multi-crop")
-        run.gpu_aug = batch_view_augments(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views)
-        views_ds = RawImages(train_set, recipe.img_size)
+        views_ds, collate = HostViews(train_set, view_tf, opts.seed), collate_views
+        run.device_views = DeviceViews(views_ds.plan, run.device)
     else:
         views_ds = EpochIndexed(SeededViews(train_set, view_tf, opts.seed))
+    if run.is_main:
+        from ..cliargs import workers_rule
+
+        print(f"data: {opts.workers} loader workers per process (--workers; default {workers_rule()}), views made "
+              f"{f'on {run.device} (--device-views)' if opts.device_views else 'by PIL in the workers'}", flush=True)
     run.loader = DataLoader(
         views_ds, batch_sampler=sampler, num_workers=opts.workers, pin_memory=run.device.type == "cuda",
-        persistent_workers=opts.workers > 0,
+        persistent_workers=opts.workers > 0, collate_fn=collate,
     )
     run.train_set, run.sampler, run.steps_per_epoch = train_set, sampler, sampler.steps
     # what a resumed run must see again for the rest of the run to be the one it continues
@@ -485,10 +489,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     step = run.sampler.start_step
     for views, _ in run.loader:
         torch.manual_seed(derive_seed(opts.seed, 1, epoch, step))
-        if run.gpu_aug is not None:
-            raw = views.to(device, non_blocking=True)
-            gen = torch.Generator(device=device).manual_seed(derive_seed(opts.seed, 3, epoch, step))
-            views = [aug(raw, gen) for aug in run.gpu_aug]
+        if run.device_views is not None:
+            views = _device_views(run, views, epoch, step)
         views = [v.to(device, non_blocking=True) for v in views]
         if opts.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
@@ -532,6 +534,16 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     return dict(epoch=epoch + 1, global_step=run.global_step, loss=sum(losses) / max(len(losses), 1),
                 lr=run.schedule.lr_at(max(run.global_step - 1, 0)), views_per_s=views_seen / max(epoch_time, 1e-9),
                 epoch_seconds=epoch_time)
+
+
+def _device_views(run: _Run, batch, epoch: int, step: int) -> list[torch.Tensor]:
+    """The views of a loaded :class:`~wssl_zoo.data.device_views.EncodedBatch`, made on the
+    training device; at the end of the first epoch this process runs, the files the workers had
+    to decode (not baseline RGB JPEG) are reported once (rank 0: its share of the data)."""
+    views = run.device_views(batch)
+    if run.is_main and epoch == run.start_epoch and step == run.steps_per_epoch - 1 and run.device_views.report():
+        print(run.device_views.report(), flush=True)
+    return views
 
 
 def _end_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
