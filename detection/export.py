@@ -49,6 +49,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from wssl_zoo.cliargs import USER_ERRORS, run_cli
 from wssl_zoo.weights import ResolvedWeights, resolve
 
 __all__ = ["timm_to_detectron2", "detectron2_name", "layout_name", "ExportError", "load_backbone",
@@ -247,21 +248,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     if not args.out.endswith(".pkl"):
-        print(f"error: --out {args.out}: detectron2 checkpoints must end in .pkl", file=sys.stderr)
-        return 2
-    try:
-        backbone, weights = load_backbone(args.model)
-        pkl, side = export_detectron2(backbone, weights, args.out, args.layout)
-    except (ExportError, ValueError, FileNotFoundError, OSError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ExportError(f"--out {args.out}: detectron2 checkpoints must end in .pkl")
+    backbone, weights = load_backbone(args.model)
+    pkl, side = export_detectron2(backbone, weights, args.out, args.layout)
     with open(pkl, "rb") as fh:
         n = len(pickle.load(fh)["model"])
     print(json.dumps({"out": str(pkl), "input_settings": str(side), "tensors": n, "layout": args.layout}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m detection.export``; errors are one line (``detection.export: error: ...``), exit 2."""
+    args = _parser().parse_args(argv)
+    return run_cli("detection.export", lambda: run(args), USER_ERRORS + (OSError,))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import re
 import warnings
 from pathlib import Path
 
+from wssl_zoo import catalogue
+
 PROTOCOL_VERSION = 1
 
 
@@ -29,7 +31,7 @@ class UsageError(ValueError):
     pass
 
 
-DATASETS = ("coco", "voc")
+DATASETS = catalogue.names("detection")  # coco, voc: the catalogue's detection datasets
 
 
 def resume_argv(argv: list[str], opts: list[str]) -> list[str]:
