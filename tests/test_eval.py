@@ -101,7 +101,7 @@ def test_fast_protocol_writes_a_valid_record_and_the_second_run_hits_the_cache(m
     assert first["cache_hit"] is False and first["protocol"]["name"] == "fast+epochs=30"
     assert first["weights_sha256"] == sha256_file(model_dir / "model.safetensors")
     assert first["train_samples"] == 24 and first["test_samples"] == 12 and "python -m eval.linear" in first["command"]
-    assert len(list(cache.glob("*.safetensors"))) == 2  # train and test features
+    assert len(list(cache.glob("*/index.json"))) == 2  # train and test features (a folder of shards each)
     assert linear.main([*_common(model_dir, folder, out), "--epochs", "30"]) == 0
     second = json.loads(out.read_text())
     assert second["cache_hit"] is True and second["metrics"] == first["metrics"]
