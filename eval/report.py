@@ -8,8 +8,8 @@ metric kind (accuracy %, AP, effective rank). ``--check`` compares the Markdown 
 for the PNG, the plotted data stored inside it (``wssl_zoo.plots.png_data``), not its pixels.
 
 Rows are models, columns are (task, protocol, dataset); a cell is the mean over seeds (± std
-when there are several) of top-1 accuracy (linear, k-NN, semi-supervised) or box AP
-(detection). Records whose protocol carries overrides (``+epochs=2``...) are shown with the
+when there are several) of top-1 accuracy (linear, k-NN, semi-supervised) after the final epoch or
+box AP (detection). A protocol of wssl-zoo's own (``fast``) is labelled so in its column. Records whose protocol carries overrides (``+epochs=2``...) are shown with the
 override in the column name, never merged with the full protocol. The output depends only on
 the records, so rendering twice gives the same bytes.
 """
@@ -22,10 +22,11 @@ from pathlib import Path
 
 from wssl_zoo.paths import workspace
 
-from .records import RESULTS_DIR, aggregate, is_full_evaluation, read_records
+from .records import RESULTS_DIR, aggregate, is_full_evaluation, is_own_protocol, read_records
 
 REPO = workspace()  # see wssl_zoo.paths: the checkout, else $WSSL_ZOO_HOME or the current directory
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+OWN_LABEL = "wssl-zoo's own protocol"  # column label of a protocol that is no paper's (the quick fast probe)
 HEADLINE = {"linear": "top1", "knn": "top1", "semi_1pct": "top1", "semi_10pct": "top1", "coco": "bbox_AP",
             "voc": "bbox_AP50", "spectrum": "backbone_effective_rank"}
 
@@ -52,7 +53,8 @@ def table_cells(records: list[dict]) -> tuple[list[str], list[str], dict[tuple[s
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         model = r.get("model_label") or r["model"]
-        column = f"{r['task']} / {_short(r['protocol']['name'])} / {r['dataset']['name']}"
+        own = f" ({OWN_LABEL})" if is_own_protocol(r) else ""
+        column = f"{r['task']} / {_short(r['protocol']['name'])}{own} / {r['dataset']['name']}"
         groups.setdefault((model, column), []).append(r)
     cells = {}
     for key, recs in groups.items():
@@ -97,7 +99,9 @@ def render_leaderboard(records: list[dict], skipped: int = 0) -> str:
         lines.append(f"| {model} | " + " | ".join(row) + " |")
     files = sorted(r["file"] for r in records)
     lines += ["", f"Cells: top-1 % (classification), box AP (detection) or the backbone's effective rank (spectrum); "
-              "final epoch, mean over seeds. "
+              "after the final epoch (the records also give the best test epoch, `best_epoch` / `best_metrics`, not "
+              f"shown here), mean over seeds. Columns marked \"{OWN_LABEL}\" (`fast`: a quick probe on cached "
+              "features) are not comparable with paper numbers. "
               f"{len(files)} records in `zoo/results/`; each holds the command that reproduces it."
               + (f" {skipped} records with protocol overrides or subsets are not shown (`python -m eval.report` "
                  "names them)." if skipped else "")]
