@@ -395,8 +395,9 @@ def test_spectrum_cli_covers_backbone_and_projector(model_dir, folder, tmp_path)
 @pytest.mark.slow
 @pytest.mark.gloo
 def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tmp_path):
-    """Two gloo processes each extract a shard; every rank ends with the whole matrix, in order
-    (torchrun's environment from tests/warm.py)."""
+    """2 processes = 1 process for feature extraction: two gloo processes each write the shard of their
+    block of rows to the cache, and every rank that asks for the whole matrix reads the same features,
+    in order, as one process extracts (torchrun's environment from tests/warm.py)."""
     import warm
     from eval.features import cached_features
     from wssl_zoo.weights import resolve
@@ -422,3 +423,5 @@ def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tm
     for rank in (0, 1):
         xr, yr = torch.load(tmp_path / f"out.{rank}")
         assert torch.equal(yr, y) and torch.allclose(xr, x, atol=1e-6)
+    (index,) = (tmp_path / "c").glob("*/index.json")
+    assert [(s["start"], s["stop"]) for s in json.loads(index.read_text())["shards"]] == [(0, 12), (12, 24)]
