@@ -85,9 +85,10 @@ def add_checkpoint_flags(p: argparse.ArgumentParser, what: str) -> None:
                    "<record>.final.ckpt once the record is written (default: delete it)")
 
 
-def finished_record(args, record: Path) -> dict | None:
-    """With ``--resume``: the record at ``record`` when it exists and no checkpoint is beside it (that seed
-    finished before the interruption; it is not run again), else None. Rank 0 reads, every rank gets it."""
+def finished_record(args, record: Path, expected: dict) -> dict | None:
+    """With ``--resume``: the record at ``record`` when it exists, measures what ``expected`` (a record or
+    its identity fields) does, and no checkpoint is beside it (that seed finished before the interruption;
+    it is not run again), else None. Rank 0 reads, every rank gets it."""
     import json
 
     import torch.distributed as dist
@@ -104,6 +105,8 @@ def finished_record(args, record: Path) -> dict | None:
             found[0] = json.loads(record.read_text())
         except (OSError, ValueError):
             found[0] = None
+        if not isinstance(found[0], dict) or record_identity(found[0]) != record_identity(expected):
+            found[0] = None  # another measurement (or none): write_record refuses to replace it, naming it
     if world > 1:
         dist.broadcast_object_list(found, src=0)
     if found[0] is not None and rank == 0:

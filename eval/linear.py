@@ -263,10 +263,10 @@ def evaluate(args, command: str, seed: int) -> dict:
     train_split = build_split(args.dataset, args.data, "train")
     fingerprint = dataset_fingerprint(train_split)
     dataset = dict(name=args.dataset, root=str(args.data), fingerprint=fingerprint)
-    path = record_path(args, "linear", weights.label, proto_record["name"], seed,
-                       dict(task="linear", weights_sha256=weights.weights_sha256, protocol=proto_record,
-                            dataset=dataset, seed=seed))
-    done = finished_record(args, path)
+    identity = dict(task="linear", weights_sha256=weights.weights_sha256, protocol=proto_record, dataset=dataset,
+                    seed=seed)
+    path = record_path(args, "linear", weights.label, proto_record["name"], seed, identity)
+    done = finished_record(args, path, identity)
     if done is not None:
         return done
     opts = dict(workers=args.workers, progress=not args.no_progress, normalisation=args.normalisation, amp=args.amp)

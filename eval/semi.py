@@ -271,10 +271,10 @@ def run(args, command: str) -> int:
                                                 epochs=args.epochs, batch_size=args.batch_size)
         proto_record = mark_overrides(proto_record, args.normalisation, args.amp)
         dataset = dict(name=args.dataset, root=str(args.data), fingerprint=fingerprint)
-        path = record_path(args, task, weights.label, proto_record["name"], seed,
-                           dict(task=task, weights_sha256=weights.weights_sha256, protocol=proto_record,
-                                dataset=dataset, seed=seed))
-        if finished_record(args, path) is not None:
+        identity = dict(task=task, weights_sha256=weights.weights_sha256, protocol=proto_record, dataset=dataset,
+                        seed=seed)
+        path = record_path(args, task, weights.label, proto_record["name"], seed, identity)
+        if finished_record(args, path, identity) is not None:
             continue
         job = checkpoint_for(args, path, {"task": task, "model hash": weights.weights_sha256, "protocol": proto_record,
                                           "data fingerprint": {"train": fingerprint, "test": dataset_fingerprint(test)},

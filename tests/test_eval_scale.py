@@ -374,6 +374,10 @@ def test_a_checkpoint_is_never_clobbered_and_a_wrong_resume_is_refused_naming_th
     torch.save(dict(final, epoch=1, history=final["history"][:1]), ckpt)  # the right one resumes
     assert linear.main([*argv, "--resume"]) == 0 and not ckpt.exists()
     assert "resuming from" in capsys.readouterr().out
+    # --resume skips only a record of the same measurement: another model's run into that file is refused
+    other = [*argv[:argv.index("--model") + 1], "random:test_resnet:imagenet:32", *argv[argv.index("--model") + 2:]]
+    assert linear.main([*other, "--resume"]) == 2
+    assert f"{out} holds another measurement" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- SIGKILL / SIGTERM + --resume
