@@ -328,7 +328,7 @@ class FeatureShards:
     def nbytes(self) -> int:
         return self.rows * self.dim * 4
 
-    def chunks(self, rows: int = 65536, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    def chunks(self, rows: int = 16384, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """``(first row, (n, F) float32 tensor)`` over rows ``start..stop`` in order, at most ``rows`` at a
         time; each chunk lies inside one shard and is a view of its memory map (no copy)."""
         stop = self.rows if stop is None else stop
@@ -356,7 +356,7 @@ class FeatureShards:
         """The whole matrix in memory (a copy: the consumer asked for every row)."""
         return self.range(0, self.rows)
 
-    def to(self, device: torch.device | str, rows: int = 65536) -> torch.Tensor:
+    def to(self, device: torch.device | str, rows: int = 16384) -> torch.Tensor:
         """The whole matrix on ``device``, filled chunk by chunk (host memory: one chunk)."""
         out = torch.empty(self.rows, self.dim, device=device)
         for first, chunk in self.chunks(rows):
