@@ -583,6 +583,37 @@ def test_two_gloo_processes_train_the_classifier_of_one_process(model_dir, folde
 
 @pytest.mark.slow
 @pytest.mark.gloo
+def test_in_memory_extraction_of_the_monitor_gives_every_rank_the_matrix_of_one_process(tmp_path):
+    """extract_features (the pretraining monitor's few thousand images) under 2 gloo processes: each rank
+    extracts its block (11 of 21 rows, then 10), the blocks are all-gathered as tensors, every rank
+    holds one process's matrix in order."""
+    import warm
+
+    script = tmp_path / "x.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "from torch.utils.data import TensorDataset\n"
+        "from wssl_zoo.evaluation import extract_features\n"
+        "dist.init_process_group('gloo')\n"
+        "x = torch.arange(21 * 3, dtype=torch.float32).view(21, 3)\n"
+        "torch.manual_seed(0)\n"
+        "feats, labels = extract_features(torch.nn.Linear(3, 4), TensorDataset(x, torch.arange(21)), batch_size=4,"
+        " workers=0)\n"
+        "torch.save((feats, labels), f'{sys.argv[1]}.{dist.get_rank()}')\n"
+        "dist.destroy_process_group()\n")
+    run = warm.torchrun(2, [str(script), str(tmp_path / "out")], cwd=REPO, timeout=300,
+                        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    torch.manual_seed(0)  # the Linear(3, 4) every rank built
+    with torch.no_grad():
+        one = torch.nn.Linear(3, 4)(torch.arange(21 * 3, dtype=torch.float32).view(21, 3))
+    for rank in (0, 1):
+        feats, labels = torch.load(tmp_path / f"out.{rank}")
+        assert labels.tolist() == list(range(21)) and torch.allclose(feats, one, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.gloo
 def test_semi_under_two_processes_records_the_world_and_per_process_batch(model_dir, folder, tmp_path):
     """Fine-tuning as the authors ran it: DDP, BN statistics per process (no SyncBN), so the record says
     how it ran; the run resumes only at the same world size."""
