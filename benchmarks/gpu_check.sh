@@ -25,6 +25,9 @@
 #                      (benchmarks/linear_probe.py, on the INTL run)
 #   07_detection.md    seconds per iteration of Mask R-CNN R50-C4 at 800 px, protocol batch 2 per GPU
 #                      (benchmarks/detection_speed.py), and a pycocotools read of coco-tiny's annotations
+#   08_eval_scale.md   feature extraction images/s and peak RSS per rank at 2k/8k/32k CIFAR-10 JPEGs (sharded to
+#                      disk against gathered in memory), seconds per augmented linear epoch (ResNet-50 @ 224 px)
+#                      per 1,000 images and the ImageNet projection (benchmarks/eval_scale.py)
 # A part that fails writes FAILED into its file and the script goes on; the exit status is then 1.
 # Environment: TRAIN_SECONDS (default 60 on a GPU: with the compile rows, 2 x 3 minutes of training would
 # not fit in 8 minutes; set 180 when the machine is lent for longer), PYTHON (default python).
@@ -37,7 +40,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1; shift ;;
     --out) [ $# -ge 2 ] || { echo "gpu_check.sh: --out needs a folder; $usage" >&2; exit 2; }; OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1; $usage" >&2; exit 2 ;;
   esac
 done
@@ -333,6 +336,17 @@ with contextlib.redirect_stdout(io.StringIO()):
 print(f"\npycocotools reads coco-tiny val: {len(coco.getImgIds())} images, {len(coco.getAnnIds())} annotations.")
 EOF
 fi
+
+# ------------------------------------------------------------------ 08 evaluation at scale
+if [ "$DRY" = 1 ]; then
+  ES=(--device cpu --sizes 32 64 --ranks 1 2 --modes shards --workers 1 --aug-images 20 --aug-arch resnet18
+      --aug-img-size 32)
+else
+  # 2 ranks need 2 GPUs (NCCL puts one rank on each): one rank here
+  ES=(--device cuda --sizes 2000 8000 32000 --ranks 1 --workers "$NPROC" --aug-images 2000)
+fi
+part 08_eval_scale "Evaluation at scale: feature extraction per rank, augmented linear epoch, ImageNet projection" 240 \
+  "$PY" benchmarks/eval_scale.py --data "$CIFAR" "${ES[@]}" --json "$OUT/eval_scale.json"
 
 say "finished in $(( $(date +%s) - START ))s, tables in $OUT (status $STATUS)"
 echo "$OUT"

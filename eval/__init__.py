@@ -3,7 +3,8 @@
 
 # name -> what it does: the one list, shown by `python -m eval` and `wssl-zoo --help`
 COMMANDS = {
-    "linear": "linear classifier on a frozen backbone (protocols fast, small, intl, intl_plain, cwrgp)",
+    "linear": "linear classifier on a frozen backbone (the model's paper protocol: small, intl, intl_plain, cwrgp; "
+              "fast: wssl-zoo's quick probe)",
     "knn": "k-NN on cached features (knn5: the papers' 5-NN majority vote; knn200: weighted cosine)",
     "semi": "fine-tuning on a 1 % / 10 % labelled subset (semi_intl, semi_simclr); split files",
     "spectrum": "covariance eigenvalues and effective rank of backbone and projector features",

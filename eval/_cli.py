@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -28,13 +29,18 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
                    "hash of the record's identity")
     cliargs.add_device(p)
     cliargs.add_workers(p)
-    p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
+    p.add_argument("--batch-size", type=int, help="override the protocol's batch size (the global batch: under torchrun "
+                   "each of W processes takes 1/W of it; recorded as an override; for knn and spectrum the extraction "
+                   "batch per process)")
     p.add_argument("--cache-dir", help="feature cache (default: $WSSL_ZOO_CACHE or ~/.cache/wssl_zoo/features)")
     p.add_argument("--normalisation", choices=["authors", "train"], default="authors",
                    help="authors: normalise as the model's authors evaluate (INTL's CIFAR evaluation uses other "
                    "statistics than its training views, winci-ai/INTL cifar/eval/dataloader.py:63-67,77-81); train: "
                    "the training normalisation everywhere, the corrected behaviour, recorded as a protocol override "
                    "(default: %(default)s)")
+    cliargs.add_amp(p, note="; every evaluation runs in float32 as the authors' do (INTL evaluate.py, CW-RGP "
+                    "ImageNet/lincls.py, W-MSE eval/get_data.py: no autocast), and bf16 / fp16 is recorded as a protocol "
+                    "override (+amp=...), never as the paper's protocol", shown="none = float32")
     cliargs.add_progress(p)
 
 
@@ -60,6 +66,55 @@ def record_path(args, task: str, label: str, protocol: str, seed: int, record: d
     return default_record_path(task, label, protocol, args.dataset, seed, folder, record)
 
 
+def checkpoint_for(args, record: Path, identity: dict):
+    """The :class:`eval.training.Checkpoint` of the evaluation that writes ``record``: ``<record>.ckpt``
+    beside it (the same command finds it again), resumed with ``--resume``."""
+    from .training import Checkpoint, resume_with
+
+    return Checkpoint(record.with_name(record.stem + ".ckpt"), identity, bool(getattr(args, "resume", False)),
+                      resume_with(args.module, args.argv), keep=bool(getattr(args, "keep_checkpoint", False)))
+
+
+def add_checkpoint_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """``--resume`` and ``--keep-checkpoint`` of the evaluations that train (linear, semi)."""
+    from wssl_zoo import cliargs
+
+    cliargs.add_resume(p, f"{what} (the checkpoint <record>.ckpt next to its record, written after every epoch)")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the last checkpoint (the trained weights, optimiser state and per-epoch test metrics) as "
+                   "<record>.final.ckpt once the record is written (default: delete it)")
+
+
+def finished_record(args, record: Path, expected: dict) -> dict | None:
+    """With ``--resume``: the record at ``record`` when it exists, measures what ``expected`` (a record or
+    its identity fields) does, and no checkpoint is beside it (that seed finished before the interruption;
+    it is not run again), else None. Rank 0 reads, every rank gets it."""
+    import json
+
+    import torch.distributed as dist
+
+    from wssl_zoo.distributed import rank_world
+
+    from .records import record_identity
+
+    rank, world = rank_world()
+    found: list = [None]
+    if rank == 0 and getattr(args, "resume", False) and record.is_file() and \
+            not record.with_name(record.stem + ".ckpt").is_file():
+        try:
+            found[0] = json.loads(record.read_text())
+        except (OSError, ValueError):
+            found[0] = None
+        if not isinstance(found[0], dict) or record_identity(found[0]) != record_identity(expected):
+            found[0] = None  # another measurement (or none): write_record refuses to replace it, naming it
+    if world > 1:
+        dist.broadcast_object_list(found, src=0)
+    if found[0] is not None and rank == 0:
+        print(f"--resume: {record} is written and has no checkpoint: seed {found[0].get('seed')} finished "
+              f"(identity {record_identity(found[0])[:8]}); not run again", flush=True)
+    return found[0]
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     from wssl_zoo.cliargs import command_line as line
 
@@ -69,11 +124,13 @@ def command_line(module: str, argv: list[str] | None) -> str:
 def run_main(module: str, build: Callable[[], argparse.ArgumentParser], run: Callable, argv: list[str] | None) -> int:
     """Parse, run, and turn expected errors into one line on stderr and exit status 2
     (:func:`wssl_zoo.cliargs.run_cli`). Under torchrun the process group is set up here (feature
-    extraction is sharded and gathered, fine-tuning uses DDP); only rank 0 writes records."""
+    extraction writes per-rank shards, the probes and fine-tuning use DDP); only rank 0 writes records
+    and checkpoints."""
     from wssl_zoo import distributed
     from wssl_zoo.cliargs import run_cli
 
     args = build().parse_args(argv)
+    args.module, args.argv = module, list(argv) if argv is not None else sys.argv[1:]  # the resume command's parts
     processes: list[distributed.Process] = []
 
     def go() -> int:

@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="linear,knn", help=f"comma-separated, from {','.join(TASKS)} (default: %(default)s)")
     p.add_argument("--data-root", required=True, metavar="DIR", help="holds imagenet/ (or <dataset>/) and coco/")
     cliargs.add_dataset(p, help_extra="; the data is read from DIR/imagenet for an image folder, else DIR/<dataset>")
-    p.add_argument("--linear-protocol", default="fast", help="protocol of the linear task (default: %(default)s)")
+    p.add_argument("--linear-protocol", default=None,
+                   help="protocol of the linear task (default: each model's paper protocol, printed, as eval.linear "
+                   "picks it; fast, wssl-zoo's quick probe, where none applies)")
     p.add_argument("--semi-protocol", default="semi_intl", help="recipe of semi1/semi10 (default: %(default)s)")
     # INTL's COCO numbers: detection/configs/coco_R_50_C4_2x.yaml (winci-ai/INTL@0aa69af); CW-RGP: "same as MoCo" (2x)
     p.add_argument("--coco-config", default="coco_R_50_C4_2x",
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds per task (default: %(default)s)")
     p.add_argument("--results-dir", default=None, help="where records go (default: zoo/results)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    cliargs.add_amp(p, default=None, shown="none = float32, the authors' precision",
+                    note="; passed to every task (detection.train --amp too), recorded as a protocol override")
     p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return p
@@ -72,12 +76,21 @@ def run(args, command: str) -> int:
     data = root / ("imagenet" if args.dataset == "imagefolder" else args.dataset)
     common = ["--dataset", args.dataset, "--data", str(data), "--device", args.device, "--workers", str(args.workers),
               "--seeds", "1"] + (["--no-progress"] if args.no_progress else [])
-    protocol_of = {"linear": args.linear_protocol, "knn": "knn5", "semi1": args.semi_protocol,
-                   "semi10": args.semi_protocol, "coco": args.coco_config}
+    if args.amp:
+        common += ["--amp", args.amp]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     done = skipped = 0
     for model in models:
         label = spec_label(model)
+        protocol_of = {"linear": args.linear_protocol, "knn": "knn5", "semi1": args.semi_protocol,
+                       "semi10": args.semi_protocol, "coco": args.coco_config}
+        if "linear" in tasks and not args.linear_protocol:
+            from wssl_zoo.weights import resolve
+
+            from .protocols import paper_linear_protocol
+
+            protocol_of["linear"], why = paper_linear_protocol(resolve(model), args.dataset)
+            print(f"[{label}] linear protocol {protocol_of['linear']}: {why}", flush=True)
         for task in tasks:
             for seed in range(args.seeds):
                 path = default_record_path(f"bench-{task}", label, protocol_of[task], args.dataset, seed, results)
@@ -87,7 +100,7 @@ def run(args, command: str) -> int:
                 if task == "linear":
                     from .linear import main as entry
 
-                    argv = ["--model", model, "--protocol", args.linear_protocol, *epochs, *common]
+                    argv = ["--model", model, "--protocol", protocol_of["linear"], *epochs, *common]
                 elif task == "knn":
                     from .knn import main as entry
 
@@ -115,6 +128,7 @@ def run(args, command: str) -> int:
                             *(["--ims-per-batch", str(args.coco_ims_per_batch)] if args.coco_ims_per_batch else []),
                             *(["--backend", args.coco_backend] if args.coco_backend else []),
                             *[a for item in args.coco_set for a in ("--set", item)],
+                            *(["--amp", args.amp] if args.amp else []),
                             *(["--no-progress"] if args.no_progress else [])]
                 if task != "coco":
                     argv = [*argv, "--seed", str(seed), "--out", str(path)]

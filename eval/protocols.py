@@ -15,7 +15,8 @@ and line it comes from, lives once in ``wssl_zoo/methods/<method>.py`` (``PROTOC
   picked per model by :func:`protocol_for_model`;
 - ``cwrgp``: CW-RGP ``ImageNet/lincls.py`` (MoCo-style, LARC-wrapped SGD, cosine);
 - ``small``: W-MSE / CW-RGP ``eval/sgd.py`` on precomputed features (the CIFAR/STL/Tiny protocol);
-- ``fast``: wssl-zoo's quick probe on cached features (not a paper's protocol);
+- ``fast``: wssl-zoo's quick probe on cached features (not a paper's protocol; the default only where no
+  paper protocol applies, :func:`paper_linear_protocol`);
 - ``knn5`` (the papers' Euclidean 5-NN) and ``knn200`` (the weighted cosine k-NN);
 - ``semi_intl`` / ``semi_intl_plain`` (INTL ``evaluate.py --weights finetune``) and ``semi_simclr``.
 
@@ -28,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from wssl_zoo.methods import protocol_definitions, protocol_variant
+from wssl_zoo import catalogue
+from wssl_zoo.methods import linear_protocol, protocol_definitions, protocol_variant
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,36 @@ def protocol_for_model(name: str, recipe: str | None) -> str:
     ('intl_plain', 'intl')
     """
     return protocol_variant(name, recipe)
+
+
+OWN_LINEAR = "fast"  # wssl-zoo's quick probe: the default where no paper protocol applies
+
+
+def paper_linear_protocol(weights, dataset: str) -> tuple[str, str]:
+    """``(protocol, why)``: the linear protocol of the paper of the model ``weights`` resolves to, for
+    ``eval.linear`` / ``eval.benchmark`` without ``--protocol``. A model whose method and pretraining
+    dataset are known (registry entry, or a run's ``config.json``) gets what its authors ran on such a
+    model (the methods' ``linear_protocol`` facts: ``small`` for CIFAR / STL-10 / Tiny-ImageNet,
+    ``intl`` / ``cwrgp`` for ImageNet; then :func:`protocol_for_model`, e.g. ``intl_plain``); anything
+    else (a random init, an unknown folder, an evaluation on another dataset than the pretraining one)
+    gets :data:`OWN_LINEAR`, wssl-zoo's quick probe, and ``why`` says so."""
+    method, pretrained = weights.method, weights.pretrain_dataset
+    ours = f"{OWN_LINEAR!r}, wssl-zoo's quick probe (not a paper protocol)"
+    if not method or not pretrained:
+        return OWN_LINEAR, f"{ours}: the model's method or pretraining dataset is unknown"
+    try:
+        pretrained = catalogue.canonical(pretrained)
+    except catalogue.UnknownDatasetError:
+        return OWN_LINEAR, f"{ours}: pretrained on {pretrained!r}, which no paper evaluates"
+    if dataset != "imagefolder" and catalogue.canonical(dataset) != pretrained:
+        return OWN_LINEAR, (f"{ours}: the model was pretrained on {catalogue.display_name(pretrained)} and is evaluated "
+                            f"on {catalogue.display_name(dataset)}, for which its paper has no linear protocol")
+    found = linear_protocol(method, pretrained)
+    if found is None:
+        return OWN_LINEAR, f"{ours}: the {method} authors published no linear evaluation of {pretrained} models"
+    name = protocol_for_model(found[0], weights.recipe)
+    return name, (f"the {method} authors' protocol for models pretrained on {catalogue.display_name(pretrained)} "
+                  f"({found[1]})")
 
 
 def get_protocol(name: str, kind: str | None = None):

@@ -3,6 +3,6 @@ records too, and ``wssl_zoo`` never imports ``eval``); this module re-exports th
 
 from wssl_zoo.records import (  # noqa: F401
     PRETRAIN_EVAL_TASK, RECORD_SCHEMA_VERSION, REQUIRED, RESULTS_DIR, SCHEMA_VERSION, aggregate, dataset_fingerprint,
-    default_record_path, hardware, is_full_evaluation, make_record, read_records, record_file,
+    default_record_path, hardware, is_full_evaluation, is_own_protocol, make_record, read_records, record_file,
     record_identity, validate_record, write_record,
 )

@@ -13,9 +13,14 @@ relative to ``ROOT/train`` (image folders) or sample indices (torchvision datase
 Recipes (eval/protocols.py): ``semi_intl`` (INTL's ``evaluate.py --weights finetune``, Barlow
 Twins style: 20 epochs, separate backbone lr 0.004 and classifier lr 0.2 per 256 images, constant
 as INTL's published commands run it, BN in train mode) and ``semi_simclr`` (Nesterov SGD, lr 0.05
-per 256 images, 60 epochs for 1 %, 30 for 10 %). The accuracy is measured after the final epoch on
-the val/test split. Under torchrun the fine-tuning runs with DDP (each process takes
-batch/world images of its DistributedSampler shard); rank 0 writes the record.
+per 256 images, 60 epochs for 1 %, 30 for 10 %). Top-1/top-5 on the val/test split are measured
+after every epoch (as INTL's ``evaluate.py:219``); the record's ``metrics`` are the final epoch's,
+``best_epoch`` / ``best_metrics`` the best one's. Under torchrun the fine-tuning runs as the authors
+ran it: DDP without SyncBN (BatchNorm statistics per process), each process taking batch / world
+images of every global batch (eval/training.py); the record stores the world size and the
+per-process batch, since the result depends on them. float32 unless ``--amp``. A checkpoint next to
+the record is written after every epoch (and on SIGTERM / SIGUSR1 after the current step, then exit
+status 75): rerun the same command with ``--resume`` to continue. Rank 0 writes the record.
 """
 
 from __future__ import annotations
@@ -28,12 +33,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from wssl_zoo import cliargs
 
-from ._cli import add_common, check_out, record_path, run_main
+from ._cli import add_checkpoint_flags, add_common, check_out, checkpoint_for, finished_record, record_path, run_main
 from .protocols import get_protocol, protocol_for_model, with_overrides
 
 IMAGENET_COUNTS = {"1pct": 12811, "10pct": 128116}
@@ -108,84 +112,94 @@ def make_split_file(train, percent: float, seed: int, out: str | Path) -> list[i
     return chosen
 
 
-def finetune(protocol, weights, model: nn.Module, dataset: str, root: str, indices: list[int], split: str, seed: int,
-             device: torch.device, workers: int, progress: bool = True, epochs: int | None = None,
-             normalisation: str = "authors") -> dict[str, float]:
-    """Fine-tune backbone + linear head on ``indices`` of the training split; top-1/top-5 (%) on the
-    held-out split after the last epoch. ``epochs`` defaults to the recipe's for ``split``."""
+def finetune(protocol, weights, model: nn.Module, dataset: str, train, indices: list[int], test, epochs: int,
+             seed: int, device: torch.device, workers: int, job, progress: bool = True,
+             normalisation: str = "authors", amp: str = "none"):
+    """Fine-tune backbone + linear head on ``indices`` of ``train`` (the training split) for ``epochs``,
+    measuring top-1/top-5 (%) on ``test`` (the held-out split) after every epoch; returns
+    ``((history, earlier seconds), sampler)`` (:func:`eval.training.fit`).
+
+    As INTL ``evaluate.py --weights finetune``: random-resized crop + flip (drawn from (seed, epoch,
+    index)), BatchNorm in train mode with the statistics of each process's own batch (DDP without
+    SyncBN, ``evaluate.py:131``), each process taking batch / world images of every global batch
+    (``evaluate.py:129``); the last global batch is dropped when a process's part of it would hold a
+    single image (train-mode BN cannot normalise one 1x1 feature map). float32 unless ``amp``
+    (fp16 with a grad scaler, checkpointed)."""
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
 
+    from wssl_zoo.data import SeededViews
     from wssl_zoo.data.datasets import TransformedDataset
+    from wssl_zoo.distributed import rank_world
+    from wssl_zoo.evaluation import autocast, rank_rows
+    from wssl_zoo.preempt import ignore_stop_signals
 
-    from .features import build_split
-    from .linear import _topk
+    from .training import (EpochKeyed, GlobalBatchSampler, all_ranks_sum, batch_loss, collate, counts_to_metrics, fit,
+                           topk_counts)
 
-    epochs = epochs or (protocol.epochs_1pct if split == "1pct" else protocol.epochs_10pct)
+    world = rank_world()[1]
     size = weights.img_size
     eval_tf = weights.eval_transform(dataset, normalisation)
     norm = [t for t in eval_tf.transforms if isinstance(t, T.Normalize)][0]
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    train = build_split(dataset, root, "train")
     classes = len(train.classes)
-    import torch.distributed as dist
-
-    distributed = dist.is_available() and dist.is_initialized()
-    world = dist.get_world_size() if distributed else 1
+    sampler = GlobalBatchSampler(len(indices), protocol.batch_size, seed, epoch_keys=True,
+                                 min_per_rank=2 if protocol.bn_train else 0)
+    loader = DataLoader(EpochKeyed(SeededViews(Subset(train, indices), train_tf, seed)), batch_sampler=sampler,
+                        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals)
+    mine = rank_rows(len(test))  # each process measures its block of the test split; the counts are summed
+    test_loader = DataLoader(Subset(TransformedDataset(test, eval_tf), mine), batch_size=256, num_workers=workers,
+                             worker_init_fn=ignore_stop_signals)
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    subset = TransformedDataset(Subset(train, indices), train_tf)
-    # under torchrun every process takes batch_size / world images of its DistributedSampler shard
-    sampler = torch.utils.data.DistributedSampler(subset, seed=seed, shuffle=True) if distributed else None
-    per_rank = max(1, protocol.batch_size // world)
-    loader = DataLoader(subset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
-                        generator=gen if sampler is None else None, num_workers=workers,
-                        # as INTL's loader the last partial batch is kept, unless it would hold a single
-                        # image (BN in train mode cannot normalise one 1x1 feature map)
-                        drop_last=(len(indices) // world) % per_rank == 1, pin_memory=device.type == "cuda")
-    model = nn.Sequential(model, nn.Linear(model.num_features, classes)).to(device)
-    with torch.no_grad():
+    model = nn.Sequential(model, nn.Linear(model.num_features, classes))
+    with torch.no_grad():  # INTL evaluate.py:73-74
         model[1].weight.normal_(0, 0.01)
         model[1].bias.zero_()
+    model = model.to(device)
     scale = protocol.batch_size / 256
     groups = [dict(params=model[1].parameters(), lr=protocol.lr_head * scale, base=protocol.lr_head * scale),
               dict(params=model[0].parameters(), lr=protocol.lr_backbone * scale, base=protocol.lr_backbone * scale)]
     opt = torch.optim.SGD(groups, lr=0, momentum=protocol.momentum, nesterov=protocol.nesterov,
                           weight_decay=protocol.weight_decay)
-    ddp = None
-    if distributed:
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = ddp or model
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    bar = tqdm(total=epochs * len(loader), desc=f"fine-tune {split}", unit="batch", disable=not progress,
-               dynamic_ncols=True)
-    for epoch in range(epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    net = model if world == 1 else nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)  # no SyncBN: BN statistics per process
+    k = min(5, classes)
+
+    def begin_epoch(epoch: int) -> None:
         q = lr_factor(protocol, epoch, epochs)
         for g in opt.param_groups:
             g["lr"] = g["base"] * q
         net.train(protocol.bn_train)
-        for images, targets in loader:
-            with amp:
-                logits = net(images.to(device, non_blocking=True))
-            loss = F.cross_entropy(logits.float(), torch.as_tensor(targets).to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.update()
-    bar.close()
-    model.eval()
-    test = build_split(dataset, root, "test")
-    test_loader = DataLoader(TransformedDataset(test, eval_tf), batch_size=256, num_workers=workers)
-    logits, labels = [], []
-    with torch.no_grad():
-        for images, targets in test_loader:
-            with amp:
-                logits.append(model(images.to(device)).float().cpu())
-            labels.append(torch.as_tensor(targets))
-    return _topk(torch.cat(logits), torch.cat(labels))
+
+    def step(batch, global_count: int) -> None:
+        if batch is None:  # this process's part of the last global batch is empty
+            images, targets = torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.long)
+        else:
+            images, targets = batch
+        with autocast(device, amp):
+            logits = net(images.to(device, non_blocking=True))
+        loss = batch_loss(logits, torch.as_tensor(targets).to(device), global_count, world)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        counts = torch.zeros(3, dtype=torch.long)
+        with torch.no_grad():
+            for images, targets in test_loader:
+                with autocast(device, amp):
+                    logits = model(images.to(device))
+                counts += topk_counts(logits.float(), torch.as_tensor(targets).to(device), k)
+        return counts_to_metrics(all_ranks_sum(counts, device), k)
+
+    return fit(job, state=dict(model=model, optimizer=opt, scaler=scaler if amp == "fp16" else None), epochs=epochs,
+               sampler=sampler, batches=lambda: loader, step=step, begin_epoch=begin_epoch, evaluate=evaluate,
+               progress=progress, desc=f"fine-tune {len(indices)} images",
+               stop_device=device if device.type == "cuda" else None), sampler
 
 
 def lr_factor(protocol, epoch: int, epochs: int) -> float:
@@ -214,19 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="semi_intl", help="semi_intl (default) or semi_simclr")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (recorded)")
     p.add_argument("--make-only", action="store_true", help="with --make-split-file: only write the file")
+    add_checkpoint_flags(p, "the fine-tuning")
     return p
 
 
 def run(args, command: str) -> int:
+    from wssl_zoo.distributed import rank_world
+    from wssl_zoo.fileio import sha256_file
     from wssl_zoo.weights import resolve
 
-    from .features import build_split, mark_normalisation
+    from .features import build_split, mark_overrides
     from .records import dataset_fingerprint, make_record, write_record
+    from .training import best_epoch
 
     check_out(args, args.seeds)
     train = build_split(args.dataset, args.data, "train")
-    if not args.make_only:  # every split the run needs is checked before any fine-tuning
-        build_split(args.dataset, args.data, "test")
+    test = None if args.make_only else build_split(args.dataset, args.data, "test")  # checked before any fine-tuning
     percent = args.percent if args.percent is not None else {"1pct": 1, "10pct": 10}[args.split]
     split_seed = args.seed if args.split_seed is None else args.split_seed
     if args.make_split_file:
@@ -243,27 +260,45 @@ def run(args, command: str) -> int:
         raise ValueError("pass --split-file FILE (SimCLR's 1percent.txt / 10percent.txt for ImageNet) or "
                          "--make-split-file OUT")
     indices = read_split_file(args.split_file, args.split, train)
+    split_sha256 = sha256_file(args.split_file)
+    fingerprint = dataset_fingerprint(train)
     device = cliargs.device(args.device)
+    world = rank_world()[1]
+    task = f"semi_{args.split}"
     for seed in range(args.seed, args.seed + args.seeds):
         weights = resolve(args.model, seed, verify=not args.allow_unverified)
         protocol, proto_record = with_overrides(get_protocol(protocol_for_model(args.protocol, weights.recipe), "semi"),
                                                 epochs=args.epochs, batch_size=args.batch_size)
-        proto_record = mark_normalisation(proto_record, args.normalisation)
+        proto_record = mark_overrides(proto_record, args.normalisation, args.amp)
+        dataset = dict(name=args.dataset, root=str(args.data), fingerprint=fingerprint)
+        identity = dict(task=task, weights_sha256=weights.weights_sha256, protocol=proto_record, dataset=dataset,
+                        seed=seed)
+        path = record_path(args, task, weights.label, proto_record["name"], seed, identity)
+        if finished_record(args, path, identity) is not None:
+            continue
+        job = checkpoint_for(args, path, {"task": task, "model hash": weights.weights_sha256, "protocol": proto_record,
+                                          "data fingerprint": {"train": fingerprint, "test": dataset_fingerprint(test)},
+                                          "split file": split_sha256, "world size": world, "seed": seed})
+        epochs = args.epochs or (protocol.epochs_1pct if args.split == "1pct" else protocol.epochs_10pct)
         start = time.perf_counter()
-        metrics = finetune(protocol, weights, weights.build(), args.dataset, args.data, indices, args.split, seed, device,
-                           args.workers, not args.no_progress, epochs=args.epochs, normalisation=args.normalisation)
-        from wssl_zoo.fileio import sha256_file
-
-        record = make_record(task=f"semi_{args.split}", model=weights.spec, weights_sha256=weights.weights_sha256,
-                             protocol=proto_record, dataset=dict(name=args.dataset, root=str(args.data),
-                                                                 fingerprint=dataset_fingerprint(train)),
-                             seed=seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
+        (history, earlier), sampler = finetune(
+            protocol, weights, weights.build(), args.dataset, train, indices, test, epochs, seed, device, args.workers,
+            job, not args.no_progress, normalisation=args.normalisation, amp=args.amp)
+        metrics = history[-1]["metrics"]
+        best, best_metrics = best_epoch(history)
+        record = make_record(task=task, model=weights.spec, weights_sha256=weights.weights_sha256,
+                             protocol=proto_record, dataset=dataset, seed=seed, metrics=metrics,
+                             wall_seconds=earlier + time.perf_counter() - start, command=command,
                              extra=dict(model_label=weights.label, arch=weights.arch, stem=weights.stem,
-                                        split_file=str(args.split_file), split_sha256=sha256_file(args.split_file),
-                                        labelled_images=len(indices)))
-        path = write_record(record, record_path(args, f"semi_{args.split}", weights.label, proto_record["name"], seed, record))
+                                        split_file=str(args.split_file), split_sha256=split_sha256,
+                                        labelled_images=len(indices), world_size=world,
+                                        per_process_batch=sampler.per_process_batch, sync_batchnorm=False,
+                                        epochs_run=len(history), best_epoch=best, best_metrics=best_metrics))
+        path = write_record(record, path)
+        job.finish()
         print(f"semi {args.split} {proto_record['name']} seed {seed}: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f" -> {path}")
+              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+              + f" (final epoch; best top1 {best_metrics['top1']:.2f} at epoch {best}) -> {path}", flush=True)
     return 0
 
 

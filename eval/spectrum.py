@@ -49,19 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args, command: str) -> int:
     from wssl_zoo.weights import resolve
 
-    from .features import cached_features, mark_normalisation
+    from wssl_zoo.distributed import rank_world
+
+    from .features import feature_store, mark_overrides
     from .records import make_record, write_record
 
     device = cliargs.device(args.device)
     weights = resolve(args.model, args.seed, verify=not args.allow_unverified)
     start = time.perf_counter()
-    x, _, meta = cached_features(weights, weights.build(), args.dataset, args.data, args.split, device, args.cache_dir,
-                                 workers=args.workers, progress=not args.no_progress,
-                                 normalisation=args.normalisation)
+    batch = args.batch_size or 256
+    opts = dict(batch_size=batch, workers=args.workers, progress=not args.no_progress,
+                normalisation=args.normalisation, amp=args.amp)
+    store, meta = feature_store(weights, weights.build(), args.dataset, args.data, args.split, device, args.cache_dir,
+                                **opts)
     gen = torch.Generator().manual_seed(args.seed)
-    keep = torch.randperm(len(x), generator=gen)[: args.max_samples] if len(x) > args.max_samples else None
-    if keep is not None:
-        x = x[keep]
+    keep = torch.randperm(len(store), generator=gen)[: args.max_samples] if len(store) > args.max_samples else None
+    x = store.tensor() if keep is None else store.take(keep)  # at most --max-samples rows in memory
     spectra = {"backbone": spectrum(x)}
     projector = weights.build_projector()
     if projector is not None:
@@ -71,10 +74,9 @@ def run(args, command: str) -> int:
     spec = baseline_spec(weights, args.baseline)
     if spec is not None:  # the same images (same subsample) through the baseline's backbone
         base = resolve(spec, args.seed)
-        bx, _, _ = cached_features(base, base.build(), args.dataset, args.data, args.split, device, args.cache_dir,
-                                   workers=args.workers, progress=not args.no_progress,
-                                   normalisation=args.normalisation)
-        ev = spectrum(bx if keep is None else bx[keep])
+        bstore, _ = feature_store(base, base.build(), args.dataset, args.data, args.split, device, args.cache_dir,
+                                  **opts)
+        ev = spectrum(bstore.tensor() if keep is None else bstore.take(keep))
         baseline = dict(model=base.spec, model_label=base.label, weights_sha256=base.weights_sha256,
                         backbone_effective_rank=effective_rank(ev), eigenvalues=dict(backbone=_rounded(ev)))
     metrics = {}
@@ -83,11 +85,12 @@ def run(args, command: str) -> int:
         top = max(1, math.ceil(0.01 * len(ev)))
         metrics[f"{name}_top1pct_variance"] = 100.0 * float(ev[:top].sum() / ev.sum())
     record = make_record(task="spectrum", model=weights.spec, weights_sha256=weights.weights_sha256,
-                         protocol=mark_normalisation(dict(name="spectrum", version=1, split=args.split,
-                                                          max_samples=args.max_samples), args.normalisation),
+                         protocol=mark_overrides(dict(name="spectrum", version=1, split=args.split,
+                                                      max_samples=args.max_samples), args.normalisation, args.amp),
                          dataset=dict(name=args.dataset, root=str(args.data), fingerprint=meta["fingerprint"]),
                          seed=args.seed, metrics=metrics, wall_seconds=time.perf_counter() - start, command=command,
-                         extra=dict(model_label=weights.label, samples=len(x),
+                         extra=dict(model_label=weights.label, samples=len(x), world_size=rank_world()[1],
+                                    per_process_batch=batch,
                                     eigenvalues={k: _rounded(ev) for k, ev in spectra.items()},
                                     **({"baseline": baseline} if baseline else {})))
     path = write_record(record, record_path(args, "spectrum", weights.label, record["protocol"]["name"], args.seed, record))

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 TABLES = ("01_losses", "02_pretrain_r18", "03_pretrain_r50", "04_pipeline", "04b_device_views_run", "05_cifar_runs",
-          "06_linear_probe", "07_detection")
+          "06_linear_probe", "07_detection", "08_eval_scale")
 
 
 def _tables(text: str) -> list[list[list[str]]]:

@@ -101,7 +101,7 @@ def test_fast_protocol_writes_a_valid_record_and_the_second_run_hits_the_cache(m
     assert first["cache_hit"] is False and first["protocol"]["name"] == "fast+epochs=30"
     assert first["weights_sha256"] == sha256_file(model_dir / "model.safetensors")
     assert first["train_samples"] == 24 and first["test_samples"] == 12 and "python -m eval.linear" in first["command"]
-    assert len(list(cache.glob("*.safetensors"))) == 2  # train and test features
+    assert len(list(cache.glob("*/index.json"))) == 2  # train and test features (a folder of shards each)
     assert linear.main([*_common(model_dir, folder, out), "--epochs", "30"]) == 0
     second = json.loads(out.read_text())
     assert second["cache_hit"] is True and second["metrics"] == first["metrics"]
@@ -395,8 +395,9 @@ def test_spectrum_cli_covers_backbone_and_projector(model_dir, folder, tmp_path)
 @pytest.mark.slow
 @pytest.mark.gloo
 def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tmp_path):
-    """Two gloo processes each extract a shard; every rank ends with the whole matrix, in order
-    (torchrun's environment from tests/warm.py)."""
+    """2 processes = 1 process for feature extraction: two gloo processes each write the shard of their
+    block of rows to the cache, and every rank that asks for the whole matrix reads the same features,
+    in order, as one process extracts (torchrun's environment from tests/warm.py)."""
     import warm
     from eval.features import cached_features
     from wssl_zoo.weights import resolve
@@ -422,3 +423,5 @@ def test_torchrun_extraction_gathers_the_same_features_as_one_process(folder, tm
     for rank in (0, 1):
         xr, yr = torch.load(tmp_path / f"out.{rank}")
         assert torch.equal(yr, y) and torch.allclose(xr, x, atol=1e-6)
+    (index,) = (tmp_path / "c").glob("*/index.json")
+    assert [(s["start"], s["stop"]) for s in json.loads(index.read_text())["shards"]] == [(0, 12), (12, 24)]

@@ -104,13 +104,11 @@ def comparable(record: dict) -> bool:
     reduced detection schedule; a protocol whose ``source`` is ``wssl-zoo: ...``, like the cached
     ``fast`` probe, is ours, not a paper's), and not a pretraining monitor (``pretrain_eval`` repeats the
     kNN/linear protocols) or a spectrum (effective rank is no accuracy)."""
-    from .records import PRETRAIN_EVAL_TASK
+    from .records import PRETRAIN_EVAL_TASK, is_own_protocol
 
     if record.get("task") in (PRETRAIN_EVAL_TASK, "spectrum", None, ""):
         return False
-    proto = record.get("protocol", {})
-    own = isinstance(proto, dict) and str(proto.get("source", "")).startswith("wssl-zoo")
-    return "+" not in _protocol_name(record) and not own
+    return "+" not in _protocol_name(record) and not is_own_protocol(record)
 
 
 def _hub_result(record: dict, row: dict):
@@ -252,8 +250,9 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
                   f"Source of the recipe: {e.training.get('source', '')}.", ""]
     lines += ["## Results", "", "Paper-reported numbers are the authors' own, for the entry's recipe; measured numbers "
               "come from runs of these weights recorded in `zoo/results` (each record holds the command that "
-              "reproduces it). The Hub metadata lists only measured results under a paper protocol on full data "
-              "without overrides.", "",
+              "reproduces it) and are taken after the final epoch (a linear or semi-supervised record also gives "
+              "its best test epoch, not shown). The Hub metadata lists only measured results under a paper protocol "
+              "on full data without overrides.", "",
               "| task | dataset | epochs | value | provenance |", "|---|---|---|---|---|"]
     for r in e.paper_results:
         note = f" ({r.note})" if r.note else ""

@@ -12,7 +12,8 @@ gives the same bytes.
 
 The leaderboard: rows are models, columns are (task, protocol, dataset); a cell is the mean over
 seeds (± std when there are several) of the final epoch's top-1 accuracy (linear, k-NN,
-semi-supervised), box AP (detection) or effective rank (spectrum). Records whose protocol carries
+semi-supervised), box AP (detection) or effective rank (spectrum); a protocol of wssl-zoo's own
+(``fast``) is labelled so in its column. Records whose protocol carries
 overrides (``+epochs=2``...) or that ran on a subset are left out and counted. The PNG (matplotlib,
 the ``[plot]`` extra) shows the same cells as small multiples, one axis per metric kind; ``--check``
 compares the data stored inside it (:func:`wssl_zoo.plots.png_data`), not its pixels.
@@ -28,10 +29,11 @@ from .cards import render_card
 from .fileio import atomic_write_bytes
 from .paths import cards_dir, docs_dir, leaderboard_path, readme_path, zoo_results_dir
 from .plots import have_matplotlib, plot_panels, same_data
-from .records import PRETRAIN_EVAL_TASK, aggregate, is_full_evaluation, read_records
+from .records import PRETRAIN_EVAL_TASK, aggregate, is_full_evaluation, is_own_protocol, read_records
 from .registry import get_entry, list_models
 
 LEADERBOARD_START, LEADERBOARD_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+OWN_LABEL = "wssl-zoo's own protocol"  # column label of a protocol that is no paper's (the quick fast probe)
 HEADLINE = {"linear": "top1", "knn": "top1", "semi_1pct": "top1", "semi_10pct": "top1", "coco": "bbox_AP",
             "voc": "bbox_AP50", "spectrum": "backbone_effective_rank"}
 
@@ -117,7 +119,8 @@ def table_cells(records: list[dict]) -> tuple[list[str], list[str], dict[tuple[s
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         model = r.get("model_label") or r["model"]
-        column = f"{r['task']} / {_short(r['protocol']['name'])} / {r['dataset']['name']}"
+        own = f" ({OWN_LABEL})" if is_own_protocol(r) else ""
+        column = f"{r['task']} / {_short(r['protocol']['name'])}{own} / {r['dataset']['name']}"
         groups.setdefault((model, column), []).append(r)
     cells = {}
     for key, recs in groups.items():
@@ -160,7 +163,9 @@ def render_leaderboard(records: list[dict], skipped: int = 0) -> str:
         lines.append(f"| {model} | " + " | ".join(row) + " |")
     files = sorted(r["file"] for r in records)
     lines += ["", f"Cells: top-1 % (classification), box AP (detection) or the backbone's effective rank (spectrum); "
-              "final epoch, mean over seeds. "
+              "after the final epoch (the records also give the best test epoch, `best_epoch` / `best_metrics`, not "
+              f"shown here), mean over seeds. Columns marked \"{OWN_LABEL}\" (`fast`: a quick probe on cached "
+              "features) are not comparable with paper numbers. "
               f"{len(files)} records in `zoo/results/`; each holds the command that reproduces it."
               + (f" {skipped} records with protocol overrides or subsets are not shown (`python -m eval.report` "
                  "names them)." if skipped else "")]

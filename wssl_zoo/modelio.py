@@ -324,11 +324,3 @@ def tensor_sha256(module: nn.Module) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def tensors_sha256(*tensors: torch.Tensor) -> str:
-    """The hex sha256 of the raw bytes of ``tensors`` in order (the feature cache's integrity check)."""
-    digest = hashlib.sha256()
-    for value in tensors:
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -81,6 +81,17 @@ class StopOnSignal:
         return self.received or "a stop signal (on another rank)"
 
 
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ignores SIGTERM, SIGUSR1 and SIGINT. SLURM signals every
+    process of a job step and Ctrl-C the whole foreground process group, so the workers get the signal
+    too; by default it would kill them (SIGINT: they exit on KeyboardInterrupt) and the main process
+    would fail on its next batch instead of finishing the step and writing its checkpoint. The main
+    process alone decides; its DataLoader ends the workers when it stops."""
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def resume_command(prog: str, argv: Iterable[str] | None) -> str:
     """The command line that resumes this job: ``prog`` with the same arguments and ``--resume``
     (added when absent), as a user would retype it."""

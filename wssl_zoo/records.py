@@ -5,6 +5,14 @@ A record holds what is needed to trust and reproduce a number: the model and the
 weights, the protocol's name and version (and any overrides, which make it a different
 protocol), the dataset and a fingerprint of its files, the seed, the metrics at the *final*
 epoch, the wall time, the hardware, torch and code versions and the command that produced it.
+An evaluation record also says how it ran: ``world_size`` (processes) and ``per_process_batch``
+(a semi-supervised result depends on them: BatchNorm statistics are per process).
+
+**Final and best.** ``metrics`` are the final epoch's: the headline, the only numbers cards and the
+leaderboard show. Linear and semi-supervised records also give ``best_epoch`` (1-based) and
+``best_metrics``, the test epoch with the highest top-1, because the authors' scripts keep and print
+that one (``best_acc1``: INTL ``evaluate.py:225-226``, CW-RGP ``ImageNet/lincls.py:240-241``) without
+saying which of the two their tables report; a reader can compare with either convention.
 
 **Identity.** A record's identity is (task, weights sha256, protocol with its overrides, dataset
 name and fingerprint, seed), hashed by :func:`record_identity`; the default file name carries a
@@ -112,6 +120,13 @@ def validate_record(record: Any, where: str = "record") -> None:
             raise ValueError(f"{where}: key 'dataset' has no {key!r}")
     if not re.fullmatch(r"[0-9a-f]{64}", record["weights_sha256"]):
         raise ValueError(f"{where}: key 'weights_sha256' must be 64 hex characters, got {record['weights_sha256']!r}")
+    for key in ("world_size", "per_process_batch", "best_epoch"):
+        if key in record and (not isinstance(record[key], int) or isinstance(record[key], bool) or record[key] < 1):
+            raise ValueError(f"{where}: key {key!r} must be a positive integer, got {record[key]!r}")
+    best = record.get("best_metrics", {})
+    if not isinstance(best, dict) or not all(_is_number(v) for v in best.values()) or \
+            (("best_metrics" in record) != ("best_epoch" in record)):
+        raise ValueError(f"{where}: key 'best_metrics' must be finite numbers, given with 'best_epoch', got {best!r}")
     undefined = record.get("undefined_metrics", [])
     if not isinstance(undefined, list) or not all(isinstance(n, str) for n in undefined):
         raise ValueError(f"{where}: key 'undefined_metrics' must be a list of metric names, got {undefined!r}")
@@ -204,6 +219,14 @@ def is_full_evaluation(record: dict) -> str | None:
         if proto.get(key) or (record.get("dataset") or {}).get(key):
             return f"{key}={proto.get(key) or record['dataset'].get(key)} (a subset)"
     return None
+
+
+def is_own_protocol(record: dict) -> bool:
+    """Whether ``record`` measured one of wssl-zoo's own protocols (its ``protocol.source`` starts with
+    ``wssl-zoo``, like the quick ``fast`` probe), not a paper's: cards keep it out of the model index,
+    the leaderboard labels its column."""
+    proto = record.get("protocol", {})
+    return isinstance(proto, dict) and str(proto.get("source", "")).startswith("wssl-zoo")
 
 
 def dataset_fingerprint(dataset) -> str:

@@ -70,7 +70,9 @@ def fact(method: str, key: str) -> Any:
     - ``train_stats`` / ``eval_stats``: ``{dataset: (mean, std)}`` where the authors' training views /
       evaluation code normalise otherwise than the standard statistics / the views;
     - ``converter_small_stems``: the stems the authors' code builds for a 3x3 conv1;
-    - ``checkpoint_layout``: the key prefixes of the authors' checkpoints (``wssl_zoo.convert.LAYOUTS``).
+    - ``checkpoint_layout``: the key prefixes of the authors' checkpoints (``wssl_zoo.convert.LAYOUTS``);
+    - ``protocol_variants`` / ``linear_protocol``: the protocols the authors ran on which models
+      (:func:`protocol_variant`, :func:`linear_protocol`).
     """
     return _module(method).FACTS[key].value
 
@@ -164,6 +166,18 @@ def protocol_variant(name: str, recipe: str | None) -> str:
         if variant:
             return variant
     return name
+
+
+def linear_protocol(method: str, dataset: str) -> tuple[str, str] | None:
+    """``(protocol, source)``: the linear protocol ``method``'s authors evaluated a model pretrained on
+    ``dataset`` (a catalogue name) with, before :func:`protocol_variant` (the method's ``linear_protocol``
+    fact); None when they published none for that dataset.
+
+    >>> linear_protocol("cwrgp", "imagenet")[0], linear_protocol("intl", "cifar10")[0]
+    ('cwrgp', 'small')
+    """
+    table = _module(method).FACTS["linear_protocol"]
+    return (table.value[dataset], table.source) if dataset in table.value else None
 
 
 def flatten_recipe(data: dict[str, Any]) -> dict[str, Any]:

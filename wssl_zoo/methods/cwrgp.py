@@ -239,6 +239,11 @@ FACTS: dict[str, Fact] = {
     "converter_small_stems": Fact(("cifar", "small"), s("base/model.py:22-25 conv1 3x3/1 unless in100; maxpool "
                                                         "removed for CIFAR only")),
     "protocol_variants": Fact({}, s("scripts/*.sh: one evaluation per protocol for every model")),
+    # pretraining dataset -> the linear protocol the authors evaluated such a model with (eval.linear's default)
+    "linear_protocol": Fact({"cifar10": "small", "cifar100": "small", "stl10": "small", "tiny_imagenet": "small",
+                             "imagenet": "cwrgp"},
+                            s("base/methods/base.py:30-42 get_acc: base/eval/sgd.py on pre-computed features "
+                              "(base/train.py:90); ImageNet: scripts/ImageNet.sh:19-24 ImageNet/lincls.py --lars")),
     # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
     "checkpoint_layout": Fact(dict(backbone=("module.model.module.", "module.model.", "model.module.", "model."),
                                    projector=("module.head.", "head."), hidden_bias=True),

@@ -244,6 +244,13 @@ FACTS: dict[str, Fact] = {
                               s("scripts/ep800.sh:13,21 and scripts/in100.sh:16 (--lr-classifier 0.2, "
                                 "--lr-backbone 0.006) against scripts/ep*_multi-crop_ema.sh:14,19 (0.4, 0.004): the "
                                 "plain models (no multi-crop, no EMA) are evaluated with other learning rates")),
+    # pretraining dataset -> the linear protocol the authors evaluated such a model with (eval.linear's default;
+    # protocol_variants above then picks intl_plain for the plain models)
+    "linear_protocol": Fact({"cifar10": "small", "cifar100": "small", "imagenet100": "intl", "imagenet": "intl"},
+                            s("cifar/main.py:126-128 get_acc (cifar/eval/evaluate.py: W-MSE's eval_sgd on "
+                              "pre-computed features); scripts/in100.sh:13-18, scripts/ep800.sh:10-15, "
+                              "scripts/ep100_multi-crop_ema.sh:11-16: evaluate.py --weights freeze (augmented images "
+                              "every epoch)")),
     # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
     "checkpoint_layout": Fact(dict(backbone=("module.backbone.", "backbone."), projector=("module.projection.", "projection."),
                                    momentum_backbone=("module.momentum_backbone.", "momentum_backbone."),

@@ -152,6 +152,15 @@ FACTS: dict[str, Fact] = {
     "converter_small_stems": Fact(("cifar", "small"), s("model.py:22-25 conv1 3x3/1 unless imagenet; maxpool "
                                                         "removed for CIFAR only")),
     "protocol_variants": Fact({}, s("README.md: one evaluation per protocol for every model")),
+    # pretraining dataset -> the linear protocol the authors evaluated such a model with (eval.linear's default)
+    "linear_protocol": Fact({"cifar10": "small", "cifar100": "small", "stl10": "small", "tiny_imagenet": "small",
+                             "imagenet100": "small", "imagenet": "small"},
+                            s("methods/base.py:26-38 get_acc: eval/sgd.py on features pre-computed once "
+                              "(eval/get_data.py) of ds.clf / ds.test (train.py:71-72, test.py:30-34; README.md:20 "
+                              "'we pre-compute embeddings for the entire dataset and then train a classifier on top'), "
+                              "ImageNet-100 too (datasets/imagenet.py:35-41: centre-cropped clf/ and test/ images, no "
+                              "augmentation). W-MSE published no ImageNet-1k evaluation: wssl-zoo's wmse_imagenet "
+                              "recipe is evaluated with the same protocol as its ImageNet-100 one")),
     # key prefixes of the authors' checkpoints, tried in order (wssl_zoo.convert.LAYOUTS)
     "checkpoint_layout": Fact(dict(backbone=("model.module.", "module.model.module.", "module.model.", "model."),
                                    projector=("head.", "module.head."), hidden_bias=True),
