@@ -51,6 +51,8 @@ def data_root(args) -> tuple[str, str]:
         return args.dataset or "coco", str(args.data)
     if not given:
         raise UsageError("give the data with --data ROOT [--dataset coco|voc] (or --coco-root ROOT / --voc-root ROOT)")
+    if len(given) > 1:
+        raise UsageError("--coco-root and --voc-root name the data twice; give one of them")
     if args.dataset and args.dataset != given[0][0]:
         raise UsageError(f"--dataset {args.dataset} contradicts --{given[0][0]}-root")
     return given[0][0], str(given[0][1])

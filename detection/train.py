@@ -47,22 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "protocol config, and write a zoo/results record.",
         epilog="Trailing KEY VALUE pairs override config keys as in detectron2's tools (after --set's), e.g. "
                "SOLVER.BASE_LR 0.01 INPUT.MIN_SIZE_TEST 640. Stopped by SIGTERM, SIGUSR1 or Ctrl-C, a run writes "
-               "its checkpoint and exits with status 75, printing the command that resumes it.")
+               "its checkpoint and exits with status 75, printing the command that resumes it. Earlier spellings "
+               "still accepted: --config NAME (= --protocol NAME), --coco-root ROOT (= --data ROOT --dataset coco), "
+               "--voc-root ROOT (= --data ROOT --dataset voc), --num-workers N (= --workers N).")
     p.add_argument("--model", required=True,
                    help="backbone (required): model directory, registry name/alias, hf-hub:ORG/NAME[@REV], or "
                         "random:ARCH[:STEM[:SIZE]] (random init, plumbing checks only)")
-    p.add_argument("--protocol", "--config", dest="config", required=True, metavar="NAME|YAML",
+    p.add_argument("--protocol", dest="config", metavar="NAME|YAML",
                    help=f"protocol (required): a name in detection/configs ({', '.join(PROTOCOLS)}) or a detectron2 "
-                        "YAML path; also spelled --config")
+                        "YAML path")
+    cliargs.add_alias(p, "--config", "config")  # the earlier spelling
+    cliargs.add_alias(p, "--num-workers", "workers", type=int)
     p.add_argument("--data", default=None, metavar="ROOT",
                    help="the dataset's folder: COCO layout ROOT/annotations/instances_{train,val}2017.json and "
                         "ROOT/{train,val}2017/, or VOC ROOT/VOC2007 (+ROOT/VOC2012) or ROOT/VOCdevkit/VOC20xx "
-                        "(trains on 07(+12) trainval, tests on 07 test); required unless --coco-root/--voc-root")
+                        "(trains on 07(+12) trainval, tests on 07 test) (required)")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="how to read --data (default: coco)")
-    data = p.add_mutually_exclusive_group()
-    data.add_argument("--coco-root", metavar="ROOT", help="older spelling of --data ROOT --dataset coco")
-    data.add_argument("--voc-root", metavar="ROOT", help="older spelling of --data ROOT --dataset voc")
+    # the earlier spellings of --data ROOT --dataset coco|voc (detection.job.data_root refuses two roots)
+    cliargs.add_alias(p, "--coco-root", "coco_root")
+    cliargs.add_alias(p, "--voc-root", "voc_root")
     p.add_argument("--out", required=True,
                    help="output folder (required): checkpoints/last.pt, metrics.jsonl, model_final.pt, eval.json")
     p.add_argument("--backend", choices=["torchvision", "detectron2"], default=None,
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     cliargs.add_amp(p, default=None, shown="the config's SOLVER.AMP.ENABLED: float32 in every shipped protocol, as "
                     "the papers trained; fp16 when enabled, as detectron2. The record says which",
                     note="; bf16 is not detectron2's")
-    cliargs.add_workers(p, default=None, aliases=("--num-workers",),
+    cliargs.add_workers(p, default=None,
                         what=f"the config's DATALOADER.NUM_WORKERS, at most {cliargs.default_workers()}, the CPUs "
                              "this process may use")
     launch = p.add_argument_group("detectron2's launcher (--backend detectron2; the torchvision backend runs under "
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend or ("detectron2" if detectron2_available() else "torchvision")
 
     def go() -> int:
+        if not args.config:
+            raise UsageError("--protocol is required: a name in detection/configs or a detectron2 YAML path")
         args.overrides = overrides(args)
         if backend == "detectron2":
             if not detectron2_available():

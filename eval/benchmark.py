@@ -1,13 +1,13 @@
 """``python -m eval.benchmark``: the shared benchmark, every model under the same protocols on the
 same hardware, printed as one table. Resumable: a task whose record already exists is skipped.
 
-    python -m eval.benchmark --models intl_r50,cwrgp_r50,random:resnet50 --tasks linear,knn,semi1,semi10,coco \\
-        --data-root /data --results-dir zoo/results
+    python -m eval.benchmark --model intl_r50,cwrgp_r50,random:resnet50 --tasks linear,knn,semi1,semi10,coco \\
+        --data /data --results-dir zoo/results
 
-Where the data is found under ``--data-root``: ``imagenet/`` (linear, knn, semi), with SimCLR's
+Where the data is found under ``--data``: ``imagenet/`` (linear, knn, semi), with SimCLR's
 ``imagenet/1percent.txt`` and ``imagenet/10percent.txt`` for semi1/semi10 (or ``--split-files``),
 and ``coco/`` in COCO layout for ``coco`` (``detection.train``; detectron2 or the torchvision
-backend). ``--dataset cifar10`` and friends read ``--data-root/<dataset>/`` instead of ImageNet
+backend). ``--dataset cifar10`` and friends read ``--data/<dataset>/`` instead of ImageNet
 and generate the semi-supervised subsets with a fixed seed.
 """
 
@@ -21,24 +21,54 @@ from wssl_zoo import cliargs
 from ._cli import run_main
 
 TASKS = ("linear", "knn", "semi1", "semi10", "coco")
+# --protocol TASK=NAME: the tasks that take one, and their defaults (linear: each model's paper protocol)
+DEFAULT_PROTOCOLS = {"linear": None, "semi": "semi_intl", "coco": "coco_R_50_C4_2x"}
+
+
+class _TaskProtocol(argparse.Action):
+    """``--linear-protocol X`` (an earlier spelling) is ``--protocol linear=X``."""
+
+    def __init__(self, *args, task: str, **kwargs):
+        self.task = task
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, self.dest).append(f"{self.task}={values}")
+
+
+def task_protocols(items: list[str]) -> dict[str, str | None]:
+    """``--protocol TASK=NAME`` items -> {task: protocol} over :data:`DEFAULT_PROTOCOLS`; ValueError naming a
+    bad item."""
+    chosen = dict(DEFAULT_PROTOCOLS)
+    for item in items:
+        task, sep, name = item.partition("=")
+        if not sep or task not in DEFAULT_PROTOCOLS or not name:
+            raise ValueError(f"--protocol {item!r}: expected TASK=NAME with TASK one of {', '.join(DEFAULT_PROTOCOLS)}")
+        chosen[task] = name
+    return chosen
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", required=True, help="comma-separated models (registry names, directories, hf-hub:..., "
-                   "random:ARCH[:STEM[:SIZE]])")
+    p.add_argument("--model", dest="models", action="append", metavar="SPEC[,SPEC...]",
+                   help="the models (required): repeat --model or give several comma-separated; each a registry name or "
+                   "alias, model directory, hf-hub:ORG/NAME[@REV] or random:ARCH[:STEM[:SIZE]]")
+    cliargs.add_alias(p, "--models", "models", action="append")
     p.add_argument("--tasks", default="linear,knn", help=f"comma-separated, from {','.join(TASKS)} (default: %(default)s)")
-    p.add_argument("--data-root", required=True, metavar="DIR", help="holds imagenet/ (or <dataset>/) and coco/")
+    p.add_argument("--data", dest="data_root", metavar="DIR", help="the folder that holds imagenet/ (or <dataset>/) "
+                   "and coco/ (required)")
+    cliargs.add_alias(p, "--data-root", "data_root")
     cliargs.add_dataset(p, help_extra="; the data is read from DIR/imagenet for an image folder, else DIR/<dataset>")
-    p.add_argument("--linear-protocol", default=None,
-                   help="protocol of the linear task (default: each model's paper protocol, printed, as eval.linear "
-                   "picks it; fast, wssl-zoo's quick probe, where none applies)")
-    p.add_argument("--semi-protocol", default="semi_intl", help="recipe of semi1/semi10 (default: %(default)s)")
-    # INTL's COCO numbers: detection/configs/coco_R_50_C4_2x.yaml (winci-ai/INTL@0aa69af); CW-RGP: "same as MoCo" (2x)
-    p.add_argument("--coco-config", default="coco_R_50_C4_2x",
-                   help="detection config (default: %(default)s, Mask R-CNN R50-C4 2x: the config of the INTL / "
-                        "CW-RGP COCO numbers, whose protocol is detectron2 in float32: --coco-backend detectron2)")
+    p.add_argument("--protocol", action="append", default=[], metavar="TASK=NAME",
+                   help="the protocol of one task, repeatable: linear=NAME (default: each model's paper protocol, "
+                   "printed, as eval.linear picks it; fast, wssl-zoo's quick probe, where none applies), semi=NAME "
+                   f"(semi1 and semi10; default: {DEFAULT_PROTOCOLS['semi']}), coco=NAME (a detection/configs name; "
+                   f"default: {DEFAULT_PROTOCOLS['coco']}, Mask R-CNN R50-C4 2x: the config of the INTL / CW-RGP COCO "
+                   "numbers, whose protocol is detectron2 in float32: --coco-backend detectron2)")
+    # the earlier spellings of --protocol linear=... / semi=... / coco=...
+    for task, old in (("linear", "--linear-protocol"), ("semi", "--semi-protocol"), ("coco", "--coco-config")):
+        cliargs.add_alias(p, old, "protocol", action=_TaskProtocol, task=task)
     p.add_argument("--coco-backend", choices=["torchvision", "detectron2"], default=None,
                    help="detection backend (default: detection.train's, detectron2 when importable)")
     p.add_argument("--coco-ims-per-batch", type=int, metavar="N",
@@ -51,13 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-files", metavar="DIR", help="folder with 1percent.txt and 10percent.txt")
     p.add_argument("--epochs", type=int, help="override every task's epochs (recorded as an override)")
     p.add_argument("--max-iter", type=int, help="override the detection iterations (recorded)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per task (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per task: 0..N-1 (default: %(default)s)")
     p.add_argument("--results-dir", default=None, help="where records go (default: zoo/results)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    cliargs.add_device(p)
     cliargs.add_amp(p, default=None, shown="none = float32, the authors' precision",
                     note="; passed to every task (detection.train --amp too), recorded as a protocol override")
-    p.add_argument("--workers", type=int, default=2, help="data-loading workers (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
+    cliargs.add_workers(p)
+    cliargs.add_progress(p)
     return p
 
 
@@ -70,7 +100,12 @@ def run(args, command: str) -> int:
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.models:
+        raise ValueError("--model is required: the models to benchmark")
+    if not args.data_root:
+        raise ValueError("--data is required: the folder that holds imagenet/ (or <dataset>/) and coco/")
+    protocols = task_protocols(args.protocol)
+    models = [m.strip() for item in args.models for m in item.split(",") if m.strip()]
     results = Path(args.results_dir or RESULTS_DIR)
     root = Path(args.data_root)
     data = root / ("imagenet" if args.dataset == "imagefolder" else args.dataset)
@@ -82,9 +117,9 @@ def run(args, command: str) -> int:
     done = skipped = 0
     for model in models:
         label = spec_label(model)
-        protocol_of = {"linear": args.linear_protocol, "knn": "knn5", "semi1": args.semi_protocol,
-                       "semi10": args.semi_protocol, "coco": args.coco_config}
-        if "linear" in tasks and not args.linear_protocol:
+        protocol_of = {"linear": protocols["linear"], "knn": "knn5", "semi1": protocols["semi"],
+                       "semi10": protocols["semi"], "coco": protocols["coco"]}
+        if "linear" in tasks and not protocols["linear"]:
             from wssl_zoo.weights import resolve
 
             from .protocols import paper_linear_protocol
@@ -104,7 +139,7 @@ def run(args, command: str) -> int:
                 elif task == "knn":
                     from .knn import main as entry
 
-                    argv = ["--model", model, "--protocols", "knn5", *common]
+                    argv = ["--model", model, "--protocol", "knn5", *common]
                 elif task in ("semi1", "semi10"):
                     from .semi import main as entry
 
@@ -114,15 +149,16 @@ def run(args, command: str) -> int:
                         split_args = ["--split-file", str(folder / f"{split[:-3]}percent.txt")]
                     else:
                         split_args = ["--make-split-file", str(results / "splits" / f"{args.dataset}_{split}.txt")]
-                    argv = ["--model", model, "--split", split, "--protocol", args.semi_protocol, *split_args,
+                    argv = ["--model", model, "--labelled", split, "--protocol", protocols["semi"], *split_args,
                             *epochs, *common]
                 else:
                     try:
                         from detection.train import main as entry
                     except ImportError as exc:
                         raise RuntimeError(f"the coco task needs the detection package ({exc})") from None
-                    argv = ["--model", model, "--config", args.coco_config, "--coco-root", str(root / "coco"),
-                            "--out", str(Path(args.runs_dir) / f"{label}_{args.coco_config}_seed{seed}"),
+                    argv = ["--model", model, "--protocol", protocols["coco"], "--data", str(root / "coco"),
+                            "--dataset", "coco",
+                            "--out", str(Path(args.runs_dir) / f"{label}_{protocols['coco']}_seed{seed}"),
                             "--seed", str(seed), "--device", args.device, "--workers", str(args.workers),
                             *(["--max-iter", str(args.max_iter)] if args.max_iter else []),
                             *(["--ims-per-batch", str(args.coco_ims_per_batch)] if args.coco_ims_per_batch else []),

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.knn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
-    p.add_argument("--protocols", default="knn5,knn200", help="comma-separated k-NN protocols (default: %(default)s)")
+    p.add_argument("--protocol", dest="protocols", default="knn5,knn200",
+                   help="k-NN protocol(s), comma-separated (default: %(default)s)")
+    cliargs.add_alias(p, "--protocols", "protocols")
     p.add_argument("-k", "--k", dest="k", type=int, help="override k of every rule (recorded as an override; "
                    "default: each protocol's, 5 and 200)")
     p.add_argument("--temperature", type=float, help="override the weighted rule's temperature (recorded; default: 0.07)")

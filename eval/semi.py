@@ -1,7 +1,7 @@
 """``python -m eval.semi``: semi-supervised fine-tuning on a labelled 1 % or 10 % subset.
 
-    python -m eval.semi --model intl_r50 --data /imagenet --split 1pct --split-file 1percent.txt
-    python -m eval.semi --model runs/c10 --dataset cifar10 --data DATA --split 10pct \\
+    python -m eval.semi --model intl_r50 --data /imagenet --labelled 1pct --split-file 1percent.txt
+    python -m eval.semi --model runs/c10 --dataset cifar10 --data DATA --labelled 10pct \\
         --make-split-file splits/cifar10_10pct.txt --percent 10 --seed 0   # write a class-balanced subset, then train
 
 Split files: SimCLR's ImageNet subset files (one image name per line, e.g.
@@ -217,13 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.semi", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
-    p.add_argument("--split", required=True, choices=["1pct", "10pct"], help="the labelled fraction")
+    p.add_argument("--labelled", dest="split", choices=["1pct", "10pct"], help="the labelled fraction (required; "
+                   "--split means a dataset split in the other tools, so this one is --labelled)")
+    cliargs.add_alias(p, "--split", "split", choices=["1pct", "10pct"])
     p.add_argument("--split-file", metavar="FILE", help="the subset file (SimCLR's for ImageNet); required unless "
                    "--make-split-file writes one")
     p.add_argument("--make-split-file", metavar="OUT", help="write a class-balanced subset of the training split "
                    "(--percent of every class, drawn with --split-seed) to OUT and use it")
     p.add_argument("--percent", type=float, help="with --make-split-file: the labelled percentage of every class "
-                   "(default: 1 for --split 1pct, 10 for 10pct)")
+                   "(default: 1 for --labelled 1pct, 10 for 10pct)")
     p.add_argument("--split-seed", type=int, help="seed of --make-split-file (default: --seed)")
     p.add_argument("--protocol", default="semi_intl", help="semi_intl (default) or semi_simclr")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (recorded)")
@@ -239,6 +241,9 @@ def run(args, command: str) -> int:
 
     from .features import build_split, mark_overrides
     from .records import dataset_fingerprint, make_record, write_record
+
+    if args.split is None:
+        raise ValueError("--labelled is required: 1pct or 10pct, the labelled fraction")
     from .training import best_epoch
 
     check_out(args, args.seeds)

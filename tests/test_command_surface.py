@@ -4,6 +4,7 @@ main() is reachable that way."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 from pathlib import Path
@@ -57,3 +58,71 @@ def test_a_forwarded_tool_keeps_its_exit_status_and_one_line_errors(tmp_path, ca
     assert cli.main(["eval", "linear", "--model", "not_a_model", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("eval.linear: error:") and "not_a_model" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- one vocabulary
+
+# earlier spellings, still accepted (hidden aliases) but never shown: each flag is spelled once
+RETIRED = {"--models": "--model", "--data-root": "--data", "--coco-root": "--data ... --dataset coco",
+           "--voc-root": "--data ... --dataset voc", "--protocols": "--protocol",
+           "--linear-protocol": "--protocol linear=NAME", "--semi-protocol": "--protocol semi=NAME",
+           "--coco-config": "--protocol coco=NAME", "--num-workers": "--workers"}
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    from detection import export as d_export
+    from detection import train as d_train
+    from wssl_zoo.pretrain import evaluate as p_evaluate
+
+    parsers = {f"eval.{name}": importlib.import_module(f"eval.{name}").build_parser()
+               for name in importlib.import_module("eval").COMMANDS}
+    parsers.update({"detection.train": d_train.build_parser(), "detection.export": d_export._parser(),
+                    "wssl_zoo.pretrain.evaluate": p_evaluate.build_parser()})
+    top = cli.build_parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    parsers.update({f"wssl-zoo {name}": p for name, p in sub.choices.items() if name not in cli.FORWARDED})
+    return parsers
+
+
+def _visible(parser) -> dict[str, object]:
+    return {opt: action for action in parser._actions if action.help != argparse.SUPPRESS
+            for opt in action.option_strings}
+
+
+def test_each_flag_is_spelled_once_across_the_tools():
+    for tool, parser in _parsers().items():
+        shown = _visible(parser)
+        assert not set(shown) & set(RETIRED), (tool, {f: RETIRED[f] for f in set(shown) & set(RETIRED)})
+        # --split is a dataset split wherever it is shown (eval.semi's labelled fraction is --labelled)
+        if "--split" in shown:
+            assert set(shown["--split"].choices or ()) <= {"train", "test", "val"}, tool
+
+
+def test_the_shared_flags_mean_the_same_in_every_tool():
+    from wssl_zoo import cliargs
+
+    parsers = _parsers()
+    devices = {tool: _visible(p)["--device"].help for tool, p in parsers.items() if "--device" in _visible(p)}
+    assert len(devices) >= 8 and len(set(devices.values())) == 1, devices
+    for tool, parser in parsers.items():
+        dataset = _visible(parser).get("--dataset")
+        if dataset is not None and tool != "detection.train":  # detection reads coco|voc
+            assert dataset.type is cliargs.dataset_arg, tool
+    long_jobs = ("wssl-zoo pretrain", "eval.linear", "eval.semi", "detection.train")
+    assert all("--resume" in _visible(parsers[t]) for t in long_jobs)
+
+
+def test_retired_spellings_still_work(tmp_path):
+    """The hidden aliases keep the commands researchers already typed working."""
+    from eval import benchmark, knn, semi
+    from detection import train as d_train
+
+    args = benchmark.build_parser().parse_args(["--models", "a,b", "--data-root", "D", "--linear-protocol", "small",
+                                                "--coco-config", "c"])
+    assert (args.models, args.data_root, benchmark.task_protocols(args.protocol)["linear"]) == (["a,b"], "D", "small")
+    assert benchmark.task_protocols(args.protocol)["coco"] == "c"
+    assert knn.build_parser().parse_args(["--model", "m", "--data", "d", "--protocols", "knn5"]).protocols == "knn5"
+    assert semi.build_parser().parse_args(["--model", "m", "--data", "d", "--split", "1pct"]).split == "1pct"
+    d = d_train.build_parser().parse_args(["--model", "m", "--config", "c", "--coco-root", "r", "--out", "o",
+                                           "--num-workers", "3"])
+    assert (d.config, d.coco_root, d.workers) == ("c", "r", 3)

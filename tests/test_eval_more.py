@@ -151,7 +151,7 @@ def test_benchmark_coco_calls_detection_train_with_the_agreed_flags(tmp_path, mo
     def fake_main(argv):
         calls.append(argv)
         rec = make_record(task="coco", model=argv[argv.index("--model") + 1], weights_sha256="c" * 64,
-                          protocol={"name": argv[argv.index("--config") + 1], "version": 1},
+                          protocol={"name": argv[argv.index("--protocol") + 1], "version": 1},
                           dataset={"name": "coco", "fingerprint": "f"}, seed=0, metrics={"bbox_AP": 1.5},
                           wall_seconds=1, command="python -m detection.train", extra={"model_label": "m"})
         records.write_record(rec, argv[argv.index("--record") + 1])
@@ -168,8 +168,10 @@ def test_benchmark_coco_calls_detection_train_with_the_agreed_flags(tmp_path, mo
     assert benchmark.main(argv) == 0
     (call,) = calls
     flags = {call[i]: call[i + 1] for i in range(0, len(call) - 1, 2) if call[i].startswith("--")}
-    assert flags["--model"] == "m" and flags["--config"] == "coco_R_50_FPN_1x"
-    assert flags["--coco-root"] == str(tmp_path / "root" / "coco") and flags["--max-iter"] == "3"
+    # the shared vocabulary (issue 24): --protocol (was --config), --data + --dataset (was --coco-root); the
+    # benchmark itself is called with its earlier spellings (--models, --data-root, --coco-config), still accepted
+    assert flags["--model"] == "m" and flags["--protocol"] == "coco_R_50_FPN_1x" and flags["--dataset"] == "coco"
+    assert flags["--data"] == str(tmp_path / "root" / "coco") and flags["--max-iter"] == "3"
     assert flags["--record"] == str(tmp_path / "res" / "bench-coco_m_coco_R_50_FPN_1x_imagefolder_seed0.json")
     assert "--out" in flags
     assert "| model | coco |" in capsys.readouterr().out

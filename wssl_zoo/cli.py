@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .documents import Outputs, generate, pretrain_results_table, readme_with_table, zoo_table  # noqa: F401
+from .cliargs import dataset_arg
 from .paths import zoo_results_dir
 from .registry import METHODS, STEMS, get_entry
 
@@ -221,8 +222,8 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stem", choices=list(STEMS), help="default: imagenet for a 7x7 conv1; for a 3x3 conv1 "
                    "cifar_pad2 for INTL (its padded CIFAR network), else required (cifar: no max-pool; small: "
                    "STL-10/Tiny-ImageNet, max-pool kept)")
-    p.add_argument("--dataset", help="pretraining dataset, for the normalisation and input size (default: the "
-                   "entry's, or imagenet for a 7x7 conv1)")
+    p.add_argument("--dataset", type=dataset_arg, metavar="NAME", help="pretraining dataset, for the normalisation "
+                   "and input size (default: the entry's, or imagenet for a 7x7 conv1)")
     p.add_argument("--img-size", type=int, help="input size recorded in config.json (default: the dataset's)")
     p.add_argument("--branch", choices=["online", "momentum"], default="online",
                    help="INTL_M: which encoder to take (default: %(default)s, as the authors' evaluate.py)")

@@ -206,6 +206,12 @@ def add_overwrite(p) -> None:
                    "job's is refused)")
 
 
+def add_alias(p, old: str, dest: str, **kwargs) -> None:
+    """Keep accepting ``old``, an earlier spelling of a flag now spelled once across the tools, without
+    showing it in ``--help`` (so scripts written against it keep working)."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
 def add_progress(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
 

@@ -27,7 +27,7 @@ BASE_RECIPE = {"wmse": "wmse_cifar10_2views", "cwrgp": "cwrgp_cifar10_2views", "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     parser.add_argument("--method", choices=sorted(BASE_RECIPE), default=d["method"], help="whitening method (default: %(default)s)")
-    parser.add_argument("--dataset", default=d["dataset"], help="fashion_mnist, cifar10, cifar100 or imagefolder (default: %(default)s)")
+    cliargs.add_dataset(parser, default=d["dataset"])
     parser.add_argument("--data", help="dataset root (default for fashion_mnist: /usr/share/datasets/fashion-mnist)")
     parser.add_argument("--arch", default=d["arch"], help="timm backbone (default: %(default)s)")
     from .registry import STEMS
