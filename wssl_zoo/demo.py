@@ -27,6 +27,8 @@ BASE_RECIPE = {"wmse": "wmse_cifar10_2views", "cwrgp": "cwrgp_cifar10_2views", "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     parser.add_argument("--method", choices=sorted(BASE_RECIPE), default=d["method"], help="whitening method (default: %(default)s)")
+    from . import cliargs
+
     cliargs.add_dataset(parser, default=d["dataset"])
     parser.add_argument("--data", help="dataset root (default for fashion_mnist: /usr/share/datasets/fashion-mnist)")
     parser.add_argument("--arch", default=d["arch"], help="timm backbone (default: %(default)s)")
@@ -46,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "run there is replaced, any other non-empty folder is refused")
     parser.add_argument("--overwrite", action="store_true", help="delete what --out holds first, even when it is "
                         "not a demo run")
-    from . import cliargs
 
     cliargs.add_workers(parser, cap=2)
     cliargs.add_seed(parser)
