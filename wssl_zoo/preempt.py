@@ -16,10 +16,18 @@ evaluations and detection all do the same on any of the three:
 
 A second Ctrl-C while the flag is set interrupts at once (``KeyboardInterrupt``), for a person
 who does not want to wait for the step; the last checkpoint written stays.
+
+The job's own process stops it, not its data-loading workers: SLURM signals every process of a job
+step and a terminal sends Ctrl-C to the whole process group, workers included. A worker forked while
+:class:`StopOnSignal` is active inherits its handler, which does nothing outside the process that
+installed it; a worker started afresh (``spawn``/``forkserver``: macOS, Python >= 3.14) ignores the
+signals through :func:`ignore_stop_signals` as its ``worker_init_fn``. Either way it keeps serving
+batches until the job stops asking, instead of dying under the step in progress.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -47,8 +55,11 @@ class StopOnSignal:
         self.announce = announce
         self.received: str | None = None
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, frame) -> None:  # noqa: ARG002 - the signal module's signature
+        if os.getpid() != self._pid:  # a forked data-loading worker: the job's process handles it
+            return
         name = signal.Signals(signum).name
         if self.received is not None and name == "SIGINT":
             raise KeyboardInterrupt
@@ -59,6 +70,7 @@ class StopOnSignal:
                       "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "StopOnSignal":
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for name in self.names:
                 signum = getattr(signal, name)
@@ -79,6 +91,15 @@ class StopOnSignal:
     def signal_name(self) -> str:
         """The signal received here, or ``a stop signal`` when another rank received it."""
         return self.received or "a stop signal (on another rank)"
+
+
+def ignore_stop_signals(worker_id: int | None = None) -> None:  # noqa: ARG001 - worker_init_fn's signature
+    """Ignore SIGTERM, SIGUSR1 and SIGINT in this process: a data-loading worker's ``worker_init_fn``, so
+    that the signals that stop a job do not kill its workers under the step in progress (the job's
+    process stops the job and then the workers)."""
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def resume_command(prog: str, argv: Iterable[str] | None) -> str:
