@@ -18,6 +18,11 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+
+from . import cliargs
+from .preempt import resume_command
+from .runlog import format_duration
 
 DEFAULTS = dict(method="wmse", dataset="fashion_mnist", arch="resnet18", stem="imagenet", img_size=32,
                 epochs=2, steps_per_epoch=120, batch_size=256, train_subset=30720, bank=5000, queries=2000)
@@ -46,18 +51,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "run there is replaced, any other non-empty folder is refused")
     parser.add_argument("--overwrite", action="store_true", help="delete what --out holds first, even when it is "
                         "not a demo run")
-    from . import cliargs
-
+    cliargs.add_resume(parser, what="the demo stopped by Ctrl-C (or SIGTERM) with the same options")
     cliargs.add_workers(parser, cap=2)
     cliargs.add_seed(parser)
     cliargs.add_device(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    from . import cliargs
+def eval_steps_equivalent(args: argparse.Namespace, views: int) -> float:
+    """The evaluation after pretraining in training steps of the same run: the features of 2 backbones x
+    (bank + queries) images, one forward each, where a step is batch x views forwards and backwards
+    (about 3 forwards each), and as much again for the linear probes and the rest."""
+    return 2 * 2 * (args.bank + args.queries) / (3 * args.batch_size * views)
+
+
+def _print_estimate(args: argparse.Namespace, recipe, per_step: float, steps_left: int) -> None:
+    """The demo's time estimate after its first steps: the pretraining left, then the evaluation."""
+    pretraining, evaluation = per_step * steps_left, per_step * eval_steps_equivalent(args, recipe.num_views)
+    tqdm.write(f"estimated time left: about {format_duration(pretraining + evaluation)} ({format_duration(pretraining)} "
+               f"of pretraining at {per_step:.2f} s per step, then about {format_duration(evaluation)} of evaluation)")
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from .data.transforms import derive_seed
     from .encoders import create_backbone
-    from .outdir import claim
     from .pretrain.loop import RunOptions, pretrain
     from .pretrain.recipes import resolve_recipe
 
@@ -75,16 +91,15 @@ def run(args: argparse.Namespace) -> int:
           f"({args.stem} stem) at {args.img_size} px, {args.epochs} x {args.steps_per_epoch} steps (at most) of "
           f"{args.batch_size} images x {recipe.num_views} views", flush=True)
     start = time.perf_counter()
-    opts = RunOptions(out=out, data=args.data, device=args.device, workers=args.workers, seed=args.seed,
-                      eval_every=0, steps_per_epoch=args.steps_per_epoch, train_subset=args.train_subset,
-                      owner="demo")
-    recipe = recipe.validate()  # every check before anything in --out is deleted
     if args.data is None and args.dataset != "fashion_mnist":
         raise ValueError(f"--dataset {args.dataset} needs --data ROOT")
-    # only a previous demo run (its marker says so) is replaced; anything else needs --overwrite
-    claim(out, "demo", dict(recipe=recipe.to_dict(), data=str(args.data), seed=args.seed), overwrite=args.overwrite,
-          replace_own=True)
-    pretrain(recipe, opts)
+    # only a previous demo run (its marker says so) is replaced; anything else needs --overwrite. The loop
+    # claims --out once the recipe and the data are checked, so a refused start leaves nothing behind.
+    opts = RunOptions(out=out, data=args.data, device=args.device, workers=args.workers, seed=args.seed,
+                      eval_every=0, steps_per_epoch=args.steps_per_epoch, train_subset=args.train_subset,
+                      owner="demo", replace_own=True, resume=args.resume, overwrite=args.overwrite,
+                      command=resume_command("python -m wssl_zoo.demo", argv))
+    pretrain(recipe, opts, on_estimate=lambda per_step, left: _print_estimate(args, recipe, per_step, left))
     train_time = time.perf_counter() - start
     # the steps the run made: --steps-per-epoch is a cap, fewer when --train-subset / --batch-size allow fewer
     steps = json.loads((out / "train_config.json").read_text())["steps_per_epoch"]
@@ -123,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"wssl-zoo demo: error: {exc}", file=sys.stderr)
-        return 2
+    return cliargs.run_cli("wssl-zoo demo", lambda: run(args, argv))
 
 
 if __name__ == "__main__":
