@@ -368,3 +368,20 @@ def test_a_forked_worker_ignores_the_stop_signals_and_the_job_process_stops(tmp_
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_wssl_zoo_pretrain_stopped_names_its_own_command_to_resume(tmp_path, data, monkeypatch, capsys):
+    """Through ``wssl-zoo pretrain`` (the subcommand, in process): exit status 75 and one line whose resume
+    command is the command that ran, with --resume added."""
+    from wssl_zoo.cli import main
+
+    _signal_at(monkeypatch, 1)
+    args = [*CASES["cwrgp_adam"], *COMMON[:COMMON.index("--checkpoint-every")], "--device", "cpu", "--data",
+            str(data), "--out", str(tmp_path / "run")]
+    assert main(["pretrain", *args]) == 75
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"wssl-zoo pretrain: stopped by SIGTERM at epoch 1, step 1 of 3 (global step 1); checkpoint written to "
+        f"{tmp_path / 'run' / 'checkpoints' / 'last.pt'}. Resume with: wssl-zoo pretrain {' '.join(args)} --resume"
+        "  (exit status 75)")
+    assert "Traceback" not in err

@@ -88,6 +88,8 @@ def test_run_state_says_how_the_run_ended(tmp_path, monkeypatch, capsys):
     _write(out / "log.jsonl", LOG[:-1])
     assert run_state(out)[0] == 1
     (out / "summary.json").write_text("{}")
+    assert run_state(out)[0] == 1  # not without its model: summary.json is written after model.safetensors
+    (out / "model.safetensors").write_bytes(b"")
     assert main(["--out", str(out), "--status"]) == 0
     assert "finished" in capsys.readouterr().out
 

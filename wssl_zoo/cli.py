@@ -8,6 +8,7 @@ by wssl-zoo (ValueError, KeyError, FileNotFoundError) print one line and exit wi
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -161,7 +162,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 def _pretrain_run(args: argparse.Namespace) -> int:
     from .pretrain.cli import run
 
-    return run(args)
+    return run(args, args._argv)  # the arguments after "pretrain": its resume command repeats them
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -173,7 +174,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 def _demo_run(args: argparse.Namespace) -> int:
     from .demo import run
 
-    return run(args)
+    return run(args, args._argv)
 
 
 def _card_args(p: argparse.ArgumentParser) -> None:
@@ -298,8 +299,9 @@ def _convert_run(args: argparse.Namespace) -> int:
 
 
 def _plot_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Draw the training curves of a pretraining run (loss, learning rate, kNN monitor and "
-                     "effective rank per epoch) from RUN/log.jsonl. Needs matplotlib: pip install 'wssl-zoo[plot]'.")
+    p.description = ("Draw the training curves of a pretraining run from RUN/log.jsonl: loss and learning rate per "
+                     "epoch and per logged step (--log-every), kNN monitor and effective rank per monitor epoch, "
+                     "views/s and data-wait share per logged step. Needs matplotlib: pip install 'wssl-zoo[plot]'.")
     p.add_argument("run", metavar="RUN", help="the run's output folder (--out of pretrain) or its log.jsonl")
     p.add_argument("--out", metavar="FILE", help="PNG to write (default: RUN/training_curves.png)")
     p.add_argument("--title", help="figure title (default: the run folder's name)")
@@ -351,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``wssl-zoo`` command line; returns the exit status (2 for a usage or input error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args._argv = argv[1:]  # the subcommand's own arguments (argv[0] is its name: wssl-zoo has no global options)
     from .cliargs import run_cli
 
     # errors from wssl-zoo carry a message that names the file / key / value: no traceback

@@ -33,6 +33,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .cliargs import EXIT_PREEMPTED
 from .fileio import atomic_write_text
 
 LOG_NAME = "log.jsonl"
@@ -122,15 +123,20 @@ def trim(path: str | Path, global_step: int) -> int:
     return dropped
 
 
+def is_finished(out: str | Path) -> bool:
+    """Whether the run in ``out`` finished: its model (``model.safetensors``) and, written after it,
+    ``summary.json`` are there."""
+    out = Path(out)
+    return (out / SUMMARY_NAME).is_file() and (out / "model.safetensors").is_file()
+
+
 def run_state(out: str | Path) -> tuple[int, str]:
-    """How the run in ``out`` ended, as ``(status, one line)``: 0 finished (``summary.json``); 75 stopped
+    """How the run in ``out`` ended, as ``(status, one line)``: 0 finished (:func:`is_finished`); 75 stopped
     on a signal after writing its checkpoint, in this SLURM job and restart where one is running (the
     job stopped and should be requeued); 1 anything else (no run; still running; ended by an error or
     SIGKILL; or stopped in an earlier job, so this job failed before it logged anything)."""
-    from .cliargs import EXIT_PREEMPTED
-
     out = Path(out)
-    if (out / SUMMARY_NAME).is_file():
+    if is_finished(out):
         return 0, f"{out}: finished ({SUMMARY_NAME} written)"
     log = out / LOG_NAME
     if not log.is_file():
@@ -281,8 +287,6 @@ class RunLog:
 
     def close(self, exit_code: int = 0) -> None:
         """Flush and close (``exit_code`` 75: W&B marks the run preempted, so it shows as resumable)."""
-        from .cliargs import EXIT_PREEMPTED
-
         if self.writer is not None:
             self.writer.close()
             self.writer = None

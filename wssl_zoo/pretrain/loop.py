@@ -41,7 +41,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-
 from tqdm.auto import tqdm
 
 from .. import distributed, runlog
@@ -241,7 +240,7 @@ def _finished_summary(opts: RunOptions) -> dict[str, Any] | None:
     that a requeue or a repeated command after the end changes nothing; else None."""
     out = Path(opts.out)
     path = out / runlog.SUMMARY_NAME
-    if not opts.resume or not path.is_file() or (read_marker(out) or {}).get("tool") != opts.owner:
+    if not opts.resume or not runlog.is_finished(out) or (read_marker(out) or {}).get("tool") != opts.owner:
         return None
     try:
         return json.loads(path.read_text())
