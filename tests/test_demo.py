@@ -92,7 +92,7 @@ def test_the_demo_estimates_its_evaluation_in_training_steps(capsys):
 
     args = argparse.Namespace(**DEFAULTS)
     recipe = resolve_recipe("wmse_cifar10_2views")
-    assert eval_steps_equivalent(args, 2) == pytest.approx(4 * 7000 / (3 * 256 * 2))
+    assert eval_steps_equivalent(args, 2) == pytest.approx(2 * 7000 / (3 * 256 * 2))
     _print_estimate(args, recipe, 0.5, 229)
-    assert capsys.readouterr().out.strip() == ("estimated time left: about 2 min 04 s (1 min 54 s of pretraining at "
-                                               "0.50 s per step, then about 9 s of evaluation)")
+    assert capsys.readouterr().out.strip() == ("estimated time left: about 1 min 59 s (1 min 54 s of pretraining at "
+                                               "0.50 s per step, then about 5 s of evaluation)")
