@@ -96,7 +96,8 @@ def main() -> int:
     for name, variables, r in rows:
         row = r["row"]
         loss = f" | {r['losses'][0]:.6f} / {r['losses'][1]:.6f}" if args.steps else ""
-        print(f"| {name} | {r['cpu'].rsplit(', ', 1)[-1]} | {row['monitor_knn5_cos']:.2f} | {row['monitor_knn20_cos']:.2f} | "
+        isa = r["cpu"].rsplit(", ", 1)[-1]
+        print(f"| {name} | {isa} | {row['monitor_knn5_cos']:.2f} | {row['monitor_knn20_cos']:.2f} | "
               f"{row['linear_top1']:.2f} | {row['effective_rank']:.3f}{loss} | {r['seconds']:.0f} |")
     return 0
 

@@ -124,7 +124,7 @@ def test_ddp_two_gloo_processes_agree_with_one_process_on_the_concatenated_batch
     assert json.loads((tmp_path / "ddp-no-gather" / "train_config.json").read_text())["gather_distributed"] is False
 
     def run(name):
-        log = [json.loads(r) for r in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        log = read_log(tmp_path / name / "log.jsonl", kind="epoch")
         weights = {**load_file(tmp_path / name / "model.safetensors"),
                    **{f"projector.{k}": v for k, v in load_file(tmp_path / name / "projector.safetensors").items()}}
         return log[0]["loss"], weights

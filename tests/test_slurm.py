@@ -3,8 +3,8 @@ small stubs on PATH (srun starts its command once per node of the job with SLURM
 ``--ntasks-per-node=1`` does; scontrol names the nodes and records a requeue), torchrun and Python are
 the real ones, on the CPU with gloo and tiny settings. The job is sent the signal SLURM sends before its
 time limit (SIGUSR1 to every process of the job step), or the SIGTERM of a preemption; it must stop
-with its checkpoint, requeue itself, and the requeued job (the same script and arguments) must finish the run with the weights of an
-uninterrupted run of the same processes."""
+with its checkpoint, requeue itself, and the requeued job (the same script and arguments) must finish
+the run with the weights of an uninterrupted run of the same processes."""
 
 from __future__ import annotations
 

@@ -68,8 +68,9 @@ def eval_steps_equivalent(args: argparse.Namespace, views: int) -> float:
 def _print_estimate(args: argparse.Namespace, recipe, per_step: float, steps_left: int) -> None:
     """The demo's time estimate after its first steps: the pretraining left, then the evaluation."""
     pretraining, evaluation = per_step * steps_left, per_step * eval_steps_equivalent(args, recipe.num_views)
-    tqdm.write(f"estimated time left: about {format_duration(pretraining + evaluation)} ({format_duration(pretraining)} "
-               f"of pretraining at {per_step:.2f} s per step, then about {format_duration(evaluation)} of evaluation)")
+    tqdm.write(f"estimated time left: about {format_duration(pretraining + evaluation)} "
+               f"({format_duration(pretraining)} of pretraining at {per_step:.2f} s per step, "
+               f"then about {format_duration(evaluation)} of evaluation)")
 
 
 def demo_recipe(args: argparse.Namespace):
@@ -144,7 +145,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     any_row = next(iter(rows.values()))
     print(f"\n{any_row['bank']} labelled training images, {any_row['queries']} held-out test images; "
           f"pretraining {args.epochs} x {steps} steps in {train_time:.0f} s, total {total:.0f} s. Model: {out} (wssl_zoo.load('{out}')).")
-    result = dict(command=" ".join(["python -m wssl_zoo.demo", *(sys.argv[1:] if argv is None else argv)]), args=vars(args) | {"out": str(out)},
+    command = " ".join(["python -m wssl_zoo.demo", *(sys.argv[1:] if argv is None else argv)])
+    result = dict(command=command, args=vars(args) | {"out": str(out)},
                   results=rows, steps_per_epoch=steps, pretrain_seconds=train_time, total_seconds=total)
     from .fileio import atomic_write_bytes
 

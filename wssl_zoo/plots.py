@@ -97,9 +97,9 @@ def training_curves(log: str | Path | list[dict]) -> dict[str, list[list[float]]
     effective_rank that the epoch records have (the monitor's only at monitor epochs); and from the step
     records, where the run logged them (``--log-every``), ``loss_steps``, ``lr_steps``, ``views_per_s``
     and ``data_wait_share`` at x = the step's position in epochs (global step / steps per epoch, from
-    the run's start record: 2.5 is half-way through the third epoch). ``log``: a run folder, its ``log.jsonl`` or the records already
-    read (:func:`wssl_zoo.runlog.read_log`). A resumed run that logged an epoch or a step twice keeps
-    the last record of it."""
+    the run's start record: 2.5 is half-way through the third epoch). ``log``: a run folder, its
+    ``log.jsonl`` or the records already read (:func:`wssl_zoo.runlog.read_log`). A resumed run that
+    logged an epoch or a step twice keeps the last record of it."""
     if not isinstance(log, list):
         log = read_log(log_path(log))
     by_epoch = {int(r["epoch"]): r for r in log if kind_of(r) == "epoch"}

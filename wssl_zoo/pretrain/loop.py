@@ -712,14 +712,16 @@ def _stop(run: _Run, epoch: int, step_in_epoch: int) -> None:
         _save(run, epoch, step_in_epoch)
     ckpt = run.out / "checkpoints" / "last.pt"
     where = (f"after epoch {epoch}" if step_in_epoch == 0 else
-             f"at epoch {epoch + 1}, step {step_in_epoch} of {run.steps_per_epoch}") + f" (global step {run.global_step})"
+             f"at epoch {epoch + 1}, step {step_in_epoch} of {run.steps_per_epoch}")
+    where += f" (global step {run.global_step})"
     message = ""
     if run.is_main:
         run.log.write(dict(kind="stop", epoch=epoch + (0 if step_in_epoch == 0 else 1), step=step_in_epoch,
                            global_step=run.global_step, signal=run.stop.signal_name, checkpoint=str(ckpt),
                            **runlog.slurm_job()))
         _close_logs(run, Preempted.exit_status)
-        message = stopped_message(run.stop.signal_name, where, str(ckpt), run.opts.command or "the same command with --resume")
+        command = run.opts.command or "the same command with --resume"
+        message = stopped_message(run.stop.signal_name, where, str(ckpt), command)
     distributed.barrier()
     raise Preempted(message)
 
