@@ -339,6 +339,8 @@ def test_bad_input_exits_2_names_the_culprit_and_changes_nothing(case, tmp_path,
     work.mkdir()
     main, argv, culprit = case(work, assets)
     before_work, before_assets = tree_hash(work), tree_hash(assets)
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+    out_was_new = out is not None and not out.exists()  # a refused start leaves no --out folder behind
     code = main(argv)
     err = capsys.readouterr().err
     message = [line for line in err.splitlines() if "error" in line.lower()]
@@ -347,6 +349,8 @@ def test_bad_input_exits_2_names_the_culprit_and_changes_nothing(case, tmp_path,
     assert "Traceback" not in err
     after = tree_hash(work)
     assert {k: after.get(k) for k in before_work} == before_work, "an existing file changed"
+    if out_was_new:
+        assert not out.exists(), f"a refused start left {out}: {sorted(p.name for p in out.iterdir())}"
     assert tree_hash(assets) == before_assets
 
 

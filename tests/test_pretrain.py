@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 
 from wssl_zoo.pretrain.loop import RunOptions, TrainingStopped, pretrain
 from wssl_zoo.pretrain.recipes import resolve_recipe
+from wssl_zoo.runlog import read_log
 
 # timm's test_resnet (370k parameters, 96 features): a ResNet like resnet18, 30x fewer weights
 SMALL = {"arch": "test_resnet", "stem": "imagenet", "img_size": 32, "dataset": "imagefolder",
@@ -59,7 +61,7 @@ def test_two_epoch_cpu_run_per_method(tmp_path, tiny_data, case):
     summary = pretrain(_recipe(case), RunOptions(out=out, data=str(tiny_data), workers=0, eval_every=1,
                                                  progress=False, monitor_samples=18))
     assert summary["epoch"] == 2 and np.isfinite(summary["loss"])
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log = read_log(out / "log.jsonl", kind="epoch")
     assert [r["epoch"] for r in log] == [1, 2]
     assert 0 <= log[-1]["monitor_knn_cos"] <= 100 and log[-1]["effective_rank"] > 0
     import wssl_zoo
@@ -122,7 +124,7 @@ def test_ddp_two_gloo_processes_agree_with_one_process_on_the_concatenated_batch
     assert json.loads((tmp_path / "ddp-no-gather" / "train_config.json").read_text())["gather_distributed"] is False
 
     def run(name):
-        log = [json.loads(r) for r in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        log = read_log(tmp_path / name / "log.jsonl", kind="epoch")
         weights = {**load_file(tmp_path / name / "model.safetensors"),
                    **{f"projector.{k}": v for k, v in load_file(tmp_path / name / "projector.safetensors").items()}}
         return log[0]["loss"], weights
@@ -192,6 +194,65 @@ def test_bad_input_gives_clear_errors(tmp_path, tiny_data):
     for extra, data, match in cases:
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             pretrain(_recipe("wmse", **extra), RunOptions(out=tmp_path / "o", data=str(data), workers=0, progress=False))
+
+
+def test_a_refused_start_leaves_no_out_folder(tmp_path, tiny_data):
+    """Inputs are checked and the data is read before --out is claimed: a refused start leaves no folder,
+    not even the marker, with or without --resume (one command for the first start and every requeue)."""
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    few = tmp_path / "few"
+    shutil.copytree(make_imagefolder(tmp_path / "made", classes=2, per_class=8, val=2) / "train", few / "train")
+    cases = [
+        (dict(), dict(data=str(empty)), r"empty.train|no class folders|holds no"),
+        (dict(), dict(data=str(few)), r"16 images, fewer than one global batch of 32"),
+        (dict(), dict(data=str(few), resume=True), r"16 images, fewer than one global batch of 32"),
+        # a recipe/data mismatch: CIFAR-10 read from a folder of images without its test split
+        (dict(dataset="cifar10", batch_size=16), dict(data=str(few), eval_every=1), r"pass --dataset imagefolder"),
+    ]
+    for i, (recipe, options, match) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            pretrain(_recipe("wmse", **recipe), RunOptions(out=out, workers=0, progress=False, **options))
+        assert not out.exists(), f"case {i} left {sorted(p.name for p in out.iterdir())}"
+
+
+def test_resume_refuses_a_foreign_folder_and_says_when_it_starts_fresh(tmp_path, tiny_data, capsys):
+    from wssl_zoo.outdir import OutputDirError
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    opts = dict(data=str(tiny_data), workers=0, eval_every=0, progress=False, resume=True)
+    with pytest.raises(OutputDirError, match=r"the folder is not empty \(notes.txt; not made by wssl-zoo\)"):
+        pretrain(_recipe("wmse", epochs=1, batch_size=16), RunOptions(out=foreign, **opts))
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pretrain(_recipe("wmse", epochs=1, batch_size=16), RunOptions(out=empty, **opts))
+    assert f"--resume: nothing to resume in {empty} (a missing or empty folder); starting a new run" in \
+        capsys.readouterr().out
+    assert read_log(empty / "log.jsonl", kind="start")[0]["fresh"] == "--resume found a missing or empty folder"
+
+
+def test_keep_every_keeps_loadable_backbone_snapshots(tmp_path, tiny_data):
+    """--keep-every 2 of a 4-epoch run: OUT/snapshots/epoch_0002 and epoch_0004, each a model directory
+    (backbone only: no projector, no optimiser state) that wssl_zoo.load reads; the last is the final model."""
+    import wssl_zoo
+    from wssl_zoo.pretrain.loop import snapshot_dir
+
+    out = tmp_path / "run"
+    pretrain(_recipe("wmse", epochs=4, batch_size=16),
+             RunOptions(out=out, data=str(tiny_data), workers=0, eval_every=0, progress=False, keep_every=2))
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_0002", "epoch_0004"]
+    for epoch in (2, 4):
+        snap = snapshot_dir(out, epoch)
+        assert sorted(p.name for p in snap.iterdir()) == ["config.json", "model.safetensors"]
+        meta = json.loads((snap / "config.json").read_text())["wssl_zoo"]
+        assert (meta["epochs"], meta["schedule_epochs"], meta["method"]) == (epoch, 4, "wmse")
+        assert wssl_zoo.load(snap)(torch.randn(2, 3, 32, 32)).shape == (2, 96)
+    assert (snapshot_dir(out, 4) / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert (snapshot_dir(out, 2) / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):

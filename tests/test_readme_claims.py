@@ -12,6 +12,7 @@ from wssl_zoo import cards
 from wssl_zoo.cli import main, readme_with_table
 from wssl_zoo.pretrain.cli import main as pretrain_main
 from wssl_zoo.registry import get_entry
+from wssl_zoo.runlog import read_log
 
 from conftest import REPO_ROOT
 
@@ -172,7 +173,7 @@ def test_amp_bf16_runs_the_backbone_under_autocast(tiny_images, tmp_path, contro
     seen = observed["seen"]
     assert len(seen) == TINY_STEPS * TINY_VIEWS
     assert all(c["autocast"] for c in seen) and {c["conv_out"] for c in seen} == {torch.bfloat16}
-    log = [json.loads(r) for r in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    log = read_log(tmp_path / "bf16" / "log.jsonl", kind="epoch")
     assert len(log) == 1 and torch.isfinite(torch.tensor(log[0]["loss"]))
     # the weights stay float32 (autocast, not a half-precision model)
     import wssl_zoo
@@ -211,9 +212,9 @@ def test_tensorboard_logs_every_epoch_record(tiny_images, tmp_path, control, obs
     _pretrain_tiny(tiny_images, out, "--epochs", "2", "--tensorboard")
     (writer,) = observed["writers"]
     assert writer.log_dir == str(out / "tensorboard") and writer.closed
-    log = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
-    expected = [(f"pretrain/{k}", v, r["epoch"]) for r in log for k, v in r.items() if k != "epoch"]
-    assert len(log) == 2 and writer.scalars == expected
+    log = read_log(out / "log.jsonl", kind="epoch")
+    expected = [(f"pretrain/{k}", v, r["epoch"]) for r in log for k, v in r.items() if k not in ("epoch", "kind")]
+    assert len(log) == 2 and [s for s in writer.scalars if s[0].startswith("pretrain/")] == expected
 
 
 def test_tensorboard_writes_event_files(tiny_images, tmp_path):

@@ -56,9 +56,18 @@ def test_demo_replaces_only_its_own_earlier_run(tmp_path):
     out = tmp_path / "demo"
     claim(out, "demo", {"earlier": True})
     (out / "demo_results.json").write_text("{}")
-    # the folder is taken over (old file gone) before the data error stops the run
+    # the data is checked before the folder is taken over: a refused start leaves the earlier run as it was
+    # (issue 25; until then the old files were deleted before the data error stopped the run)
     code = demo_main(["--dataset", "imagefolder", "--data", str(tmp_path / "nodata"), "--out", str(out)])
-    assert code == 2 and not (out / "demo_results.json").exists() and read_marker(out)["tool"] == "demo"
+    assert code == 2 and (out / "demo_results.json").exists() and read_marker(out)["job"] == {"earlier": True}
+    from test_pretrain import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "d", classes=2, per_class=64, val=2, size=32)
+    code = demo_main(["--dataset", "imagefolder", "--data", str(data), "--out", str(out), "--epochs", "1",
+                      "--steps-per-epoch", "1", "--batch-size", "128", "--train-subset", "128", "--bank", "8",
+                      "--queries", "4", "--workers", "0", "--arch", "test_resnet"])
+    assert code == 0 and read_marker(out)["tool"] == "demo" and read_marker(out)["job"] != {"earlier": True}
+    assert json.loads((out / "demo_results.json").read_text())["results"]  # the new run's, not "{}"
 
 
 def test_convert_into_an_existing_model_dir_is_refused_and_overwrite_leaves_no_stale_files(tmp_path, capsys):

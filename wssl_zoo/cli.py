@@ -107,7 +107,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 def _pretrain_run(args: argparse.Namespace) -> int:
     from .pretrain.cli import run
 
-    return run(args)
+    return run(args, args._argv)  # the arguments after "pretrain": its resume command repeats them
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -119,7 +119,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 def _demo_run(args: argparse.Namespace) -> int:
     from .demo import run
 
-    return run(args)
+    return run(args, args._argv)
 
 
 def _card_args(p: argparse.ArgumentParser) -> None:
@@ -248,8 +248,9 @@ def _convert_run(args: argparse.Namespace) -> int:
 
 
 def _plot_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Draw the training curves of a pretraining run (loss, learning rate, kNN monitor and "
-                     "effective rank per epoch) from RUN/log.jsonl. Needs matplotlib: pip install 'wssl-zoo[plot]'.")
+    p.description = ("Draw the training curves of a pretraining run from RUN/log.jsonl: loss and learning rate per "
+                     "epoch and per logged step (--log-every), kNN monitor and effective rank per monitor epoch, "
+                     "views/s and data-wait share per logged step. Needs matplotlib: pip install 'wssl-zoo[plot]'.")
     p.add_argument("run", metavar="RUN", help="the run's output folder (--out of pretrain) or its log.jsonl")
     p.add_argument("--out", metavar="FILE", help="PNG to write (default: RUN/training_curves.png)")
     p.add_argument("--title", help="figure title (default: the run folder's name)")
@@ -374,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) >= 2 and argv[0] in FORWARDED and argv[1] in _forwarded(FORWARDED[argv[0]][0]):
         return _run_forwarded(FORWARDED[argv[0]][0], argv[1], argv[2:])  # the tool parses, helps and errs itself
     args = build_parser().parse_args(argv)
+    args._argv = argv[1:]  # the subcommand's own arguments (argv[0] is its name: wssl-zoo has no global options)
     from .cliargs import run_cli
 
     # errors from wssl-zoo carry a message that names the file / key / value: no traceback

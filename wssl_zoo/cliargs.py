@@ -237,7 +237,8 @@ def run_cli(prog: str, run: Callable[[], int], errors: tuple[type[BaseException]
     try:
         return run()
     except Preempted as exc:
-        print(f"{prog}: {one_line(exc)}", file=sys.stderr, flush=True)
+        if str(exc):  # under torchrun only rank 0 says it; the other ranks stop with the same status
+            print(f"{prog}: {one_line(exc)}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; the files written so far are complete (every write is atomic), "

@@ -58,8 +58,9 @@ SHARDS_VERSION = 1
 
 
 def autocast(device: torch.device | str, amp: str = "none"):
-    """The precision context of an evaluation forward: float32 for ``amp="none"`` (the authors'),
-    else autocast to bf16 / fp16 on ``device``'s type (CUDA, or the CPU's own autocast)."""
+    """The precision context of a forward (evaluation and pretraining alike): float32 for ``amp="none"``
+    (the authors' evaluation precision), else autocast to bf16 / fp16 on ``device``'s type (CUDA, or
+    the CPU's own autocast). Whitening runs in float32 inside it (:func:`wssl_zoo.whitening.no_autocast`)."""
     if amp == "none":
         return contextlib.nullcontext()
     if amp not in AMP_DTYPES:

@@ -46,6 +46,33 @@ def _listing(folder: Path, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def check(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", overwrite: bool = False,
+          resume: bool = False, replace_own: bool = False, hint: str = "", own: bool | None = None) -> str:
+    """What :func:`claim` would do with ``folder``, without touching it: ``"new"``, ``"same"`` or
+    ``"replaced"``, or :class:`OutputDirError` for a folder it would refuse. A job calls it before its
+    slow checks (reading the data) and :func:`claim` after them, so a refusal comes first and a start
+    refused for anything else leaves no folder behind."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputDirError(f"{flag} {folder}: exists and is not a folder")
+    marker = read_marker(folder) if folder.is_dir() else None
+    entries = [p for p in folder.iterdir() if p.name != MARKER] if folder.is_dir() else []
+    if not entries:
+        return "new"
+    if own is None:
+        own = marker is not None and marker.get("tool") == tool
+    if overwrite or (replace_own and own):
+        return "replaced"
+    if own and marker is not None and (resume or marker.get("job") == _normal(job)):
+        return "same"
+    made = (f"made by {marker.get('tool')} for another job" if own and marker else
+            f"made by {marker.get('tool')}" if marker else "not made by wssl-zoo")
+    offer = "pass --resume to continue it, " if hint == "resume" and own else ""
+    raise OutputDirError(
+        f"{flag} {folder}: the folder is not empty ({_listing(folder)}; {made}); "
+        f"{offer}pass --overwrite to delete its contents first, or choose another {flag}")
+
+
 def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", overwrite: bool = False,
           resume: bool = False, replace_own: bool = False, hint: str = "", own: bool | None = None,
           mark: bool = True) -> str:
@@ -57,7 +84,8 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
     contents fit), and a missing or empty one (``"new"``: there is nothing to resume, so the job
     starts fresh and says so; one command serves the first start and every requeue). A non-empty
     folder no wssl-zoo tool marked is refused with ``resume`` as without it. Raises
-    :class:`OutputDirError` naming the folder, a few of its entries and the flags that proceed.
+    :class:`OutputDirError` naming the folder, a few of its entries and the flags that proceed
+    (:func:`check` says the same without touching anything).
 
     ``own`` overrides the marker's verdict for a folder that describes itself (a publish staging
     folder is one whose ``SHA256SUMS`` lists its files); ``mark=False`` writes no marker (a
@@ -66,30 +94,18 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
     from ._version import __version__
 
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputDirError(f"{flag} {folder}: exists and is not a folder")
-    marker = read_marker(folder) if folder.is_dir() else None
-    entries = [p for p in folder.iterdir() if p.name != MARKER] if folder.is_dir() else []
-    state = "new"
-    if entries:
-        if own is None:
-            own = marker is not None and marker.get("tool") == tool
-        if overwrite or (replace_own and own):
-            for p in entries:
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-            state = "replaced"
-        elif own and marker is not None and (resume or marker.get("job") == _normal(job)):
-            return "same"
-        else:
-            made = (f"made by {marker.get('tool')} for another job" if own and marker else
-                    f"made by {marker.get('tool')}" if marker else "not made by wssl-zoo")
-            offer = "pass --resume to continue it, " if hint == "resume" and own else ""
-            raise OutputDirError(
-                f"{flag} {folder}: the folder is not empty ({_listing(folder)}; {made}); "
-                f"{offer}pass --overwrite to delete its contents first, or choose another {flag}")
+    state = check(folder, tool, job, flag=flag, overwrite=overwrite, resume=resume, replace_own=replace_own,
+                  hint=hint, own=own)
+    if state == "same":
+        return state
+    if state == "replaced":
+        for p in folder.iterdir():
+            if p.name == MARKER:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     if not mark:
         return state

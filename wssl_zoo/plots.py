@@ -7,9 +7,10 @@ stored in the PNG as a ``tEXt`` chunk under :data:`DATA_KEY` (JSON), so a checke
 be compared with fresh data without matplotlib and independently of its pixel bytes
 (:func:`png_data`).
 
-- :func:`training_curves`: loss, learning rate, kNN monitor and effective rank per epoch from a
-  pretraining run's ``log.jsonl``; drawn by :func:`plot_training_curves` (``wssl-zoo plot RUN``
-  and the pretraining loop at each monitor epoch).
+- :func:`training_curves`: loss, learning rate, kNN monitor and effective rank per epoch, and loss,
+  learning rate, throughput and data-wait share per logged step, from a pretraining run's
+  ``log.jsonl`` (:mod:`wssl_zoo.runlog`); drawn by :func:`plot_training_curves` (``wssl-zoo plot
+  RUN`` and the pretraining loop at each monitor epoch).
 - :func:`spectrum_series`: normalised covariance eigenvalues per feature kind, each model beside
   its random-init baseline; drawn by :func:`plot_spectrum` (``python -m eval.spectrum``).
 - :func:`plot_panels`: small multiples of horizontal bars, one axis per metric kind (the
@@ -24,10 +25,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .runlog import kind_of, log_path, read_log  # noqa: F401  (log_path, read_log: also this module's API)
+
 DATA_KEY = "wssl-zoo:data"
 INSTALL_HINT = "pip install 'wssl-zoo[plot]' (or pip install matplotlib)"
-CURVES = (("loss", "training loss", "linear"), ("lr", "learning rate (last step of the epoch)", "linear"),
+CURVES = (("loss", "training loss", "linear"), ("lr", "learning rate", "linear"),
           ("monitor_knn_cos", "kNN monitor top-1 (%)", "linear"), ("effective_rank", "effective rank (backbone)", "linear"))
+# the curves of the step records (--log-every): curve key -> the record's key
+STEP_CURVES = (("loss_steps", "loss"), ("lr_steps", "lr"), ("views_per_s", "views_per_s"),
+               ("data_wait_share", "data_wait_share"))
 
 
 def have_matplotlib() -> bool:
@@ -86,74 +92,83 @@ def same_data(path: str | Path, data: Any) -> bool:
 # ---------------------------------------------------------------------------- training curves
 
 
-def log_path(run: str | Path) -> Path:
-    """``RUN/log.jsonl`` for a run folder, ``run`` itself for a file (or any ``*.jsonl``)."""
-    run = Path(run)
-    return run if run.is_file() or run.suffix == ".jsonl" else run / "log.jsonl"
-
-
-def read_log(path: str | Path) -> list[dict]:
-    """The records of a run's ``log.jsonl`` (one JSON object per epoch), in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such log (a pretraining run writes RUN/log.jsonl after each epoch)")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{i}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or "epoch" not in row:
-            raise ValueError(f"{path}:{i}: a log record needs an 'epoch' key")
-        rows.append(row)
-    return rows
-
-
 def training_curves(log: str | Path | list[dict]) -> dict[str, list[list[float]]]:
-    """``{key: [[epoch, value], ...]}`` for each of loss, lr, knn_top1, effective_rank that the
-    log has (kNN and effective rank only at monitor epochs). ``log``: a run folder, its
-    ``log.jsonl`` or the records already read. A resumed run that logged an epoch twice keeps
-    the last record of that epoch."""
+    """``{key: [[x, value], ...]}``: per epoch (x = the epoch) each of loss, lr, monitor_knn_cos and
+    effective_rank that the epoch records have (the monitor's only at monitor epochs); and from the step
+    records, where the run logged them (``--log-every``), ``loss_steps``, ``lr_steps``, ``views_per_s``
+    and ``data_wait_share`` at x = the step's position in epochs (global step / steps per epoch, from
+    the run's start record: 2.5 is half-way through the third epoch). ``log``: a run folder, its
+    ``log.jsonl`` or the records already read (:func:`wssl_zoo.runlog.read_log`). A resumed run that
+    logged an epoch or a step twice keeps the last record of it."""
     if not isinstance(log, list):
         log = read_log(log_path(log))
-    by_epoch = {int(r["epoch"]): r for r in log}
+    by_epoch = {int(r["epoch"]): r for r in log if kind_of(r) == "epoch"}
     curves: dict[str, list[list[float]]] = {}
     for key, _, _ in CURVES:
-        points = [[float(e), float(r[key])] for e, r in sorted(by_epoch.items())
-                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        points = [[float(e), float(r[key])] for e, r in sorted(by_epoch.items()) if _finite(r.get(key))]
         if points:
             curves[key] = points
+    per_epoch = [int(r["steps_per_epoch"]) for r in log if kind_of(r) == "start" and r.get("steps_per_epoch")]
+    if per_epoch:
+        by_step = {int(r["global_step"]): r for r in log if kind_of(r) == "step"}
+        for key, name in STEP_CURVES:
+            points = [[round(g / per_epoch[-1], 6), float(r[name])] for g, r in sorted(by_step.items())
+                      if _finite(r.get(name))]
+            if points:
+                curves[key] = points
     return curves
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def plot_training_curves(run: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
-    """Draw :func:`training_curves` of ``run`` (a run folder or its ``log.jsonl``) as a 2x2 grid
-    and write it to ``out`` (default: ``training_curves.png`` beside the log). Returns the path."""
+    """Draw :func:`training_curves` of ``run`` (a run folder or its ``log.jsonl``) as a 3x2 grid against
+    the epoch: loss and learning rate (per logged step as a line, per epoch as dots), the kNN monitor and
+    the effective rank (monitor epochs), and the throughput and the data-wait share of the logged steps.
+    Writes ``out`` (default: ``training_curves.png`` beside the log); returns the path."""
     log = log_path(run)
     curves = training_curves(log)
     if not curves:
-        raise ValueError(f"{log}: no epoch with loss, lr, knn_top1 or effective_rank")
+        raise ValueError(f"{log}: no record with loss, lr, monitor_knn_cos or effective_rank")
     out = Path(out) if out is not None else log.parent / "training_curves.png"
     data = dict(title=title or log.parent.name, curves=curves)
-    fig = _figure(9, 6)
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    fig = _figure(10, 8)
+    axes = fig.subplots(3, 2, sharex=True).ravel()
     last = max(p[0] for points in curves.values() for p in points)
-    for ax, (key, label, _) in zip(axes, CURVES):
+    first = min(p[0] for points in curves.values() for p in points)
+    panels = [(key, label, steps) for (key, label, _), steps in
+              zip(CURVES, ("loss_steps", "lr_steps", None, None))] + \
+             [(None, "views per second (logged steps)", "views_per_s"),
+              (None, "data-wait share (time waiting for the loader)", "data_wait_share")]
+    for ax, (key, label, steps) in zip(axes, panels):
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.set_xlim(0.5, last + 0.5)
-        points = curves.get(key)
-        if not points:
-            ax.text(0.5, 0.5, "not logged\n(run with --eval-every N)" if key in ("monitor_knn_cos", "effective_rank")
-                    else "not logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
-            continue
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5, color="C0")
-        if key == "lr":
+        ax.set_xlim(min(0.5, first), last + 0.5)
+        drawn = False
+        if steps in curves:
+            xs, ys = zip(*curves[steps])
+            ax.plot(xs, ys, linewidth=1.0, color="C1" if key else "C2", alpha=0.8 if key else 1.0,
+                    label="logged steps (--log-every)")
+            drawn = True
+        if key in curves:
+            xs, ys = zip(*curves[key])
+            ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5 if steps not in curves else 0, color="C0",
+                    label="epoch" + (" mean" if key == "loss" else " end" if key == "lr" else ""))
+            drawn = True
+        if key and steps in curves and key in curves:
+            ax.legend(fontsize=7)
+        if not drawn:
+            hint = ("(run with --eval-every N)" if key in ("monitor_knn_cos", "effective_rank") else
+                    "(run with --log-every N)" if key is None else "")
+            ax.text(0.5, 0.5, f"not logged\n{hint}".strip(), ha="center", va="center", transform=ax.transAxes,
+                    color="0.4")
+        if steps == "data_wait_share":
+            ax.set_ylim(-0.02, 1.02)
+        if key == "lr" or steps == "lr_steps":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    for ax in axes[2:]:
+    for ax in axes[4:]:
         ax.set_xlabel("epoch")
     from matplotlib.ticker import MaxNLocator
 

@@ -16,10 +16,18 @@ evaluations and detection all do the same on any of the three:
 
 A second Ctrl-C while the flag is set interrupts at once (``KeyboardInterrupt``), for a person
 who does not want to wait for the step; the last checkpoint written stays.
+
+The job's own process stops it, not its data-loading workers: SLURM signals every process of a job
+step and a terminal sends Ctrl-C to the whole process group, workers included. A worker forked while
+:class:`StopOnSignal` is active inherits its handler, which does nothing outside the process that
+installed it; a worker started afresh (``spawn``/``forkserver``: macOS, Python >= 3.14) ignores the
+signals through :func:`ignore_stop_signals` as its ``worker_init_fn``. Either way it keeps serving
+batches until the job stops asking, instead of dying under the step in progress.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -47,8 +55,11 @@ class StopOnSignal:
         self.announce = announce
         self.received: str | None = None
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, frame) -> None:  # noqa: ARG002 - the signal module's signature
+        if os.getpid() != self._pid:  # a forked data-loading worker: the job's process handles it
+            return
         name = signal.Signals(signum).name
         if self.received is not None and name == "SIGINT":
             raise KeyboardInterrupt
@@ -59,6 +70,7 @@ class StopOnSignal:
                       "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "StopOnSignal":
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for name in self.names:
                 signum = getattr(signal, name)

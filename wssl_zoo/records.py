@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import re
 import time
@@ -55,12 +56,37 @@ REQUIRED = {"schema_version": int, "task": str, "model": str, "weights_sha256": 
 
 def hardware(device: torch.device | None = None) -> str:
     """What a measurement ran on: the GPU's name (``device``'s, else the first one's where CUDA is
-    present), else the CPU and its threads."""
+    present), else :func:`cpu_description`."""
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device is None and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return cpu_description()
+
+
+def cpu_description() -> str:
+    """The CPU as a time or a CPU result depends on it: its model name (``/proc/cpuinfo``; the
+    architecture elsewhere), the cores this process may use, torch's threads, and the vector
+    instructions torch's own kernels use (``AVX512``, ``AVX2``, ...: results of the same run differ in
+    the last bits between them, and training amplifies that; see README "Which numbers depend on the
+    machine"), e.g. ``Intel(R) Xeon(R) Processor, 2 cores, 2 threads, AVX512``."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = None
+    capability = torch.backends.cpu.get_cpu_capability()
+    parts = [model or platform.processor() or platform.machine()]
+    if cores:
+        parts.append(f"{cores} cores")
+    return ", ".join([*parts, f"{torch.get_num_threads()} threads", capability])
 
 
 def make_record(*, task: str, model: str, weights_sha256: str, protocol: dict, dataset: dict, seed: int,

@@ -7,6 +7,12 @@ Examples::
     wssl-zoo pretrain --recipe cwrgp_cifar10 --data ~/data/cifar --out runs/c --epochs 2 --set loss.w_size=32
     torchrun --nproc_per_node 8 -m wssl_zoo.pretrain --recipe intl_m_imagenet --data /imagenet --out runs/in1k
     wssl-zoo pretrain --out runs/intl_c10 --resume          # continue a killed run
+    wssl-zoo pretrain --recipe intl_cifar10 --data ~/data/cifar --out runs/intl_c10 --resume   # one line for the
+        # first start and every requeue: a missing or empty --out starts fresh (docs/slurm.md)
+    wssl-zoo pretrain --out runs/intl_c10 --status          # finished (0), stopped by a signal (75), else 1
+
+Stopping: SIGTERM, SIGUSR1 or Ctrl-C finishes the current step, writes the checkpoint and ends with one line
+giving the command that resumes and exit status 75 (a second Ctrl-C stops at once).
 """
 
 from __future__ import annotations
@@ -53,10 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--data", help="dataset root: ImageFolder root with train/<class>/ (val/ for the kNN monitor), "
                                     "or torchvision's root for cifar10/cifar100/stl10")
     run.add_argument("--out", help="output directory: checkpoints, logs, and finally the trained model")
-    run.add_argument("--resume", action="store_true", help="continue the run found in --out; recipe, --data, --seed "
-                     "and the other run options not given again come from OUT/train_config.json")
-    run.add_argument("--overwrite", action="store_true", help="delete what --out holds first (by default a non-empty "
-                     "folder that is not this run's is refused)")
+    cliargs.add_resume(run, what="the run in --out (recipe, --data, --seed and the other run options not given "
+                       "again come from OUT/train_config.json; a finished run is left as it is)")
+    cliargs.add_overwrite(run)
+    run.add_argument("--status", action="store_true", help="say how the run in --out ended and exit: 0 finished, 75 "
+                     "stopped by a signal with its checkpoint written (in this SLURM job and restart, where one runs: "
+                     "requeue it), 1 anything else")
     cliargs.add_device(run)
     cliargs.add_workers(run)
     cliargs.add_seed(run, help_seed="seed of everything: init, data order, augmentation, sub-batches", default=None,
@@ -80,8 +88,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "as the PIL pipeline does; on the CPU every view equals the PIL pipeline's (wssl_zoo/data/"
                      "device_views.py states the tolerance); --gpu-augment is the older name (default: off, or the "
                      "resumed run's)")
-    run.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    logs = parser.add_argument_group("logs and snapshots")
+    logs.add_argument("--log-every", type=int, default=None, metavar="N",
+                      help="a step record (loss, lr, views/s, data-wait share) every N global steps in OUT/log.jsonl, "
+                      "TensorBoard and W&B; 0: epoch records only (default: 50)")
+    logs.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                      help="also log to OUT/tensorboard (default: no, or the resumed run's)")
+    logs.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                      help="also log to Weights & Biases (the [wandb] extra; WANDB_MODE, WANDB_PROJECT and "
+                      "WANDB_ENTITY apply); a resumed run continues the same W&B run (its id is in "
+                      "OUT/wandb_run.json) (default: no, or the resumed run's)")
+    logs.add_argument("--keep-every", type=int, default=None, metavar="N",
+                      help="keep the backbone every N epochs as a model directory, OUT/snapshots/epoch_NNNN/ "
+                      "(wssl_zoo.load(OUT/snapshots/epoch_0100) loads it; about the size of model.safetensors "
+                      "each, no optimiser state) (default: 0, none)")
+    cliargs.add_progress(logs)
 
 
 def _read_config(path: str) -> dict:
@@ -159,7 +180,8 @@ def saved_config(args: argparse.Namespace) -> dict | None:
 
 # run options --resume takes from train_config.json when not given again, with their defaults
 RESUMED_OPTIONS = dict(data=None, seed=0, amp="none", eval_every=None, monitor_samples=2000, checkpoint_every=0,
-                       steps_per_epoch=None, train_subset=None, gather="auto", device_views=False)
+                       steps_per_epoch=None, train_subset=None, gather="auto", device_views=False, log_every=50,
+                       keep_every=0, tensorboard=False, wandb=False)
 
 
 def run_options(args: argparse.Namespace) -> dict:
@@ -173,12 +195,29 @@ def run_options(args: argparse.Namespace) -> dict:
     return values
 
 
-def run(args: argparse.Namespace) -> int:
+def _command(argv: list[str] | None) -> str:
+    """The command line that resumes this run (``--resume`` added); under torchrun, the same launcher."""
+    from ..preempt import resume_command
+
+    launched = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    prog = "torchrun <the same options> -m wssl_zoo.pretrain" if launched else "wssl-zoo pretrain"
+    return resume_command(prog, argv)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from .loop import RunOptions, pretrain
 
     if args.list_recipes:
         print_recipes()
         return 0
+    if args.status:
+        from ..runlog import run_state
+
+        if not args.out:
+            raise ValueError("--status needs --out")
+        status, line = run_state(args.out)
+        print(line)
+        return status
     recipe = resolve_from_args(args)
     if args.show:
         from ..methods import show_recipe
@@ -189,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out is required")
     opts = RunOptions(
         out=Path(args.out), device=args.device, channels_last=args.channels_last, compile=args.compile,
-        resume=args.resume, overwrite=args.overwrite, tensorboard=args.tensorboard,
-        progress=not args.no_progress, **run_options(args),
+        resume=args.resume, overwrite=args.overwrite,
+        progress=not args.no_progress, command=_command(argv), **run_options(args),
     )
     summary = pretrain(recipe, opts)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -209,4 +248,4 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ..cliargs import USER_ERRORS, run_cli
 
-    return run_cli("wssl-zoo pretrain", lambda: run(args), USER_ERRORS + (TrainingStopped,))
+    return run_cli("wssl-zoo pretrain", lambda: run(args, argv), USER_ERRORS + (TrainingStopped,))
