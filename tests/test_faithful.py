@@ -143,10 +143,10 @@ def test_registry_model_resolves_its_recipe_for_protocol_choice():
 
 def test_coco_default_is_mask_rcnn_c4_2x_and_records_say_their_schedule():
     from detection.train import schedule_label
-    from eval.benchmark import build_parser
+    from eval.benchmark import build_parser, task_protocols
 
     args = build_parser().parse_args(["--models", "m", "--data-root", "d"])
-    assert args.coco_config == "coco_R_50_C4_2x"
+    assert task_protocols(args.protocol)["coco"] == "coco_R_50_C4_2x"  # --protocol coco=NAME (was --coco-config)
     assert schedule_label("coco_R_50_C4_2x", 180000, []) == "2x, 180000 iterations"
     assert schedule_label("coco_R_50_C4_1x", 90000, []).startswith("1x")
     assert "shortened" in schedule_label("coco_R_50_C4_2x", 400, ["max_iter=400"])
