@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from wssl_zoo import catalogue
+from wssl_zoo.data.download import resolve_data
 
-def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+
+def add_common(p: argparse.ArgumentParser) -> None:
     """The eval tools' flags: the shared vocabulary (:mod:`wssl_zoo.cliargs`) plus the cache."""
     from wssl_zoo import cliargs
 
@@ -16,10 +19,11 @@ def add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--allow-unverified", action="store_true",
                    help="accept hf-hub: --model files for which neither the Hub nor the repo's SHA256SUMS states a "
                    "hash (a mirror without the Hub's file metadata); they are loaded unchecked")
-    p.add_argument("--data", required=data_required, metavar="ROOT",
+    p.add_argument("--data", metavar="ROOT",
                    help="ImageNet layout (ROOT/train/<class>/ and ROOT/val/<class>/ or ROOT/test/<class>/), "
-                   "or torchvision's folder with --dataset")
+                   "or torchvision's folder with --dataset (required, unless --download fetches the dataset)")
     cliargs.add_dataset(p)
+    cliargs.add_download(p)
     cliargs.add_seed(p, seeds=True, help_seed="the first seed")
     p.add_argument("--out", metavar="DIR|FILE.json", help="where the records go: a folder, or one .json file when "
                    "exactly one record is written (default: --results-dir)")
@@ -135,6 +139,11 @@ def run_main(module: str, build: Callable[[], argparse.ArgumentParser], run: Cal
 
     def go() -> int:
         processes.append(distributed.setup(getattr(args, "device", "auto")))
+        if hasattr(args, "download"):  # the tools that read --data (not the report)
+            args.data = resolve_data(args.dataset, args.data, args.download, progress=not args.no_progress)
+            if args.data is None and catalogue.get(args.dataset).default_root is None:
+                raise ValueError(f"--data is required (where {args.dataset} is), or --download to fetch "
+                                 f"{args.dataset} where torchvision can")
         return run(args, command_line(module, argv))
 
     try:

@@ -108,3 +108,33 @@ def test_the_mirror_replaces_the_host_of_every_torchvision_downloader(monkeypatc
     assert dl._torchvision_class(catalogue.get("cifar10")).url == "http://mirror.example/data/cifar-10-python.tar.gz"
     assert dl._torchvision_class(catalogue.get("stl10")).url == "http://mirror.example/data/stl10_binary.tar.gz"
     assert dl._torchvision_class(catalogue.get("fashion_mnist")).mirrors == ["http://mirror.example/data/"]
+
+
+@needs_debian
+def test_the_eval_tools_take_download_and_read_what_it_fetched(mirror, tmp_path, monkeypatch, capsys):
+    """`--download` on an eval tool: without --data the dataset goes to $WSSL_ZOO_DATA/NAME and the tool reads it."""
+    from eval import _cli, knn
+
+    folder, _ = mirror
+    _serve_debian_files(folder, monkeypatch)
+    monkeypatch.setenv("WSSL_ZOO_DATA", str(tmp_path / "cache"))
+    seen = []
+
+    def run(args, command):
+        seen.append(args.data)
+        return 0
+
+    argv = ["--model", "random:resnet18", "--dataset", "fashion_mnist", "--no-progress"]
+    assert _cli.run_main("eval.knn", knn.build_parser, run, [*argv, "--data", str(tmp_path / "none")]) == 0
+    assert seen == [str(tmp_path / "none")]  # not there and no --download: left to the reader's own error
+    assert _cli.run_main("eval.knn", knn.build_parser, run, [*argv, "--data", str(tmp_path / "d"), "--download"]) == 0
+    assert seen[-1] == str(tmp_path / "d" / "FashionMNIST" / "raw")
+    assert len(build_dataset("fashion_mnist", seen[-1], "test")) == 10000
+
+
+def test_an_eval_tool_without_data_says_data_or_download(capsys):
+    from eval import knn
+
+    assert knn.main(["--model", "random:resnet18", "--dataset", "imagefolder"]) == 2
+    err = capsys.readouterr().err
+    assert "--data is required" in err and "--download" in err and len(err.strip().splitlines()) == 1

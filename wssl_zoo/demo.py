@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import cliargs
+from . import catalogue, cliargs
+from .data.download import resolve_data
 from .preempt import resume_command
 from .runlog import format_duration
 
@@ -32,10 +33,11 @@ BASE_RECIPE = {"wmse": "wmse_cifar10_2views", "cwrgp": "cwrgp_cifar10_2views", "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     parser.add_argument("--method", choices=sorted(BASE_RECIPE), default=d["method"], help="whitening method (default: %(default)s)")
-    from . import cliargs
-
     cliargs.add_dataset(parser, default=d["dataset"])
-    parser.add_argument("--data", help="dataset root (default for fashion_mnist: /usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--data", help="dataset root (default for fashion_mnist: Debian's package folder, "
+                        "/usr/share/datasets/fashion-mnist, else downloaded with torchvision into "
+                        "~/.cache/wssl_zoo/data/fashion_mnist, saying so)")
+    cliargs.add_download(parser)
     parser.add_argument("--arch", default=d["arch"], help="timm backbone (default: %(default)s)")
     from .registry import STEMS
 
@@ -117,8 +119,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
           f"({args.stem} stem) at {args.img_size} px, {args.epochs} x {args.steps_per_epoch} steps (at most) of "
           f"{args.batch_size} images x {recipe.num_views} views", flush=True)
     start = time.perf_counter()
-    if args.data is None and args.dataset != "fashion_mnist":
-        raise ValueError(f"--dataset {args.dataset} needs --data ROOT")
+    # Fashion-MNIST: Debian's package when it is there, else downloaded (saying so); others with --download
+    default = catalogue.get(args.dataset).default_root
+    args.data = resolve_data(args.dataset, args.data, allow_download=args.download or (args.data is None and
+                                                                                       default is not None))
+    if args.data is None and default is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data ROOT (or --download)")
     # only a previous demo run (its marker says so) is replaced; anything else needs --overwrite. The loop
     # claims --out once the recipe and the data are checked, so a refused start leaves nothing behind.
     opts = RunOptions(out=out, data=args.data, device=args.device, workers=args.workers, seed=args.seed,

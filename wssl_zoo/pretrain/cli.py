@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .. import catalogue
 from ..cliargs import dataset_arg
+from ..data.download import resolve_data
 from .recipes import get_recipe, list_recipes, recipe_from_dict, resolve_recipe
 
 # flag -> recipe field, for the fields researchers override most
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run options")
     run.add_argument("--data", help="dataset root: ImageFolder root with train/<class>/ (val/ for the kNN monitor), "
                                     "or torchvision's root for cifar10/cifar100/stl10")
+    cliargs.add_download(run)
     run.add_argument("--out", help="output directory: checkpoints, logs, and finally the trained model")
     cliargs.add_resume(run, what="the run in --out (recipe, --data, --seed and the other run options not given "
                        "again come from OUT/train_config.json; a finished run is left as it is)")
@@ -226,10 +228,14 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         raise ValueError("--out is required")
+    options = run_options(args)
+    # --download: the recipe's dataset into --data (or the cache) when it is not there; a dataset torchvision
+    # cannot fetch (ImageNet, your folders) is left to the reader's own error
+    options["data"] = resolve_data(recipe.dataset, options["data"], args.download, progress=not args.no_progress)
     opts = RunOptions(
         out=Path(args.out), device=args.device, channels_last=args.channels_last, compile=args.compile,
         resume=args.resume, overwrite=args.overwrite,
-        progress=not args.no_progress, command=_command(argv), **run_options(args),
+        progress=not args.no_progress, command=_command(argv), **options,
     )
     summary = pretrain(recipe, opts)
     if int(os.environ.get("RANK", "0")) == 0:
