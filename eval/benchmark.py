@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and coco/ (required)")
     cliargs.add_alias(p, "--data-root", "data_root")
     cliargs.add_dataset(p, help_extra="; the data is read from DIR/imagenet for an image folder, else DIR/<dataset>")
+    cliargs.add_download(p)
     p.add_argument("--protocol", action="append", default=[], metavar="TASK=NAME",
                    help="the protocol of one task, repeatable: linear=NAME (default: each model's paper protocol, "
                    "printed, as eval.linear picks it; fast, wssl-zoo's quick probe, where none applies), semi=NAME "
@@ -113,6 +114,8 @@ def run(args, command: str) -> int:
               "--seeds", "1"] + (["--no-progress"] if args.no_progress else [])
     if args.amp:
         common += ["--amp", args.amp]
+    if args.download:  # each tool downloads into DIR/<dataset> when it is not there
+        common += ["--download"]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     done = skipped = 0
     for model in models:
