@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from wssl_zoo import catalogue
-from wssl_zoo.data.download import resolve_data
+from wssl_zoo.download import resolve_data
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

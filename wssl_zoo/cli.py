@@ -267,7 +267,7 @@ def _plot_run(args: argparse.Namespace) -> int:
 
 
 def _download_data_args(p: argparse.ArgumentParser) -> None:
-    from .data.download import downloadable
+    from .download import downloadable
 
     p.description = ("Download a dataset with torchvision's downloader (md5-checked) into --root, else $WSSL_ZOO_DATA/NAME, "
                      "else ~/.cache/wssl_zoo/data/NAME, and print the folder to pass as --data. "
@@ -278,7 +278,7 @@ def _download_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _download_data_run(args: argparse.Namespace) -> int:
-    from .data.download import download
+    from .download import download
 
     folder = download(args.name, args.root)
     print(f"{args.name}: {folder}  (pass --data {folder} --dataset {args.name})")

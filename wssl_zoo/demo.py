@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import catalogue, cliargs
-from .data.download import resolve_data
+from .download import resolve_data
 from .preempt import resume_command
 from .runlog import format_duration
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import catalogue
 from ..cliargs import dataset_arg
-from ..data.download import resolve_data
+from ..download import resolve_data
 from .recipes import get_recipe, list_recipes, recipe_from_dict, resolve_recipe
 
 # flag -> recipe field, for the fields researchers override most

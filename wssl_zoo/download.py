@@ -13,7 +13,8 @@ Fashion-MNIST), through torchvision's own downloaders, into a documented cache f
   made), nothing is downloaded.
 
 Which datasets can be downloaded is the catalogue's (``torchvision_class``; ImageNet and the image
-folders cannot: their licences require you to fetch them yourself).
+folders cannot: their licences require you to fetch them yourself). No torch here (torchvision is
+imported when a download runs), so the commands that only name the datasets start fast.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from .. import catalogue
-from ..paths import data_dir
+from . import catalogue
+from .paths import data_dir
 
 MIRROR_ENV = "WSSL_ZOO_DATA_MIRROR"
 
