@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROTOCOLS = ("coco_R_50_C4_1x", "coco_R_50_C4_2x", "voc_R_50_C4_24k", "coco_R_50_FPN_1x")
 
@@ -41,7 +43,7 @@ def detectron2_defaults():
     """detectron2's default config as a yacs ``CfgNode``: ``detectron2.config.get_cfg()`` when
     detectron2 is importable, else the checked :data:`SNAPSHOT` (needs ``yacs``)."""
     try:
-        from detectron2.config import get_cfg
+        from detectron2.config import get_cfg  # optional: detectron2
     except ImportError:
         return snapshot_defaults()
     return get_cfg()
@@ -50,7 +52,7 @@ def detectron2_defaults():
 def snapshot_defaults():
     """:data:`SNAPSHOT` as a yacs ``CfgNode`` with tuples restored (needs ``yacs``)."""
     try:
-        from yacs.config import CfgNode
+        from yacs.config import CfgNode  # optional: the [detection] extra
     except ImportError:
         raise ConfigError("detection configs need yacs (detectron2's config system): pip install yacs") from None
     with open(SNAPSHOT) as fh:
@@ -76,8 +78,6 @@ _SNAPSHOT_HEAD = (
 
 def snapshot_text(node, version: str) -> str:
     """The :data:`SNAPSHOT` text of a defaults CfgNode (sorted keys, tuples as literals)."""
-    import yaml
-
     def literal(n):
         if isinstance(n, dict):
             return {k: literal(v) for k, v in n.items()}
@@ -115,8 +115,6 @@ def _literal(value):
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -222,8 +220,6 @@ def validate(cfg: dict, source: str = "config") -> dict:
 def set_value(cfg, dotted: str, value: Any, source: str = "--set") -> None:
     """Override one dotted key of the CfgNode ``cfg`` (it must exist); string values are parsed
     as YAML (then as a Python tuple literal), and yacs checks the type."""
-    import yaml
-
     node = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -565,6 +561,6 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--dump-defaults"]:
         sys.exit("usage: python -m detection.configs --dump-defaults   (needs detectron2; prints the SNAPSHOT text)")
     import detectron2
-    from detectron2.config import get_cfg
+    from detectron2.config import get_cfg  # optional: detectron2
 
     sys.stdout.write(snapshot_text(get_cfg(), detectron2.__version__))

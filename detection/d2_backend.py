@@ -57,8 +57,17 @@ from . import d2_register  # noqa: F401  (registers Res5ROIHeadsExtraNorm, in ev
 from .configs import config_path, load_config
 from .data import coco_paths
 from .export import export_detectron2, load_backbone
-from .job import (PROTOCOL_VERSION, UsageError, _fingerprint, claim_out, data_root, prepare_config, resume_argv,
-                  schedule_label, write_record)
+from .job import (
+    PROTOCOL_VERSION,
+    UsageError,
+    _fingerprint,
+    claim_out,
+    data_root,
+    prepare_config,
+    resume_argv,
+    schedule_label,
+    write_record,
+)
 
 PROG = "python -m detection.train"
 

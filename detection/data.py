@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -107,8 +108,6 @@ def _item(rec: "ImageRecord", key_rng: random.Random, *, resize: "Resize | None"
     h, w = rec.height, rec.width
     nh, nw = resize.shape(h, w, key_rng) if resize is not None else (h, w)
     if (nh, nw) != (h, w):
-        from PIL import Image
-
         image = image.resize((nw, nh), Image.BILINEAR)
     flipped = flip and key_rng.random() < 0.5
     tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)
@@ -155,7 +154,7 @@ def scale_polygons(seg: list, sx: float, sy: float, flip_width: int | None = Non
 
 def polygons_to_bitmask(polygons: list[np.ndarray], height: int, width: int) -> np.ndarray:
     """One instance's polygons rasterised (pycocotools) into a (height, width) uint8 bitmap."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # optional: the [detection] extra
 
     if not polygons:
         return np.zeros((height, width), dtype=np.uint8)
@@ -304,8 +303,6 @@ def hflip(image: torch.Tensor, target: dict):
 def open_image(path: Path, width: int | None = None, height: int | None = None):
     """The RGB ``PIL.Image`` of a file, turned upright by its EXIF orientation as detectron2's
     ``read_image`` does; checks the annotated size."""
-    from PIL import Image, ImageOps
-
     try:
         with Image.open(path) as im:
             image = ImageOps.exif_transpose(im).convert("RGB")
@@ -328,7 +325,7 @@ def segmentations_to_masks(segs: list, height: int, width: int, out_size: tuple[
     """COCO polygons / RLE of a ``height`` x ``width`` image to (N, h, w) uint8 masks (pycocotools) at
     ``out_size`` (h, w; default the image's): polygons are scaled, then rasterised at that size (as
     detectron2 transforms polygons), RLE is decoded and resized nearest (detectron2's bitmask path)."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # optional: the [detection] extra
 
     oh, ow = out_size or (height, width)
     sx, sy = ow / width, oh / height
@@ -340,8 +337,6 @@ def segmentations_to_masks(segs: list, height: int, width: int, out_size: tuple[
         rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg.get("counts"), list) else seg
         full = mask_utils.decode(rle)
         if (oh, ow) != (height, width):
-            from PIL import Image
-
             full = np.asarray(Image.fromarray(full).resize((ow, oh), Image.NEAREST))
         out[i] = full
     return out

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
 from .data import collate
 from .tv_model import detector_postprocess
@@ -26,7 +28,7 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # optional: the [detection] extra
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
@@ -37,8 +39,6 @@ def _rle(mask: np.ndarray) -> dict:
 def predict(model, dataset, device, *, batch_size: int = 1, num_workers: int = 0, progress: bool = False,
             rank: int = 0, world: int = 1) -> list[dict]:
     """COCO-format results of ``model`` on ``dataset`` (this rank's share when distributed)."""
-    from tqdm import tqdm
-
     indices = list(range(rank, len(dataset), world))
     subset = torch.utils.data.Subset(dataset, indices)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate,
@@ -70,7 +70,6 @@ def predict(model, dataset, device, *, batch_size: int = 1, num_workers: int = 0
 def gather_results(results: list[dict], world: int) -> list[dict]:
     if world == 1:
         return results
-    import torch.distributed as dist
 
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, results)
@@ -79,7 +78,7 @@ def gather_results(results: list[dict], world: int) -> list[dict]:
 
 def coco_ground_truth(dataset):
     """A pycocotools COCO object for ``dataset`` (its JSON for COCO layout, converted for VOC)."""
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # optional: the [detection] extra
 
     with contextlib.redirect_stdout(io.StringIO()):
         if hasattr(dataset, "coco_ground_truth"):
@@ -96,7 +95,7 @@ def coco_evaluate(gt, results: list[dict], iou_types=("bbox",), image_ids=None) 
 
     Metrics COCOeval cannot compute are left out (:func:`undefined_metrics` lists them).
     """
-    from pycocotools.cocoeval import COCOeval
+    from pycocotools.cocoeval import COCOeval  # optional: the [detection] extra
 
     metrics: dict[str, float] = {}
     undefined: list[str] = []

@@ -48,8 +48,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import yaml
 
 from wssl_zoo.cliargs import USER_ERRORS, run_cli
+from wssl_zoo.fileio import atomic_write_bytes
 from wssl_zoo.weights import ResolvedWeights, resolve
 
 __all__ = ["timm_to_detectron2", "detectron2_name", "layout_name", "ExportError", "load_backbone",
@@ -202,10 +204,6 @@ def _check_stem(weights: ResolvedWeights) -> None:
 
 def export_detectron2(backbone, weights: ResolvedWeights, out: str | Path, layout: str = "c4") -> tuple[Path, Path]:
     """Write ``out`` (pickle) and ``out`` with suffix ``.yaml`` (input settings); returns both paths."""
-    import yaml
-
-    from wssl_zoo.fileio import atomic_write_bytes
-
     _check_stem(weights)
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .configs import TORCHVISION_ONLY, TrainSettings, _chain, config_path
+from wssl_zoo.fileio import atomic_write_text
+
+from .configs import PROTOCOLS, TORCHVISION_ONLY, TrainSettings, _chain, _get, config_path, load_config
 
 
 @dataclass(frozen=True)
@@ -181,8 +183,6 @@ def remaining_differences(s: TrainSettings, run: Run) -> list[str]:
 def _setters(keys: tuple[str, ...]) -> str:
     """Where the shipped protocols set ``keys``: the config files (the last of each _BASE_ chain that
     names the key), else detectron2's defaults."""
-    from .configs import PROTOCOLS
-
     files: set[str] = set()
     for protocol in PROTOCOLS:
         for key in keys:
@@ -201,8 +201,6 @@ def _setters(keys: tuple[str, ...]) -> str:
 
 def _values(keys: tuple[str, ...]) -> str:
     """The values of ``keys`` in the shipped protocols (one when they agree, else per protocol)."""
-    from .configs import PROTOCOLS, _get, load_config
-
     cfgs = {p: load_config(p) for p in PROTOCOLS}
     parts = []
     for key in keys:
@@ -222,8 +220,6 @@ def _values(keys: tuple[str, ...]) -> str:
 
 
 def _which(protocols: list[str]) -> str:
-    from .configs import PROTOCOLS
-
     for tag in ("C4", "FPN"):
         if set(protocols) == {p for p in PROTOCOLS if f"_{tag}_" in p}:
             return f"{tag} configs"
@@ -263,8 +259,6 @@ def update_docs(path: str | Path) -> bool:
     new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda m: f"{start}\n{markdown_table()}{end}", text,
                  flags=re.S)
     if new != text:
-        from wssl_zoo.fileio import atomic_write_text
-
         atomic_write_text(path, new)
     return new != text
 

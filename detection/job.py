@@ -9,6 +9,13 @@ import warnings
 from pathlib import Path
 
 from wssl_zoo import catalogue
+from wssl_zoo.cliargs import default_workers
+from wssl_zoo.outdir import claim
+from wssl_zoo.paths import results_dir as _results_dir
+from wssl_zoo.records import make_record, record_file
+from wssl_zoo.records import write_record as _write
+
+from .configs import load_config
 
 PROTOCOL_VERSION = 1
 
@@ -64,8 +71,6 @@ def _scaled(value: int, factor: float) -> int:
 
 def prepare_config(args) -> tuple[dict, list[str]]:
     """The merged config with the command-line overrides; returns (cfg, protocol-name suffixes)."""
-    from .configs import load_config
-
     cfg = load_config(args.config, args.overrides)
     suffix = [f"set:{o}" for o in args.overrides]
     set_keys = {o.split("=", 1)[0].strip() for o in args.overrides}
@@ -88,7 +93,6 @@ def prepare_config(args) -> tuple[dict, list[str]]:
     if args.workers is not None:
         cfg["DATALOADER"]["NUM_WORKERS"] = args.workers
     else:  # the config's number of workers, but never more than this machine has CPUs
-        from wssl_zoo.cliargs import default_workers
 
         cfg["DATALOADER"]["NUM_WORKERS"] = min(int(cfg["DATALOADER"]["NUM_WORKERS"]), default_workers())
     if args.amp is not None:
@@ -99,8 +103,6 @@ def prepare_config(args) -> tuple[dict, list[str]]:
 def claim_out(args, out: Path) -> None:
     """Make ``--out`` this job's folder (see :mod:`wssl_zoo.outdir`): refused when it holds
     anything but this job's earlier output, unless ``--resume`` or ``--overwrite``."""
-    from wssl_zoo.outdir import claim
-
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     job = dict(model=args.model, config=args.config, overrides=list(args.overrides), max_iter=args.max_iter,
@@ -134,10 +136,6 @@ def write_record(*, path: Path | None, results_dir: str | None, label: str, task
     """Write the detection record with the one record writer (:mod:`wssl_zoo.records`) to ``path``
     (``--record``), else under ``results_dir`` (``--results-dir``, see :func:`wssl_zoo.paths.results_dir`)
     with the identity-hashed default name; NaN / None metrics become ``undefined_metrics``."""
-    from wssl_zoo.paths import results_dir as _results_dir
-    from wssl_zoo.records import make_record, record_file
-    from wssl_zoo.records import write_record as _write
-
     rec = make_record(task=task, model=model, weights_sha256=weights_sha256, protocol=protocol, dataset=dataset,
                       seed=seed, metrics=metrics, wall_seconds=wall_seconds, command=command, extra=extra)
     return _write(rec, path or record_file(rec, label, _results_dir(results_dir)))

@@ -26,7 +26,14 @@ from wssl_zoo import cliargs
 from . import tv_backend
 from .configs import PROTOCOLS
 from .job import (  # noqa: F401  (re-exported: the shared part of both backends)
-    DATASETS, PROTOCOL_VERSION, UsageError, _fingerprint, claim_out, prepare_config, schedule_label, warn_cpu_size,
+    DATASETS,
+    PROTOCOL_VERSION,
+    UsageError,
+    _fingerprint,
+    claim_out,
+    prepare_config,
+    schedule_label,
+    warn_cpu_size,
     write_record,
 )
 

@@ -44,8 +44,18 @@ from .data import Resize, TrainingBatches, coco_datasets, collate, landscape, vo
 from .evaluation import evaluate
 from .export import load_backbone
 from .fidelity import Run, remaining_differences
-from .job import (PROTOCOL_VERSION, UsageError, _fingerprint, claim_out, data_root, prepare_config, resume_argv,
-                  schedule_label, warn_cpu_size, write_record)
+from .job import (
+    PROTOCOL_VERSION,
+    UsageError,
+    _fingerprint,
+    claim_out,
+    data_root,
+    prepare_config,
+    resume_argv,
+    schedule_label,
+    warn_cpu_size,
+    write_record,
+)
 from .tv_model import build_model
 
 PROG = "python -m detection.train"

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable
 
-from wssl_zoo import catalogue
+import torch.distributed as dist
+
+from wssl_zoo import catalogue, cliargs, distributed
+from wssl_zoo.cliargs import command_line as line
+from wssl_zoo.cliargs import run_cli
+from wssl_zoo.distributed import rank_world
 from wssl_zoo.download import resolve_data
+from wssl_zoo.paths import results_dir
+
+from .records import default_record_path, record_identity
+from .training import Checkpoint, resume_with
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
     """The eval tools' flags: the shared vocabulary (:mod:`wssl_zoo.cliargs`) plus the cache."""
-    from wssl_zoo import cliargs
-
     cliargs.add_model(p)
     p.add_argument("--allow-unverified", action="store_true",
                    help="accept hf-hub: --model files for which neither the Hub nor the repo's SHA256SUMS states a "
@@ -59,10 +67,6 @@ def record_path(args, task: str, label: str, protocol: str, seed: int, record: d
     """The record file of one (task, model, protocol, seed): ``--out`` when it is a .json file
     (see :func:`check_out`), else the default name of ``record`` inside ``--out``, or inside the
     results folder (``--results-dir``, see :func:`wssl_zoo.paths.results_dir`)."""
-    from wssl_zoo.paths import results_dir
-
-    from .records import default_record_path
-
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix == ".json":
         return out
@@ -73,16 +77,12 @@ def record_path(args, task: str, label: str, protocol: str, seed: int, record: d
 def checkpoint_for(args, record: Path, identity: dict):
     """The :class:`eval.training.Checkpoint` of the evaluation that writes ``record``: ``<record>.ckpt``
     beside it (the same command finds it again), resumed with ``--resume``."""
-    from .training import Checkpoint, resume_with
-
     return Checkpoint(record.with_name(record.stem + ".ckpt"), identity, bool(getattr(args, "resume", False)),
                       resume_with(args.module, args.argv), keep=bool(getattr(args, "keep_checkpoint", False)))
 
 
 def add_checkpoint_flags(p: argparse.ArgumentParser, what: str) -> None:
     """``--resume`` and ``--keep-checkpoint`` of the evaluations that train (linear, semi)."""
-    from wssl_zoo import cliargs
-
     cliargs.add_resume(p, f"{what} (the checkpoint <record>.ckpt next to its record, written after every epoch)")
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep the last checkpoint (the trained weights, optimiser state and per-epoch test metrics) as "
@@ -93,14 +93,6 @@ def finished_record(args, record: Path, expected: dict) -> dict | None:
     """With ``--resume``: the record at ``record`` when it exists, measures what ``expected`` (a record or
     its identity fields) does, and no checkpoint is beside it (that seed finished before the interruption;
     it is not run again), else None. Rank 0 reads, every rank gets it."""
-    import json
-
-    import torch.distributed as dist
-
-    from wssl_zoo.distributed import rank_world
-
-    from .records import record_identity
-
     rank, world = rank_world()
     found: list = [None]
     if rank == 0 and getattr(args, "resume", False) and record.is_file() and \
@@ -120,8 +112,6 @@ def finished_record(args, record: Path, expected: dict) -> dict | None:
 
 
 def command_line(module: str, argv: list[str] | None) -> str:
-    from wssl_zoo.cliargs import command_line as line
-
     return line(f"python -m {module}", argv)
 
 
@@ -130,16 +120,13 @@ def run_main(module: str, build: Callable[[], argparse.ArgumentParser], run: Cal
     (:func:`wssl_zoo.cliargs.run_cli`). Under torchrun the process group is set up here (feature
     extraction writes per-rank shards, the probes and fine-tuning use DDP); only rank 0 writes records
     and checkpoints."""
-    from wssl_zoo import distributed
-    from wssl_zoo.cliargs import run_cli
-
     args = build().parse_args(argv)
     args.module, args.argv = module, list(argv) if argv is not None else sys.argv[1:]  # the resume command's parts
     processes: list[distributed.Process] = []
 
     def go() -> int:
         processes.append(distributed.setup(getattr(args, "device", "auto")))
-        if hasattr(args, "download"):  # the tools that read --data (not the report)
+        if hasattr(args, "download") and hasattr(args, "data"):  # the tools that read one dataset
             args.data = resolve_data(args.dataset, args.data, args.download, progress=not args.no_progress)
             if args.data is None and catalogue.get(args.dataset).default_root is None:
                 raise ValueError(f"--data is required (where {args.dataset} is), or --download to fetch "

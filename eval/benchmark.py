@@ -17,8 +17,12 @@ import argparse
 from pathlib import Path
 
 from wssl_zoo import cliargs
+from wssl_zoo.weights import resolve, spec_label
 
+from . import knn, linear, semi
 from ._cli import run_main
+from .protocols import paper_linear_protocol
+from .records import RESULTS_DIR, aggregate, default_record_path, read_records
 
 TASKS = ("linear", "knn", "semi1", "semi10", "coco")
 # --protocol TASK=NAME: the tasks that take one, and their defaults (linear: each model's paper protocol)
@@ -93,10 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from wssl_zoo.weights import spec_label
-
-    from .records import RESULTS_DIR, default_record_path, read_records
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -123,10 +123,6 @@ def run(args, command: str) -> int:
         protocol_of = {"linear": protocols["linear"], "knn": "knn5", "semi1": protocols["semi"],
                        "semi10": protocols["semi"], "coco": protocols["coco"]}
         if "linear" in tasks and not protocols["linear"]:
-            from wssl_zoo.weights import resolve
-
-            from .protocols import paper_linear_protocol
-
             protocol_of["linear"], why = paper_linear_protocol(resolve(model), args.dataset)
             print(f"[{label}] linear protocol {protocol_of['linear']}: {why}", flush=True)
         for task in tasks:
@@ -136,16 +132,13 @@ def run(args, command: str) -> int:
                     skipped += 1
                     continue
                 if task == "linear":
-                    from .linear import main as entry
-
+                    entry = linear.main
                     argv = ["--model", model, "--protocol", protocol_of["linear"], *epochs, *common]
                 elif task == "knn":
-                    from .knn import main as entry
-
+                    entry = knn.main
                     argv = ["--model", model, "--protocol", "knn5", *common]
                 elif task in ("semi1", "semi10"):
-                    from .semi import main as entry
-
+                    entry = semi.main
                     split = "1pct" if task == "semi1" else "10pct"
                     if args.dataset == "imagefolder":
                         folder = Path(args.split_files) if args.split_files else data
@@ -156,7 +149,7 @@ def run(args, command: str) -> int:
                             *epochs, *common]
                 else:
                     try:
-                        from detection.train import main as entry
+                        from detection.train import main as entry  # the detection package: only for the coco task
                     except ImportError as exc:
                         raise RuntimeError(f"the coco task needs the detection package ({exc})") from None
                     argv = ["--model", model, "--protocol", protocols["coco"], "--data", str(root / "coco"),
@@ -189,8 +182,6 @@ def run(args, command: str) -> int:
 
 def benchmark_table(records: list[dict]) -> str:
     """One Markdown table: a row per model, a column per task (top-1 or AP), mean over seeds."""
-    from .records import aggregate
-
     cells: dict[str, dict[str, list[dict]]] = {}
     for r in records:
         task = r["task"]

@@ -21,8 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wssl_zoo.data import build_dataset
+from wssl_zoo.data.datasets import TransformedDataset, heldout_split
 from wssl_zoo.distributed import any_rank, barrier, is_main
 from wssl_zoo.evaluation import SHARDS_FORMAT, SHARDS_VERSION, FeatureShards, write_feature_shards
+from wssl_zoo.paths import cache_dir as _cache_dir
 from wssl_zoo.weights import ResolvedWeights
 
 from .records import dataset_fingerprint
@@ -48,9 +51,6 @@ def mark_normalisation(proto_record: dict, normalisation: str) -> dict:
 
 def build_split(dataset: str, root: str | None, split: str):
     """``split`` is train or test (test = ``val/`` or ``test/`` for an image folder)."""
-    from wssl_zoo.data import build_dataset
-    from wssl_zoo.data.datasets import heldout_split
-
     if split == "train":
         return build_dataset(dataset, root, "train")
     held = heldout_split(dataset, root)
@@ -61,8 +61,6 @@ def build_split(dataset: str, root: str | None, split: str):
 
 
 def cache_dir(override: str | None = None) -> Path:
-    from wssl_zoo.paths import cache_dir as _cache_dir
-
     return _cache_dir(override)
 
 
@@ -77,8 +75,6 @@ def feature_store(weights: ResolvedWeights, model: nn.Module, dataset: str, root
     file whose size or sha256 does not match its index) is recomputed with a warning. ``base`` /
     ``fingerprint``: the split and its :func:`dataset_fingerprint` when the caller has them already
     (an ImageNet fingerprint stats 1.28 M files)."""
-    from wssl_zoo.data.datasets import TransformedDataset
-
     base = build_split(dataset, root, split) if base is None else base
     transform = weights.eval_transform(dataset, normalisation)
     fingerprint = dataset_fingerprint(base) if fingerprint is None else fingerprint

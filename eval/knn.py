@@ -21,10 +21,16 @@ import time
 import torch
 
 from wssl_zoo import cliargs
+from wssl_zoo.distributed import is_main, rank_world
 from wssl_zoo.evaluation import knn_predict as predict
+from wssl_zoo.evaluation import rank_rows
+from wssl_zoo.weights import resolve
 
 from ._cli import add_common, check_out, record_path, run_main
-from .protocols import KNNProtocol, get_protocol
+from .features import feature_store, mark_overrides
+from .protocols import KNNProtocol, get_protocol, with_overrides
+from .records import make_record, write_record
+from .training import all_ranks_sum
 
 
 def knn_predict(protocol: KNNProtocol, xtr, ytr, xq, chunk: int = 1024, device=None) -> torch.Tensor:
@@ -46,15 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from wssl_zoo.distributed import is_main, rank_world
-    from wssl_zoo.evaluation import rank_rows
-    from wssl_zoo.weights import resolve
-
-    from .features import feature_store, mark_overrides
-    from .protocols import with_overrides
-    from .records import make_record, write_record
-    from .training import all_ranks_sum
-
     check_out(args, len([n for n in args.protocols.split(",") if n.strip()]) * args.seeds)
     device = cliargs.device(args.device)
     world = rank_world()[1]

@@ -31,14 +31,34 @@ import math
 import time
 
 import torch
+import torchvision.transforms as T
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from wssl_zoo import cliargs
+from wssl_zoo.data import SeededViews, balanced_subset
+from wssl_zoo.distributed import is_main, rank_world
+from wssl_zoo.evaluation import autocast, rank_rows
+from wssl_zoo.optim import LARS
+from wssl_zoo.preempt import ignore_stop_signals
+from wssl_zoo.weights import resolve
 
 from ._cli import add_checkpoint_flags, add_common, check_out, checkpoint_for, finished_record, record_path, run_main
+from .features import build_split, feature_store, mark_overrides
 from .protocols import LinearProtocol, get_protocol, paper_linear_protocol, protocol_for_model, with_overrides
-from .training import (Checkpoint, EpochKeyed, GlobalBatchSampler, all_ranks_sum, batch_loss, best_epoch, collate,
-                       counts_to_metrics, fit, topk_counts)
+from .records import aggregate, dataset_fingerprint, make_record, write_record
+from .training import (
+    Checkpoint,
+    EpochKeyed,
+    GlobalBatchSampler,
+    all_ranks_sum,
+    batch_loss,
+    best_epoch,
+    collate,
+    counts_to_metrics,
+    fit,
+    topk_counts,
+)
 
 
 def _optimizer(protocol: LinearProtocol, params) -> torch.optim.Optimizer:
@@ -48,7 +68,6 @@ def _optimizer(protocol: LinearProtocol, params) -> torch.optim.Optimizer:
     if protocol.optimizer == "adam":
         return torch.optim.Adam(params, lr=protocol.lr, weight_decay=protocol.weight_decay)
     if protocol.optimizer == "lars":  # apex LARC(clip=False) with weight decay 0 is this LARS
-        from wssl_zoo.optim import LARS
 
         return LARS(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay, eta=0.001)
     raise ValueError(f"unknown optimizer {protocol.optimizer!r}")
@@ -94,8 +113,6 @@ def train_classifier(protocol: LinearProtocol, *, dim: int, classes: int, seed: 
     (on ``device``), evaluated after every epoch. ``authors_init``: weights N(0, 0.01), bias 0 (INTL
     ``evaluate.py:73-74``, CW-RGP ``lincls.py:92-93``), else ``nn.Linear``'s own init (W-MSE ``eval/sgd.py:12``).
     Returns ``(history, earlier seconds)`` of :func:`eval.training.fit`."""
-    from wssl_zoo.distributed import rank_world
-
     world = rank_world()[1]
     torch.manual_seed(seed)
     clf = nn.Linear(dim, classes)
@@ -143,8 +160,6 @@ def train_on_features(protocol: LinearProtocol, train, train_rows: torch.Tensor,
     when they fit (``resident``; default: on CUDA when they take under half of its free memory), else
     every step takes its rows from the memory-mapped shards (the CPU, or a GPU too small). With
     ``protocol.standardize`` the features are z-scored with the training rows' statistics."""
-    from wssl_zoo.evaluation import rank_rows
-
     ytr = train.labels[train_rows]
     classes = int(max(int(ytr.max()), int(test.labels.max()))) + 1
     mean, std = standardisation(train, train_rows) if protocol.standardize else (None, None)
@@ -185,13 +200,6 @@ def train_augmented(protocol: LinearProtocol, weights, model: nn.Module, train_s
     augmented images of ``train_set`` (random-resized crop + flip, drawn from (seed, epoch, index));
     ``test`` are the stored features of the test split (the deterministic transform, the same
     frozen backbone: the same every epoch)."""
-    import torchvision.transforms as T
-    from torch.utils.data import DataLoader
-
-    from wssl_zoo.data import SeededViews
-    from wssl_zoo.evaluation import autocast, rank_rows
-    from wssl_zoo.preempt import ignore_stop_signals
-
     eval_tf = weights.eval_transform(dataset, normalisation)
     norm = [t for t in eval_tf.transforms if isinstance(t, T.Normalize)][0]
     # INTL evaluate.py:167-174, CW-RGP lincls.py:196-203
@@ -240,13 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args, command: str, seed: int) -> dict:
     """One seed: train and write the record; returns it."""
-    from wssl_zoo.data import balanced_subset
-    from wssl_zoo.distributed import is_main, rank_world
-    from wssl_zoo.weights import resolve
-
-    from .features import build_split, feature_store, mark_overrides
-    from .records import dataset_fingerprint, make_record, write_record
-
     start = time.perf_counter()
     device = cliargs.device(args.device)
     weights = resolve(args.model, seed, verify=not args.allow_unverified)
@@ -294,8 +295,6 @@ def evaluate(args, command: str, seed: int) -> dict:
         extra = dict(cache_hit=meta["cache_hit"] and meta_te["cache_hit"], train_samples=len(rows),
                      test_samples=len(test))
     else:
-        from torch.utils.data import Subset
-
         train_set = Subset(train_split, rows.tolist()) if args.train_subset else train_split
         (history, earlier), sampler = train_augmented(
             protocol, weights, model, train_set, len(train_split.classes), test, seed, device, args.workers, job,
@@ -319,10 +318,6 @@ def evaluate(args, command: str, seed: int) -> dict:
 
 
 def run(args, command: str) -> int:
-    from wssl_zoo.distributed import is_main
-
-    from .records import aggregate
-
     check_out(args, args.seeds)
     records = [evaluate(args, command, seed) for seed in range(args.seed, args.seed + args.seeds)]
     if len(records) > 1 and is_main():

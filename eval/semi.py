@@ -33,12 +33,34 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision.transforms as T
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from wssl_zoo import cliargs
+from wssl_zoo.data import SeededViews
+from wssl_zoo.data.datasets import TransformedDataset
+from wssl_zoo.distributed import barrier, is_main, rank_world
+from wssl_zoo.evaluation import autocast, rank_rows
+from wssl_zoo.fileio import atomic_write_bytes, sha256_file
+from wssl_zoo.preempt import ignore_stop_signals
+from wssl_zoo.weights import resolve
 
 from ._cli import add_checkpoint_flags, add_common, check_out, checkpoint_for, finished_record, record_path, run_main
+from .features import build_split, mark_overrides
 from .protocols import get_protocol, protocol_for_model, with_overrides
+from .records import dataset_fingerprint, make_record, write_record
+from .training import (
+    EpochKeyed,
+    GlobalBatchSampler,
+    all_ranks_sum,
+    batch_loss,
+    best_epoch,
+    collate,
+    counts_to_metrics,
+    fit,
+    topk_counts,
+)
 
 IMAGENET_COUNTS = {"1pct": 12811, "10pct": 128116}
 _SIMCLR_NAME = re.compile(r"^(n\d{8})_[^/\s]+$")
@@ -90,8 +112,6 @@ def read_split_file(path: str | Path, split: str, train) -> list[int]:
 
 def make_split_file(train, percent: float, seed: int, out: str | Path) -> list[int]:
     """A class-balanced ``percent`` % subset of ``train`` (fixed ``seed``), written atomically."""
-    from wssl_zoo.fileio import atomic_write_bytes
-
     if not 0 < percent <= 100:
         raise ValueError(f"--percent must be in (0, 100], got {percent}")
     per_class: dict[int, list[int]] = {}
@@ -125,18 +145,6 @@ def finetune(protocol, weights, model: nn.Module, dataset: str, train, indices: 
     (``evaluate.py:129``); the last global batch is dropped when a process's part of it would hold a
     single image (train-mode BN cannot normalise one 1x1 feature map). float32 unless ``amp``
     (fp16 with a grad scaler, checkpointed)."""
-    import torchvision.transforms as T
-    from torch.utils.data import DataLoader, Subset
-
-    from wssl_zoo.data import SeededViews
-    from wssl_zoo.data.datasets import TransformedDataset
-    from wssl_zoo.distributed import rank_world
-    from wssl_zoo.evaluation import autocast, rank_rows
-    from wssl_zoo.preempt import ignore_stop_signals
-
-    from .training import (EpochKeyed, GlobalBatchSampler, all_ranks_sum, batch_loss, collate, counts_to_metrics, fit,
-                           topk_counts)
-
     world = rank_world()[1]
     size = weights.img_size
     eval_tf = weights.eval_transform(dataset, normalisation)
@@ -235,16 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from wssl_zoo.distributed import rank_world
-    from wssl_zoo.fileio import sha256_file
-    from wssl_zoo.weights import resolve
-
-    from .features import build_split, mark_overrides
-    from .records import dataset_fingerprint, make_record, write_record
-
     if args.split is None:
         raise ValueError("--labelled is required: 1pct or 10pct, the labelled fraction")
-    from .training import best_epoch
 
     check_out(args, args.seeds)
     train = build_split(args.dataset, args.data, "train")
@@ -252,8 +252,6 @@ def run(args, command: str) -> int:
     percent = args.percent if args.percent is not None else {"1pct": 1, "10pct": 10}[args.split]
     split_seed = args.seed if args.split_seed is None else args.split_seed
     if args.make_split_file:
-        from wssl_zoo.distributed import barrier, is_main
-
         if is_main():
             chosen = make_split_file(train, percent, split_seed, args.make_split_file)
             print(f"wrote {len(chosen):,} images ({percent:g} % per class, seed {split_seed}) to {args.make_split_file}")

@@ -20,9 +20,14 @@ from pathlib import Path
 import torch
 
 from wssl_zoo import cliargs
+from wssl_zoo.distributed import is_main, rank_world
 from wssl_zoo.evaluation import effective_rank, spectrum
+from wssl_zoo.plots import INSTALL_HINT, have_matplotlib, plot_spectrum
+from wssl_zoo.weights import resolve
 
 from ._cli import add_common, record_path, run_main
+from .features import feature_store, mark_overrides
+from .records import make_record, write_record
 
 
 def baseline_spec(weights, choice: str) -> str | None:
@@ -47,13 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, command: str) -> int:
-    from wssl_zoo.weights import resolve
-
-    from wssl_zoo.distributed import rank_world
-
-    from .features import feature_store, mark_overrides
-    from .records import make_record, write_record
-
     device = cliargs.device(args.device)
     weights = resolve(args.model, args.seed, verify=not args.allow_unverified)
     start = time.perf_counter()
@@ -95,9 +93,6 @@ def run(args, command: str) -> int:
                                     **({"baseline": baseline} if baseline else {})))
     path = write_record(record, record_path(args, "spectrum", weights.label, record["protocol"]["name"], args.seed, record))
     png = Path(args.plot) if args.plot else path.with_suffix(".png")
-    from wssl_zoo.plots import INSTALL_HINT, have_matplotlib
-
-    from wssl_zoo.distributed import is_main
 
     if not is_main():
         return 0  # under torchrun rank 0 writes the record and the plot
@@ -129,8 +124,6 @@ def record_spectra(record: dict) -> dict[str, dict[str, list[float]]]:
 
 def plot_record(record: dict, path: str | Path) -> Path:
     """Draw the spectra of a spectrum record (model and baseline) into the PNG ``path``."""
-    from wssl_zoo.plots import plot_spectrum
-
     title = (f"covariance spectrum, {record['dataset']['name']} {record['protocol']['split']} "
              f"({record.get('samples', '?')} images)")
     return plot_spectrum(record_spectra(record), path, title=title)

@@ -41,7 +41,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler, default_collate
+from tqdm.auto import tqdm
 
+from wssl_zoo.data import derive_seed
 from wssl_zoo.distributed import is_main, rank_world
 from wssl_zoo.evaluation import rank_rows
 from wssl_zoo.fileio import atomic_open
@@ -63,8 +65,6 @@ class GlobalBatchSampler(Sampler[list]):
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int | None = None, world: int | None = None,
                  epoch_keys: bool = False, min_per_rank: int = 0):
-        from wssl_zoo.data import derive_seed
-
         if rank is None or world is None:
             rank, world = rank_world()
         if batch_size < world:
@@ -261,8 +261,6 @@ def fit(job: Checkpoint, *, state: dict[str, Any], epochs: int, sampler: GlobalB
     ``step(batch, global_count)`` for each of ``batches()`` (an iterable over the sampler); after the
     epoch ``evaluate()`` and the checkpoint. Between steps a stop signal on any rank
     (:class:`wssl_zoo.preempt.StopOnSignal`) writes the checkpoint and raises :class:`Preempted`."""
-    from tqdm.auto import tqdm
-
     start_epoch, start_step, history, before = job.start(state)
     began = time.perf_counter()
     bar = tqdm(total=epochs * sampler.steps, initial=start_epoch * sampler.steps + start_step, desc=desc, unit="batch",

@@ -39,5 +39,5 @@ def create_groupnorm_backbone(arch, stem="imagenet", **timm_kwargs):
 if __name__ == "__main__":
     from wssl_zoo.pretrain.cli import main
 
-    encoders.create_backbone = create_groupnorm_backbone  # the loop imports it from there at run time
+    encoders.create_backbone = create_groupnorm_backbone  # the loop builds its backbone through this module
     sys.exit(main(sys.argv[1:]))

@@ -22,11 +22,11 @@ _API = ("create", "get_entry", "list_models", "load")
 def __getattr__(name: str):
     # Lazy: `import wssl_zoo.losses` should not pay for timm and the registry.
     if name in _API:
-        from . import api
+        from . import api  # lazy, as resolve below
 
         return getattr(api, name)
     if name == "resolve":
-        from .weights import resolve
+        from .weights import resolve  # lazy: `import wssl_zoo.losses` should not load torch and timm
 
         return resolve
     raise AttributeError(f"module 'wssl_zoo' has no attribute {name!r}")

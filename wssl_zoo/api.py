@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import timm
 from torch import nn
 
+from .encoders import create_backbone
 from .registry import UnknownModelError, WeightsNotPublishedError, get_entry, list_models
+from .weights import resolve
 
 __all__ = ["list_models", "get_entry", "create", "load", "WeightsNotPublishedError", "UnknownModelError"]
 
@@ -20,14 +23,10 @@ def create(name: str, stem: str | None = None) -> nn.Module:
     ``stem`` overrides the entry's stem (or sets one for a bare timm name; default imagenet).
     Returns the backbone in eval mode; ``model(x)`` maps (B, 3, H, W) to (B, num_features).
     """
-    from .encoders import create_backbone
-
     try:
         entry = get_entry(name)
         arch, default_stem = entry.arch, entry.stem
     except UnknownModelError:
-        import timm
-
         if not timm.is_model(name):
             raise
         arch, default_stem = name, "imagenet"
@@ -47,6 +46,4 @@ def load(name_or_path: str | Path, seed: int = 0, verify: bool = True) -> nn.Mod
     ``random:ARCH[:STEM[:SIZE]]`` (random init drawn from ``seed``). :func:`wssl_zoo.weights.resolve`
     gives the handle itself (sha256, label, normalisation, eval transform) without building the model.
     """
-    from .weights import resolve
-
     return resolve(name_or_path, seed, verify=verify).build()

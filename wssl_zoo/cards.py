@@ -18,7 +18,10 @@ from typing import Any
 
 from . import catalogue
 from .catalogue import display_name
+from .fileio import atomic_write_bytes
+from .modelio import config_arch, read_config
 from .paths import cards_dir, zoo_results_dir
+from .records import PRETRAIN_EVAL_TASK, is_own_protocol, read_records
 from .registry import ZooEntry, get_entry, list_models
 
 CARDS_DIR = cards_dir()  # see wssl_zoo.paths: the checkout's, else $WSSL_ZOO_HOME or the current directory
@@ -89,8 +92,6 @@ def metric_rows(record: dict) -> list[dict[str, Any]]:
 def measured_results(entry: ZooEntry, results_dir: Path | None = None) -> list[dict]:
     """Records of ``zoo/results`` measured on this entry's pinned weights (matched by sha256), read
     through :func:`wssl_zoo.records.read_records` (the one reader: a malformed record names its file)."""
-    from .records import read_records
-
     wanted = {entry.hub.files.get("model.safetensors", "")} - {""}
     return [r for r in read_records(results_dir or RESULTS_DIR) if r.get("weights_sha256") in wanted]
 
@@ -104,15 +105,13 @@ def comparable(record: dict) -> bool:
     reduced detection schedule; a protocol whose ``source`` is ``wssl-zoo: ...``, like the cached
     ``fast`` probe, is ours, not a paper's), and not a pretraining monitor (``pretrain_eval`` repeats the
     kNN/linear protocols) or a spectrum (effective rank is no accuracy)."""
-    from .records import PRETRAIN_EVAL_TASK, is_own_protocol
-
     if record.get("task") in (PRETRAIN_EVAL_TASK, "spectrum", None, ""):
         return False
     return "+" not in _protocol_name(record) and not is_own_protocol(record)
 
 
 def _hub_result(record: dict, row: dict):
-    from huggingface_hub import EvalResult
+    from huggingface_hub import EvalResult  # heavy (0.16 s): only where a Hub card is rendered
 
     ds = row["dataset"]
     prefix = next((k for k in _HUB_TASKS if row["metric"].startswith(k)), None)
@@ -133,7 +132,7 @@ def _hub_result(record: dict, row: dict):
 
 def card_data(name: str, *, stem: str, method: str, dataset: str, converted: bool, measured: list[dict]):
     """The Hub metadata (``huggingface_hub.ModelCardData``) of a card; ``measured`` are zoo/results records."""
-    from huggingface_hub import ModelCardData
+    from huggingface_hub import ModelCardData  # heavy (0.16 s): only where a Hub card is rendered
 
     results = [_hub_result(r, row) for r in measured if comparable(r) for row in metric_rows(r)]
     license_ = CONVERTED_LICENSE if converted else dict(license=LICENSE)
@@ -152,8 +151,6 @@ def uploaded(folder: Path) -> dict[str, Any]:
     """What the files of a model directory say about the weights: ``epochs``, ``dataset``,
     ``recipe`` (name), ``train`` (the resolved recipe of ``train_config.json``), ``options``,
     ``convert`` (``convert.json``) and the ``config.json`` section ``wssl_zoo``."""
-    from .modelio import read_config
-
     def _json(name: str) -> dict:
         path = folder / name
         if not path.is_file():
@@ -311,8 +308,6 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
 
 def render_generic_card(folder: Path, repo_id: str) -> str:
     """A card for a model directory that belongs to no registry entry, from its own files."""
-    from .modelio import config_arch, read_config
-
     config = read_config(folder)
     up = uploaded(folder)
     stem = up["section"].get("stem", "imagenet")
@@ -334,8 +329,6 @@ def render_generic_card(folder: Path, repo_id: str) -> str:
 
 
 def write_card(entry: ZooEntry, folder: Path = CARDS_DIR) -> Path:
-    from .fileio import atomic_write_bytes
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{entry.name}.md"
     atomic_write_bytes(path, render_card(entry).encode())

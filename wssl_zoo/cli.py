@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .cliargs import dataset_arg, run_cli
 from .documents import Outputs, generate, pretrain_results_table, readme_with_table, zoo_table  # noqa: F401
-from .cliargs import dataset_arg
+from .download import download, downloadable
 from .paths import zoo_results_dir
 from .registry import METHODS, STEMS, get_entry
 
@@ -79,7 +80,10 @@ def _info_run(args: argparse.Namespace) -> int:
             print(f"    {r.task} on {r.dataset}{ep}: {r.value}  [{r.label}; {r.source}]{note}")
     else:
         print("  paper results: none registered")
-    from .cards import measured_results, metric_rows
+    from .cards import (  # loads torch: only for this subcommand (wssl-zoo list starts without)
+        measured_results,
+        metric_rows,
+    )
 
     measured = measured_results(e)
     if measured:
@@ -99,25 +103,25 @@ def _info_run(args: argparse.Namespace) -> int:
 
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
-    from .pretrain.cli import add_arguments
+    from .pretrain.cli import add_arguments  # loads torch: only for this subcommand (wssl-zoo list starts without)
 
     add_arguments(p)
 
 
 def _pretrain_run(args: argparse.Namespace) -> int:
-    from .pretrain.cli import run
+    from .pretrain.cli import run  # loads torch: only for this subcommand (wssl-zoo list starts without)
 
     return run(args, args._argv)  # the arguments after "pretrain": its resume command repeats them
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    from .demo import add_arguments
+    from .demo import add_arguments  # loads torch: only for this subcommand (wssl-zoo list starts without)
 
     add_arguments(p)
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    from .demo import run
+    from .demo import run  # loads torch: only for this subcommand (wssl-zoo list starts without)
 
     return run(args, args._argv)
 
@@ -128,7 +132,7 @@ def _card_args(p: argparse.ArgumentParser) -> None:
 
 
 def _card_run(args: argparse.Namespace) -> int:
-    from .cards import render_card, write_cards
+    from .cards import render_card, write_cards  # loads torch: only for this subcommand (wssl-zoo list starts without)
 
     if args.all:  # the cards part of the documents generator (wssl-zoo docs)
         for path in write_cards():
@@ -154,7 +158,11 @@ def _download_args(p: argparse.ArgumentParser) -> None:
 
 
 def _download_run(args: argparse.Namespace) -> int:
-    from .hub import download_entry, download_repo, parse_spec
+    from .hub import (  # loads torch: only for this subcommand (wssl-zoo list starts without)
+        download_entry,
+        download_repo,
+        parse_spec,
+    )
 
     for name in args.names:
         if name.startswith("hf-hub:"):
@@ -193,7 +201,7 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
 
 
 def _publish_run(args: argparse.Namespace) -> int:
-    from .publish import publish
+    from .publish import publish  # loads torch: only for this subcommand (wssl-zoo list starts without)
 
     publish(args.source, args.repo, dry_run=args.dry_run, staging=Path(args.staging) if args.staging else None,
             entry_name=args.entry, message=args.message, private=args.private,
@@ -202,7 +210,7 @@ def _publish_run(args: argparse.Namespace) -> int:
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    from .convert import LAYOUTS
+    from .convert import LAYOUTS  # loads torch: only for this subcommand (wssl-zoo list starts without)
 
     p.description = ("Turn a checkpoint saved by the authors' code into a wssl-zoo model directory "
                      "(model.safetensors with timm keys, config.json, projector.safetensors, convert.json). Read "
@@ -230,7 +238,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def _convert_run(args: argparse.Namespace) -> int:
-    from .convert import convert_checkpoint
+    from .convert import convert_checkpoint  # loads torch: only for this subcommand (wssl-zoo list starts without)
 
     prov = convert_checkpoint(args.layout, args.ckpt, args.out, entry=args.entry, arch=args.arch, stem=args.stem,
                               dataset=args.dataset, img_size=args.img_size, branch=args.branch,
@@ -257,7 +265,10 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
 
 
 def _plot_run(args: argparse.Namespace) -> int:
-    from .plots import plot_training_curves, training_curves
+    from .plots import (  # loads torch: only for this subcommand (wssl-zoo list starts without)
+        plot_training_curves,
+        training_curves,
+    )
 
     path = plot_training_curves(args.run, args.out, title=args.title)
     curves = training_curves(args.run)
@@ -267,8 +278,6 @@ def _plot_run(args: argparse.Namespace) -> int:
 
 
 def _download_data_args(p: argparse.ArgumentParser) -> None:
-    from .download import downloadable
-
     p.description = ("Download a dataset with torchvision's downloader (md5-checked) into --root, else $WSSL_ZOO_DATA/NAME, "
                      "else ~/.cache/wssl_zoo/data/NAME, and print the folder to pass as --data. "
                      "$WSSL_ZOO_DATA_MIRROR (a base URL) replaces the download host.")
@@ -278,8 +287,6 @@ def _download_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _download_data_run(args: argparse.Namespace) -> int:
-    from .download import download
-
     folder = download(args.name, args.root)
     print(f"{args.name}: {folder}  (pass --data {folder} --dataset {args.name})")
     return 0
@@ -376,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
         return _run_forwarded(FORWARDED[argv[0]][0], argv[1], argv[2:])  # the tool parses, helps and errs itself
     args = build_parser().parse_args(argv)
     args._argv = argv[1:]  # the subcommand's own arguments (argv[0] is its name: wssl-zoo has no global options)
-    from .cliargs import run_cli
 
     # errors from wssl-zoo carry a message that names the file / key / value: no traceback
     return run_cli(f"wssl-zoo {args.command}", lambda: args._run(args))

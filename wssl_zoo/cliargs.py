@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import sys
 from typing import Callable, Iterable
 
@@ -154,9 +156,7 @@ def device(name: str = "auto"):
     present, else the CPU; a bare ``cuda`` is this process's ``LOCAL_RANK`` GPU (0 outside
     torchrun); ``cuda:N`` is GPU N. ValueError naming the flag for anything else or for CUDA on a
     machine without it. (The one function of this module that imports torch, when called.)"""
-    import re
-
-    import torch
+    import torch  # only when a device is asked for: the vocabulary is read without torch
 
     text = str(name).strip().lower()
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
@@ -218,8 +218,6 @@ def add_progress(p) -> None:
 
 def command_line(prog: str, argv: Iterable[str] | None) -> str:
     """The command as a user would retype it (recorded in records and configs)."""
-    import shlex
-
     return " ".join([prog, *map(shlex.quote, list(argv) if argv is not None else sys.argv[1:])])
 
 

@@ -35,7 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
+
+from . import catalogue
+from .catalogue import dataset_stats
+from .encoders import create_backbone
+from .fileio import atomic_write_bytes, sha256_file
+from .heads import projector_from_state
+from .methods import authors_value, fact
+from .modelio import build_loaded, save_model_dir
+from .outdir import claim
+from .registry import METHODS, get_entry
 
 __all__ = ["LAYOUTS", "ConversionError", "convert_checkpoint", "read_checkpoint", "split_state"]
 
@@ -57,9 +68,6 @@ class Layout:
 
 
 def _layouts() -> dict[str, Layout]:
-    from .methods import fact
-    from .registry import METHODS
-
     return {f"official-{m}": Layout(m, **fact(m, "checkpoint_layout")) for m in METHODS}
 
 
@@ -188,7 +196,6 @@ def infer_stem(backbone: dict[str, torch.Tensor], stem: str | None, method: str 
         return "imagenet"
     if k == 3:
         # the stems each codebase builds for a 3x3 conv1 (wssl_zoo.methods; INTL: its padded cifar_pad2)
-        from .methods import fact
 
         allowed = fact(method, "converter_small_stems") if method else ("cifar", "small", "cifar_pad2")
         if stem is None and len(allowed) == 1:
@@ -229,8 +236,6 @@ def torchvision_reference(arch: str, stem: str, method: str | None = None) -> nn
     with conv1 padding 2 for the 7x7/2 conv (src/resnet.py:172-181) and 1 for the CIFAR 3x3 conv
     (src/model.py:24).
     """
-    import torchvision
-
     if not hasattr(torchvision.models, arch):
         raise ConversionError(f"torchvision has no {arch}")
     model = getattr(torchvision.models, arch)(weights=None)
@@ -253,8 +258,6 @@ def load_reference(reference: nn.Module, state: dict[str, torch.Tensor]) -> None
 
 def _projector_from(state: dict[str, torch.Tensor], in_dim: int, hidden_bias_default: bool):
     """A :class:`~wssl_zoo.heads.Projector` with the shapes and flags these tensors imply, loaded."""
-    from .heads import projector_from_state
-
     try:
         head = projector_from_state(state, "the checkpoint's projector", hidden_bias_default)
     except ValueError as exc:
@@ -290,14 +293,6 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
     conversion's earlier output; ``overwrite`` deletes anything else in it first (a stale
     projector, training logs or checkpoints would otherwise be published with the new weights).
     """
-    from . import catalogue
-    from .catalogue import dataset_stats
-    from .methods import authors_value
-    from .encoders import create_backbone
-    from .fileio import sha256_file
-    from .modelio import build_loaded, save_model_dir
-    from .registry import get_entry
-
     if layout_name not in LAYOUTS:
         raise ValueError(f"--from {layout_name!r}: choose one of {', '.join(LAYOUTS)}")
     layout = LAYOUTS[layout_name]
@@ -357,9 +352,6 @@ def convert_checkpoint(layout_name: str, ckpt: str | Path, out: str | Path, *, e
         extra["registry_name"] = e.name
         if e.recipe:
             extra["recipe"] = e.recipe  # eval.protocols.protocol_for_model picks the authors' values by it
-    from .fileio import atomic_write_bytes
-
-    from .outdir import claim
 
     out = Path(out)
     job = dict(layout=layout_name, source_sha256=provenance["source_sha256"], entry=entry, arch=arch, stem=stem,

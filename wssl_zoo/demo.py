@@ -21,8 +21,16 @@ import torch
 from tqdm.auto import tqdm
 
 from . import catalogue, cliargs
+from .api import load
+from .data.transforms import derive_seed
 from .download import resolve_data
+from .encoders import create_backbone
+from .evaluation import heldout_metrics
+from .fileio import atomic_write_bytes
 from .preempt import resume_command
+from .pretrain.loop import RunOptions, pretrain
+from .pretrain.recipes import resolve_recipe
+from .registry import STEMS
 from .runlog import format_duration
 
 DEFAULTS = dict(method="wmse", dataset="fashion_mnist", arch="resnet18", stem="imagenet", img_size=32,
@@ -39,7 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "~/.cache/wssl_zoo/data/fashion_mnist, saying so)")
     cliargs.add_download(parser)
     parser.add_argument("--arch", default=d["arch"], help="timm backbone (default: %(default)s)")
-    from .registry import STEMS
 
     parser.add_argument("--stem", default=d["stem"], choices=list(STEMS),
                         help="backbone stem (default: %(default)s; 'cifar' is the papers' (INTL's: 'cifar_pad2') but "
@@ -79,8 +86,6 @@ def _print_estimate(args: argparse.Namespace, recipe, per_step: float, steps_lef
 
 def demo_recipe(args: argparse.Namespace):
     """The recipe the demo pretrains with: the method's CIFAR recipe at the demo's size and length."""
-    from .pretrain.recipes import resolve_recipe
-
     overrides = dict(dataset=args.dataset, arch=args.arch, stem=args.stem, img_size=args.img_size,
                      epochs=args.epochs, batch_size=args.batch_size, eval_every=max(args.epochs, 1))
     if args.method != "intl":
@@ -94,9 +99,6 @@ def demo_recipe(args: argparse.Namespace):
 
 def random_init(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     """The network the demo's pretraining starts from: the seed's initialisation (as the loop draws it)."""
-    from .data.transforms import derive_seed
-    from .encoders import create_backbone
-
     torch.manual_seed(derive_seed(args.seed, 2))
     return create_backbone(args.arch, args.stem).eval().to(device)
 
@@ -104,15 +106,11 @@ def random_init(args: argparse.Namespace, device: torch.device) -> torch.nn.Modu
 def evaluate(args: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> dict:
     """The demo's numbers of ``model`` (monitor cosine kNN k=5 and k=20, linear probe, effective rank) on
     ``args.bank`` training and ``args.queries`` held-out images."""
-    from .evaluation import heldout_metrics
-
     return heldout_metrics(model, args.dataset, args.data, args.img_size, args.bank, args.queries, args.seed, device,
                            args.workers, method=args.method)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .pretrain.loop import RunOptions, pretrain
-
     out = Path(args.out)
     recipe = demo_recipe(args)
     print(f"wssl-zoo demo: {args.method} ({recipe.name} settings) on {args.dataset}, {args.arch} "
@@ -136,8 +134,6 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     # the steps the run made: --steps-per-epoch is a cap, fewer when --train-subset / --batch-size allow fewer
     steps = json.loads((out / "train_config.json").read_text())["steps_per_epoch"]
 
-    from .api import load
-
     device = cliargs.device(args.device)
     trained = load(out).to(device)
     rows = {}
@@ -156,7 +152,6 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     command = " ".join(["python -m wssl_zoo.demo", *(sys.argv[1:] if argv is None else argv)])
     result = dict(command=command, args=vars(args) | {"out": str(out)},
                   results=rows, steps_per_epoch=steps, pretrain_seconds=train_time, total_seconds=total)
-    from .fileio import atomic_write_bytes
 
     atomic_write_bytes(out / "demo_results.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
     return 0

@@ -44,9 +44,12 @@ import difflib
 import math
 from typing import Sequence
 
+import timm
 import torch
+from timm.models.resnet import ResNet
 from torch import nn
 
+from .methods import fact
 from .registry import STEMS  # noqa: E402  (the one list of stems)
 
 # create_model arguments that would break the (B, num_features) pooled-feature contract.
@@ -59,8 +62,6 @@ _RESERVED_TIMM_KWARGS = {
 
 def close_arch_names(arch: str, limit: int = 5) -> list[str]:
     """The timm architecture names closest to ``arch`` (difflib over ``timm.list_models()``)."""
-    import timm
-
     names = timm.list_models()
     close = difflib.get_close_matches(arch, names, n=limit, cutoff=0.6)
     if not close:  # a looser match still beats an empty hint
@@ -86,8 +87,6 @@ def create_backbone(arch: str, stem: str = "imagenet", **timm_kwargs) -> nn.Modu
         ValueError: unknown stem (lists the valid ones), unknown architecture (lists the closest
             timm names), a stem not defined for the architecture, or a reserved timm keyword.
     """
-    import timm
-
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose one of {list(STEMS)}")
     if not isinstance(arch, str) or not timm.is_model(arch):
@@ -123,8 +122,6 @@ def _apply_small_image_stem(model: nn.Module, arch: str, stem: str) -> None:
 
     Checks everything before changing anything, so a ValueError leaves ``model`` untouched.
     """
-    from timm.models.resnet import ResNet
-
     def unsupported(reason: str) -> ValueError:
         return ValueError(
             f"the {stem!r} stem is not defined for timm architecture {arch!r}: {reason}; it is defined "
@@ -183,8 +180,6 @@ def _default_head_on_concat(loss: nn.Module) -> bool:
     A loss may state its own choice as a bool attribute ``head_on_concat``; otherwise the method it
     names in its ``method`` attribute decides (``wssl_zoo.methods.fact(method, "head_on_concat")``).
     """
-    from .methods import fact
-
     own = getattr(loss, "head_on_concat", None)
     if isinstance(own, bool):
         return own

@@ -46,7 +46,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
+from .catalogue import eval_dataset
+from .data.datasets import TransformedDataset, balanced_subset, build_dataset, heldout_split
+from .data.transforms import eval_transform
 from .distributed import barrier, is_main, rank_world
 from .fileio import atomic_write_text, sha256_file
 from .preempt import ignore_stop_signals
@@ -83,9 +88,6 @@ def _feature_batches(model: nn.Module, dataset, rows: range, device: torch.devic
                      progress: bool, desc: str, amp: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(features (b, F) float32 on the CPU, labels (b,) int64)`` of ``dataset[rows]``, batch by batch, in
     order. The model runs in eval mode and without gradients (its mode is restored after)."""
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
-
     loader = DataLoader(Subset(dataset, rows), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     was_training = model.training
@@ -520,12 +522,6 @@ def heldout_metrics(backbone: nn.Module, dataset: str, root, img_size: int, bank
     on class-balanced subsets of ``bank`` training and ``queries`` held-out images, normalised as
     ``method``'s pretraining views were, the cosine majority k-NN (k=5 and k=20), the full-batch
     linear probe and the effective rank of the bank features. Not a paper protocol."""
-    from torch.utils.data import Subset
-
-    from .catalogue import eval_dataset
-    from .data.datasets import TransformedDataset, balanced_subset, build_dataset, heldout_split
-    from .data.transforms import eval_transform
-
     name = eval_dataset(dataset)
     held = heldout_split(name, root)
     if held is None:

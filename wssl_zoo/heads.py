@@ -24,6 +24,8 @@ from typing import Callable
 
 from torch import nn
 
+from .modelio import build_loaded
+
 
 class Projector(nn.Sequential):
     """(num_layers - 1) x [Linear, BatchNorm1d, ReLU] then Linear: (B, in_dim) -> (B, out_dim).
@@ -113,8 +115,6 @@ def build_projector(method: str, in_dim: int, **overrides) -> Projector:
 def projector_from_state(state: dict, source: str = "projector weights", hidden_bias_default: bool = True) -> Projector:
     """A :class:`Projector` with the layout these tensors imply (layers, widths, biases, batch
     norm), loaded strictly from them, in eval mode. ``state`` uses nn.Sequential indices."""
-    from .modelio import build_loaded
-
     linear = sorted({int(k.split(".")[0]) for k, v in state.items() if k.endswith("weight") and v.dim() == 2})
     if not linear:
         raise ValueError(f"{source}: no Linear weight among {sorted(state)[:10]}")

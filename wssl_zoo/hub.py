@@ -129,21 +129,21 @@ def _first_line(exc: BaseException) -> str:
 
 def _offline() -> bool:
     """HF_HUB_OFFLINE as the client reads it (``constants.is_offline_mode()`` where the version has it)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: see the note above the module's constants
 
     return constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else bool(constants.HF_HUB_OFFLINE)
 
 
 def _not_cached_reason() -> str:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: see the note above the module's constants
 
     return "HF_HUB_OFFLINE is set" if _offline() else f"{constants.ENDPOINT} cannot be reached"
 
 
 def _hub_error(exc: Exception, repo_id: str, revision: str | None, where: str) -> HubError:
     """The one-line :class:`HubError` of an exception of the client."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import (
+    from huggingface_hub import constants  # heavy: see the note above the module's constants
+    from huggingface_hub.utils import (  # heavy: see the note above the module's constants
         EntryNotFoundError,
         GatedRepoError,
         LocalEntryNotFoundError,
@@ -171,7 +171,7 @@ def _hub_error(exc: Exception, repo_id: str, revision: str | None, where: str) -
 
 def _fetch(repo_id: str, filename: str, revision: str | None, *, force: bool = False) -> Path:
     """One file through the HF cache; every client error becomes a one-line :class:`HubError`."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # heavy: see the note above the module's constants
 
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force))
@@ -244,7 +244,7 @@ def _read_record(storage: Path, commit: str) -> dict[str, HubFile | None] | None
 def _write_record(storage: Path, repo_id: str, commit: str, files: dict[str, HubFile | None]) -> None:
     """Keep the Hub's hashes of ``commit`` beside its snapshot (best effort: a read-only cache works
     online, and its offline loads then ask for verify=False)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: see the note above the module's constants
 
     data = {"format": _RECORD_FORMAT, "repo_id": repo_id, "commit": commit, "endpoint": constants.ENDPOINT,
             "files": {name: None if info is None else {"size": info.size, "blob_id": info.blob_id,
@@ -265,8 +265,12 @@ def _stated_by_hub(repo_id: str, commit: str, storage: Path,
     has no such file}``, from the cache's record or ``HfApi.get_paths_info`` (then recorded). Returns
     ``(None, why)`` where no statement can be had (offline and not recorded, a server without the
     metadata API); the Hub's answers that a repo or revision does not exist raise :class:`HubError`."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub import HfApi, constants  # heavy: see the note above the module's constants
+    from huggingface_hub.utils import (  # heavy: see the note above the module's constants
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     record = _read_record(storage, commit)
     if record is not None and set(names) <= set(record):
@@ -359,7 +363,7 @@ def download_repo(spec: str, verify: bool = True) -> Snapshot:
     where = f"{repo_id}@{commit}"
     stated, why_unstated = _stated_by_hub(repo_id, commit, config.parents[2], REPO_FILES + OPTIONAL_REPO_FILES)
     if stated is not None and stated["config.json"] is None:  # a server whose metadata omits what it serves
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # heavy: see the note above the module's constants
 
         stated, why_unstated = None, f"{constants.ENDPOINT} states no hash for the files it serves"
     if stated is not None and stated["model.safetensors"] is None:

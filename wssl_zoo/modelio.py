@@ -23,13 +23,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import timm
 import torch
+from safetensors.torch import load_file, save
+from timm.models._hub import save_config_for_hf
 from torch import nn
 
+from .encoders import create_backbone
 from .fileio import atomic_write_bytes
 from .registry import STEMS as _STEMS  # the stems of wssl_zoo.encoders.create_backbone
 
@@ -73,8 +78,6 @@ def non_finite_tensors(model_or_state: nn.Module | dict) -> list[str]:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save
-
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     bad = non_finite_tensors(clean)
     if bad:
@@ -99,8 +102,6 @@ def save_model_dir(out_dir, backbone: nn.Module, *, arch: str, stem: str, mean, 
         projector: the pretraining projector, saved to ``projector.safetensors`` when given.
         extra_meta: JSON-serialisable provenance added to the ``wssl_zoo`` section of config.json.
     """
-    from timm.models._hub import save_config_for_hf
-
     if stem not in _STEMS:
         raise ValueError(f"save_model_dir: unknown stem {stem!r}; choose one of {list(_STEMS)}")
     if len(tuple(mean)) != 3 or len(tuple(std)) != 3:
@@ -224,10 +225,6 @@ def load_weights_file(path, arch: str, stem: str = "imagenet", map_location="cpu
     state dict first (a timm classifier's ``fc.weight``/``fc.bias``); ``timm_kwargs`` go to
     :func:`wssl_zoo.encoders.create_backbone` (``in_chans``, ``img_size``, ...).
     """
-    from safetensors.torch import load_file
-
-    from .encoders import create_backbone
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
@@ -297,15 +294,12 @@ def load_model_dir(path, map_location="cpu", config: dict[str, Any] | None = Non
         raise ValueError(f"{folder / 'config.json'}: wssl_zoo stem {stem!r} is not one of {list(_STEMS)}")
     arch = config_arch(config)
     kwargs = {k: v for k, v in config.get("model_args", {}).items() if k not in _NOT_PASSED_ARGS}
-    import timm
 
     default = timm.get_pretrained_cfg(arch.split(".")[0]) if timm.is_model(arch) else None
     default_cfg = default.to_dict() if default is not None else {}
     drop = () if section else _classifier_keys(config, default_cfg)
     model = load_weights_file(weights, arch, stem, map_location, drop_keys=drop, **kwargs)
     if drop:
-        import logging
-
         logging.getLogger("wssl_zoo").warning(
             "%s: plain timm checkpoint of %s; its classifier (%s) was dropped, the backbone returns "
             "pooled features", folder, arch, ", ".join(drop))

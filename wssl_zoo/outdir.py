@@ -20,6 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
+from .fileio import atomic_write_bytes
+
 MARKER = ".wssl_zoo_out.json"
 
 
@@ -91,8 +94,6 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
     folder is one whose ``SHA256SUMS`` lists its files); ``mark=False`` writes no marker (a
     folder whose every file is uploaded).
     """
-    from ._version import __version__
-
     folder = Path(folder)
     state = check(folder, tool, job, flag=flag, overwrite=overwrite, resume=resume, replace_own=replace_own,
                   hint=hint, own=own)
@@ -109,7 +110,6 @@ def claim(folder: str | Path, tool: str, job: dict, *, flag: str = "--out", over
     folder.mkdir(parents=True, exist_ok=True)
     if not mark:
         return state
-    from .fileio import atomic_write_bytes
 
     data = dict(tool=tool, version=__version__, job=_normal(job))
     atomic_write_bytes(folder / MARKER, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

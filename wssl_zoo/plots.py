@@ -25,6 +25,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
+from .fileio import atomic_write_bytes
 from .runlog import kind_of, log_path, read_log  # noqa: F401  (log_path, read_log: also this module's API)
 
 DATA_KEY = "wssl-zoo:data"
@@ -48,8 +51,8 @@ def have_matplotlib() -> bool:
 def _figure(width: float, height: float):
     """A matplotlib Figure on the Agg canvas (never a GUI backend, no global pyplot state)."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional: the [plot] extra
+        from matplotlib.figure import Figure  # optional: the [plot] extra
     except ImportError as exc:
         raise RuntimeError(f"plots need matplotlib: {INSTALL_HINT}") from exc
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
@@ -59,8 +62,6 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | Path, data: Any) -> Path:
     """Write ``fig`` as a PNG at ``path`` (atomically) with ``data`` as JSON in a tEXt chunk."""
-    from .fileio import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None, DATA_KEY: _dumps(data)})
     path = Path(path)
@@ -74,8 +75,6 @@ def _dumps(data: Any) -> str:
 
 def png_data(path: str | Path) -> Any:
     """The plotted data stored in a PNG written here, or None (no such chunk, or not a PNG)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             text = getattr(im, "text", {}).get(DATA_KEY)
@@ -170,7 +169,7 @@ def plot_training_curves(run: str | Path, out: str | Path | None = None, title: 
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in axes[4:]:
         ax.set_xlabel("epoch")
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # optional: the [plot] extra
 
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -271,7 +270,7 @@ def plot_panels(panels: list[dict], out: str | Path, title: str = "") -> Path:
             hi = max(b["mean"] + b["std"] for r in panel["rows"] for b in r["bars"])
             ax.set_xlim(0, hi * 1.15 if hi > 0 else 1)
         ax.grid(axis="x", alpha=0.3)
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # optional: the [plot] extra
 
     fig.legend(handles=[Patch(color=color[m], label=m) for m in models], loc="outside lower center",
                ncols=min(3, len(models)), fontsize=8)

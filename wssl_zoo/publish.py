@@ -12,14 +12,22 @@ registry name or ``hf-hub:`` repo); this module sits above the resolver, which d
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomlkit
+
+from .cards import CARDS_DIR, render_card, render_generic_card, write_card
+from .fileio import atomic_write_bytes
 from .hub import PINNED_FILES, SUMS_FILE, HubError, _sha256, _verified, parse_spec
-from .registry import HubInfo, UnknownModelError, ZooEntry, get_entry
+from .modelio import config_arch
+from .outdir import MARKER, claim
+from .registry import HubInfo, RegistryError, UnknownModelError, ZooEntry, _parse_entry, clear_cache, get_entry
+from .weights import resolve
 
 __all__ = ["stage", "publish", "PublishResult", "update_registry_hub", "EXTRA_FILES"]
 
@@ -45,8 +53,6 @@ class PublishResult:
 def _find_entry(source_dir: Path | None, repo_id: str, entry_name: str | None) -> ZooEntry | None:
     """The registry entry a publication belongs to: ``--entry``, the directory's own record of it,
     or the entry whose name is the repo's name."""
-    import json
-
     if entry_name:
         return get_entry(entry_name)
     if source_dir is not None:
@@ -65,7 +71,6 @@ def _find_entry(source_dir: Path | None, repo_id: str, entry_name: str | None) -
 
 def _check_matches_entry(config: dict, entry: ZooEntry, source: str) -> None:
     stem = config.get("wssl_zoo", {}).get("stem", "imagenet")
-    from .modelio import config_arch
 
     if config_arch(config) != entry.arch or stem != entry.stem:
         raise ValueError(f"{source} holds a {config_arch(config)} ({stem} stem) but the registry entry "
@@ -74,8 +79,6 @@ def _check_matches_entry(config: dict, entry: ZooEntry, source: str) -> None:
 
 def _staged_files(folder: Path) -> list[Path]:
     """The files of a staging folder that are published (not a wssl_zoo.outdir marker)."""
-    from .outdir import MARKER
-
     return [p for p in sorted(folder.iterdir()) if p.name != MARKER]
 
 
@@ -98,9 +101,6 @@ def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None
     directory from pretraining or a conversion, a published registry name, an ``hf-hub:`` repo in
     our format). Returns ``(sha256 per file, size per file, registry entry or None)``.
     """
-    from .cards import render_card, render_generic_card
-    from .weights import resolve
-
     parse_spec(repo_id)  # validates org/name
     src = Path(source).expanduser()
     if src.exists() and not src.is_dir():
@@ -123,8 +123,6 @@ def stage(source: str, repo_id: str, folder: Path, entry_name: str | None = None
     config = weights.config
     if entry is not None:
         _check_matches_entry(config, entry, str(source))
-
-    from .outdir import claim
 
     claim(folder, "publish", dict(repo=repo_id), flag="--staging", overwrite=overwrite, replace_own=True,
           own=_is_staging(folder), mark=False)  # every staged file is uploaded: no marker; SHA256SUMS says it
@@ -153,11 +151,6 @@ def update_registry_hub(path: Path, repo_id: str, revision: str, files: dict[str
 
     The new text is parsed and validated as a registry entry before it replaces the file.
     """
-    import tomlkit
-
-    from .fileio import atomic_write_bytes
-    from .registry import RegistryError, _parse_entry
-
     if not _COMMIT.match(revision):
         raise ValueError(f"revision {revision!r} is not a 40-hex commit sha")
     try:
@@ -192,9 +185,6 @@ def publish(source: str, repo_id: str, *, dry_run: bool = False, staging: Path |
     hashes and sizes, and its model card rewritten in ``cards_dir`` (default ``MODEL_CARDS/``).
     The token comes from huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``).
     """
-    from .cards import CARDS_DIR, write_card
-    from .registry import clear_cache
-
     parse_spec(repo_id)
     own_tmp = None
     if staging is None:
@@ -239,7 +229,7 @@ def publish(source: str, repo_id: str, *, dry_run: bool = False, staging: Path |
 
 
 def _require_token() -> str:
-    from huggingface_hub import get_token
+    from huggingface_hub import get_token  # heavy (0.16 s): only when publishing
 
     token = get_token()
     if not token:
@@ -249,7 +239,7 @@ def _require_token() -> str:
 
 
 def _upload(folder: Path, repo_id: str, message: str, private: bool) -> str:
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi  # heavy (0.16 s): only when publishing
 
     api = HfApi()
     try:

@@ -39,7 +39,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+import torch.distributed as dist
 
+from ._version import code_version
+from .fileio import atomic_write_bytes
 from .paths import zoo_results_dir
 
 SCHEMA_VERSION = 1
@@ -93,8 +96,6 @@ def make_record(*, task: str, model: str, weights_sha256: str, protocol: dict, d
                 metrics: dict, wall_seconds: float, command: str, extra: dict | None = None) -> dict[str, Any]:
     """A validated record; ``extra`` adds task-specific fields (it may not replace the required ones).
     Undefined metrics (NaN, inf, None) are moved from ``metrics`` to ``undefined_metrics``."""
-    from ._version import code_version
-
     defined = {k: v for k, v in metrics.items() if _is_number(v)}
     undefined = sorted(set(metrics) - set(defined))
     extra = dict(extra or {})
@@ -169,11 +170,8 @@ def write_record(record: dict, path: str | Path) -> Path:
     writes. An existing file at ``path`` is replaced only by a record of the same identity
     (:func:`record_identity`); anything else there (another measurement, corrupt JSON) raises
     ValueError naming it."""
-    from .fileio import atomic_write_bytes
-
     path = Path(path)
     validate_record(record, str(path))
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return path  # under torchrun only rank 0 writes

@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 from .catalogue import dataset_stats
 from .methods import describe_schedule, recipe_definitions, recipe_provenance
+from .paths import checkout as _checkout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -163,7 +164,7 @@ class ZooEntry:
     def feature_dim(self) -> int:
         """The width of the backbone's pooled features (timm's ``num_features``; built on the meta device)."""
         import timm  # torch and timm only when asked: the registry is read without them
-        import torch
+        import torch  # (with timm, above)
 
         with torch.device("meta"):  # the width does not depend on the stem
             return int(timm.create_model(self.arch, pretrained=False, num_classes=0).num_features)
@@ -213,7 +214,6 @@ def default_registry_dir() -> Path:
     env = os.environ.get(REGISTRY_ENV)
     if env:
         return Path(env).expanduser()
-    from .paths import checkout as _checkout
 
     root = _checkout()
     if root is not None and (root / "zoo" / "models").is_dir():  # a source checkout or an editable install

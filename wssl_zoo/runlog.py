@@ -26,6 +26,7 @@ imported by :class:`RunLog` when asked for.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -208,8 +209,6 @@ class StepWindow:
 
 def check_wandb_installed() -> None:
     """``--wandb`` without the package is refused before a run starts (not found out hours later)."""
-    import importlib.util
-
     if importlib.util.find_spec("wandb") is None:
         raise ValueError("--wandb needs the wandb package: pip install 'wssl-zoo[wandb]' (or pip install wandb)")
 

@@ -30,13 +30,22 @@ from .registry import UnknownModelError, ZooEntry, get_entry
 
 __all__ = ["ResolvedWeights", "resolve", "spec_label", "parse_random_spec", "WeightsNotPublishedError"]
 
+import torch
+import torchvision.transforms as T
+from safetensors.torch import load_file
+
+from . import encoders, fileio, modelio
+from .catalogue import NORMALISATIONS, dataset_stats, eval_dataset, eval_stats
+from .data import eval_transform
+from .encoders import STEMS
+from .heads import projector_from_state
+from .hub import download_entry, download_repo
+from .modelio import config_arch, load_model_dir, model_dir_files, tensor_sha256
 from .registry import WeightsNotPublishedError  # noqa: E402  (re-exported: the error of an unpinned entry)
 
 
 def parse_random_spec(spec: str) -> tuple[str, str, int]:
     """``random:ARCH[:STEM[:SIZE]]`` -> (arch, stem, size); ValueError naming the bad part."""
-    from .encoders import STEMS
-
     parts = spec.split(":")
     if parts[0] != "random" or len(parts) > 4:
         raise ValueError(f"{spec!r}: expected random:ARCH[:STEM[:SIZE]], e.g. random:resnet18:cifar:32")
@@ -143,7 +152,6 @@ class ResolvedWeights:
             if self._drawn:
                 return self._drawn.pop()
             return _random_backbone(self.arch, self.stem, self.seed)
-        from .modelio import load_model_dir
 
         assert self.weights_file is not None
         return load_model_dir(self.weights_file, map_location, config=self.config)
@@ -152,9 +160,6 @@ class ResolvedWeights:
         """The pretraining projector (``projector.safetensors`` of the folder), or None."""
         if self.folder is None or not (self.folder / "projector.safetensors").is_file():
             return None
-        from safetensors.torch import load_file
-
-        from .heads import projector_from_state
 
         path = self.folder / "projector.safetensors"
         return projector_from_state(load_file(str(path)), str(path))
@@ -163,7 +168,6 @@ class ResolvedWeights:
         """(mean, std): the weights' own where recorded, else the dataset's (per method)."""
         if self.mean is not None and self.std is not None:
             return self.mean, self.std
-        from .data import dataset_stats
 
         return dataset_stats(dataset, self.method)
 
@@ -173,11 +177,6 @@ class ResolvedWeights:
         its authors' normalisation of ``dataset`` is evaluated with their evaluation code's where that
         differs (``normalisation="authors"``, the default: INTL's CIFAR evaluation,
         the methods' ``eval_stats`` facts, :func:`wssl_zoo.catalogue.eval_stats`); ``"train"`` always takes the model's own."""
-        import torchvision.transforms as T
-
-        from .catalogue import NORMALISATIONS, dataset_stats, eval_dataset, eval_stats
-        from .data import eval_transform
-
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"--normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
         small = eval_dataset(dataset) != "imagefolder"
@@ -194,24 +193,17 @@ class ResolvedWeights:
 
 
 def _random_backbone(arch: str, stem: str, seed: int) -> nn.Module:
-    import torch
-
-    from .encoders import create_backbone
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return create_backbone(arch, stem).eval()
+        return encoders.create_backbone(arch, stem).eval()
 
 
 def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry | None,
                  known_sha256: dict[str, str] | None = None) -> ResolvedWeights:
     """The handle of a model directory; ``known_sha256`` holds the hashes a verified download already
     computed (``{filename: hex}``), so the weights file is hashed once per load."""
-    from .fileio import sha256_file
-    from .modelio import config_arch, model_dir_files, read_config
-
     folder, weights = model_dir_files(path)
-    config = read_config(folder)
+    config = modelio.read_config(folder)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: missing; {folder} has a config.json but no weights")
     section = config.get("wssl_zoo", {})
@@ -224,7 +216,7 @@ def _from_folder(spec: str, kind: str, path: Path, label: str, entry: ZooEntry |
     std = tuple(float(v) for v in pcfg["std"]) if pcfg.get("std") else None
     return ResolvedWeights(spec=spec, kind=kind, label=label, arch=config_arch(config),
                            stem=section.get("stem", "imagenet"), method=section.get("method"), img_size=img_size,
-                           weights_sha256=(known_sha256 or {}).get(weights.name) or sha256_file(weights),
+                           weights_sha256=(known_sha256 or {}).get(weights.name) or fileio.sha256_file(weights),
                            mean=mean, std=std, folder=folder,
                            weights_file=weights, entry=entry, config=config)
 
@@ -238,8 +230,6 @@ def resolve(spec: str | Path, seed: int = 0, verify: bool = True) -> ResolvedWei
     the closest names) for an unknown name, :class:`WeightsNotPublishedError` for a registered
     model without published weights, ValueError for a malformed spec.
     """
-    from .modelio import tensor_sha256
-
     text = str(spec)
     label = spec_label(text)
     if text.startswith("random:"):
@@ -252,8 +242,6 @@ def resolve(spec: str | Path, seed: int = 0, verify: bool = True) -> ResolvedWei
     if path.exists():
         return _from_folder(text, "local", path, label, None)
     if text.startswith("hf-hub:"):
-        from .hub import download_repo
-
         snap = download_repo(text, verify=verify)
         return _from_folder(text, "hub", snap.folder, label, None, snap.sha256)
     try:
@@ -262,7 +250,6 @@ def resolve(spec: str | Path, seed: int = 0, verify: bool = True) -> ResolvedWei
         if any(sep in text for sep in ("/", "\\")) or text.endswith(".safetensors"):
             raise FileNotFoundError(f"{text}: no such model directory or file") from None
         raise
-    from .hub import download_entry
 
     snap = download_entry(entry)
     return _from_folder(text, "registry", snap.folder, label, entry, snap.sha256)

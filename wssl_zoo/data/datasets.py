@@ -29,8 +29,10 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .. import catalogue
 from ..catalogue import dataset_stats, eval_stats  # noqa: F401  (re-exported: the data package's API)
@@ -200,8 +202,6 @@ def scan_images(dataset: ImageFolderDataset, workers: int | None = None, progres
     ``min(8, CPU count)``, 0 = in this thread) with a tqdm progress bar. The failures are also
     recorded in ``dataset.bad_files``, so training skips them without a warning per worker.
     """
-    from tqdm.auto import tqdm
-
     if not hasattr(dataset, "samples") or not hasattr(dataset, "bad_files"):
         raise TypeError(f"scan_images needs an ImageFolderDataset, got {type(dataset).__name__}")
     loader = getattr(dataset, "loader", load_rgb)
@@ -350,8 +350,6 @@ class TorchvisionImages(Dataset):
 
 
 def _torchvision_dataset(name: str, root: str | os.PathLike | None, split: str) -> TorchvisionImages:
-    import torchvision
-
     info = catalogue.get(name)
     sub, files, cls_name = info.torchvision_folder, info.torchvision_files, info.torchvision_class
     how = (f"create it with torchvision.datasets.{cls_name}(ROOT, download=True) on a machine with internet and "

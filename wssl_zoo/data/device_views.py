@@ -68,10 +68,12 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
 from .datasets import DECODE_ERRORS, BadImageWarning, ImageFolderDataset, load_rgb
@@ -613,8 +615,6 @@ def _round_fixed(x: torch.Tensor) -> torch.Tensor:
 
 
 def _pillow_major() -> int:
-    import PIL
-
     return int(PIL.__version__.split(".")[0])
 
 
@@ -719,8 +719,6 @@ class DeviceViews:
 
     def decode(self, batch: EncodedBatch) -> list[torch.Tensor]:
         """The batch's images as ``(3, H, W)`` uint8 tensors on the device, in batch order."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         images: list[torch.Tensor | None] = [None] * len(batch)
         starts = torch.cat([torch.zeros(1, dtype=torch.long), batch.jpeg_ends[:-1]]).tolist()
         files = [batch.jpeg[s:e] for s, e in zip(starts, batch.jpeg_ends.tolist())]

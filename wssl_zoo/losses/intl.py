@@ -12,7 +12,9 @@ Example::
 from __future__ import annotations
 
 import math
+
 import torch
+
 from ..whitening import iternorm_matrix, no_autocast
 from ._common import ViewLoss, check_positive_int
 

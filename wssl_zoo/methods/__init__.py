@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import cwrgp, intl, wmse
 from ._common import OPTIMIZERS, OURS_MONITOR, PROTOCOL_META_FIELDS, RECIPE_META_FIELDS, UNUSED, Fact, src  # noqa: F401
 
 # Protocols that are not one author's: wssl-zoo's fast probe, the weighted kNN, SimCLR's fine-tuning.
@@ -50,8 +51,6 @@ OTHER_PROTOCOLS: dict[str, dict[str, Fact]] = {
 
 
 def _modules():
-    from . import cwrgp, intl, wmse
-
     return (wmse, cwrgp, intl)
 
 

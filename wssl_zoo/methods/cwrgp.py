@@ -8,7 +8,7 @@ ImageNet/lincls.py, base/eval/sgd.py, base/eval/knn.py), read line by line.
 
 from __future__ import annotations
 
-from ._common import Fact, UNUSED, recipe_docs, src
+from ._common import UNUSED, Fact, recipe_docs, src
 
 REPO, COMMIT = "winci-ai/CW-RGP", "5bbf6ed4df355d151fe278e87ad51dd2bff89a14"
 NA = "wssl-zoo: not defined for this CW-RGP recipe (dataclass default)"

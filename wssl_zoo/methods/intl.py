@@ -7,7 +7,7 @@ evaluate.py), read line by line.
 
 from __future__ import annotations
 
-from ._common import Fact, UNUSED, recipe_docs, src
+from ._common import UNUSED, Fact, recipe_docs, src
 
 REPO, COMMIT = "winci-ai/INTL", "0aa69af20a263d1d714e45bc835925a84dc11956"
 NA = "wssl-zoo: not defined for this INTL recipe (dataclass default)"

@@ -6,7 +6,7 @@ Source: https://github.com/htdt/self-supervised @ d9662c8d07dafd194a9045375f4f6a
 
 from __future__ import annotations
 
-from ._common import Fact, UNUSED, recipe_docs, src
+from ._common import UNUSED, Fact, recipe_docs, src
 
 REPO, COMMIT = "htdt/self-supervised", "d9662c8d07dafd194a9045375f4f6aa09f5b03e9"
 NA = "wssl-zoo: not defined for W-MSE (dataclass default)"

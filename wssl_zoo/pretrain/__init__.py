@@ -8,6 +8,8 @@ covariance-weight schedules), :mod:`.checkpoint` (resumable train state, RNG sta
 written with :mod:`wssl_zoo.fileio`). Their public names are re-exported here; the modules load on first use of a name.
 """
 
+from importlib import import_module
+
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes, resolve_recipe
 
 _LAZY = {
@@ -23,7 +25,6 @@ def __getattr__(name: str):
     module = _OWNER.get(name)
     if module is None:
         raise AttributeError(f"module 'wssl_zoo.pretrain' has no attribute {name!r}")
-    from importlib import import_module
 
     return getattr(import_module(f".{module}", __name__), name)
 

@@ -23,9 +23,13 @@ import os
 import sys
 from pathlib import Path
 
-from .. import catalogue
-from ..cliargs import dataset_arg
+from .. import catalogue, cliargs
+from ..cliargs import USER_ERRORS, dataset_arg, run_cli
 from ..download import resolve_data
+from ..methods import show_recipe
+from ..preempt import resume_command
+from ..runlog import run_state
+from .loop import RunOptions, TrainingStopped, pretrain
 from .recipes import get_recipe, list_recipes, recipe_from_dict, resolve_recipe
 
 # flag -> recipe field, for the fields researchers override most
@@ -51,7 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", action="store_true", help="print the resolved recipe and the source of every value "
                         "(the authors' repo@commit file:line; wssl_zoo/methods/) as JSON and exit")
     parser.add_argument("--config", help="JSON or TOML file of recipe overrides ({\"epochs\": 10, \"loss.w_size\": 64})")
-    from .. import cliargs
 
     cliargs.add_set(parser, example="loss.w_iter=2 --set projector.out_dim=128 (any recipe field)")
     for flag, (_, typ, help_text) in FIELD_FLAGS.items():
@@ -114,7 +117,7 @@ def _read_config(path: str) -> dict:
     text = p.read_text()
     try:
         if p.suffix == ".toml":
-            import tomllib
+            import tomllib  # Python >= 3.11 (a --config TOML file on 3.10 needs tomli)
 
             data = tomllib.loads(text)
         else:
@@ -199,22 +202,16 @@ def run_options(args: argparse.Namespace) -> dict:
 
 def _command(argv: list[str] | None) -> str:
     """The command line that resumes this run (``--resume`` added); under torchrun, the same launcher."""
-    from ..preempt import resume_command
-
     launched = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
     prog = "torchrun <the same options> -m wssl_zoo.pretrain" if launched else "wssl-zoo pretrain"
     return resume_command(prog, argv)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .loop import RunOptions, pretrain
-
     if args.list_recipes:
         print_recipes()
         return 0
     if args.status:
-        from ..runlog import run_state
-
         if not args.out:
             raise ValueError("--status needs --out")
         status, line = run_state(args.out)
@@ -222,8 +219,6 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return status
     recipe = resolve_from_args(args)
     if args.show:
-        from ..methods import show_recipe
-
         print(json.dumps(show_recipe(recipe), indent=2))
         return 0
     if not args.out:
@@ -244,14 +239,11 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .loop import TrainingStopped
-
     parser = argparse.ArgumentParser(
         prog="python -m wssl_zoo.pretrain", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    from ..cliargs import USER_ERRORS, run_cli
 
     return run_cli("wssl-zoo pretrain", lambda: run(args, argv), USER_ERRORS + (TrainingStopped,))

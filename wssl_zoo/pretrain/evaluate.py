@@ -21,6 +21,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from .. import cliargs
+from ..catalogue import eval_dataset
+from ..cliargs import run_cli
+from ..data.datasets import build_dataset
+from ..data.transforms import derive_seed
+from ..encoders import create_backbone
+from ..evaluation import heldout_metrics
+from ..records import PRETRAIN_EVAL_TASK, dataset_fingerprint, make_record, write_record
+from ..weights import resolve
+
 PROTOCOL = dict(name="knn_and_linear_on_features", version=1,
                 knn="cosine majority vote, k=5 and k=20, on --bank / --queries subsets (monitor_knn*_cos: "
                     "not the papers' 5-NN, which is Euclidean on the full sets, eval.knn)",
@@ -34,8 +46,6 @@ def pretrain_eval_record(*, model: str, model_label: str, arch: str, stem: str, 
                          pretrain_command: str, wall_seconds: float, protocol: dict | None = None) -> dict:
     """The ``pretrain_eval`` record (:func:`wssl_zoo.records.make_record`) of one check: the
     ``pretrained`` and ``random_init`` results of :func:`wssl_zoo.evaluation.heldout_metrics`."""
-    from ..records import PRETRAIN_EVAL_TASK, make_record
-
     recipe, options = train_cfg["recipe"], train_cfg.get("options", {})
     sizes = {k: pretrained[k] for k in SIZES if k in pretrained}
     extra = dict(model_label=model_label, recipe=recipe["name"], method=recipe["method"], arch=arch, stem=stem,
@@ -49,8 +59,6 @@ def pretrain_eval_record(*, model: str, model_label: str, arch: str, stem: str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import cliargs
-
     p = argparse.ArgumentParser(prog="python -m wssl_zoo.pretrain.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a pretraining output directory")
@@ -68,15 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, argv: list[str] | None) -> int:
-    import torch
-
-    from .. import cliargs
-    from ..data.transforms import derive_seed
-    from ..encoders import create_backbone
-    from ..evaluation import heldout_metrics
-    from ..records import dataset_fingerprint, write_record
-    from ..weights import resolve
-
     start = time.perf_counter()
     model_dir = Path(args.model)
     for name in ("train_config.json", "summary.json"):
@@ -93,9 +92,6 @@ def run(args, argv: list[str] | None) -> int:
     metrics = {name: heldout_metrics(m, args.dataset, args.data, weights.img_size, args.bank, args.queries, args.seed,
                                      device, args.workers, method=method)
                for name, m in (("pretrained", trained), ("random_init", random_init))}
-    from ..catalogue import eval_dataset
-    from ..data.datasets import build_dataset
-
     train_set = build_dataset(eval_dataset(args.dataset), args.data, "train")
     record = pretrain_eval_record(
         model=str(model_dir), model_label=weights.label, arch=weights.arch, stem=weights.stem,
@@ -113,8 +109,6 @@ def run(args, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cliargs import run_cli
-
     args = build_parser().parse_args(argv)
     return run_cli("wssl_zoo.pretrain.evaluate", lambda: run(args, argv))
 

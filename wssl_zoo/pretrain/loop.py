@@ -42,11 +42,26 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
-from .. import catalogue, distributed, runlog
+from .. import catalogue, distributed, encoders, plots, runlog
+from ..cliargs import workers_rule
+from ..data.datasets import TransformedDataset, balanced_subset, build_dataset, heldout_split
+from ..data.device_views import DeviceViews, HostViews, collate_views
+from ..data.transforms import SeededViews, build_view_transform, derive_seed, eval_transform
+from ..encoders import SSLModel
 from ..evaluation import autocast, extract_features, feature_effective_rank, knn_accuracy
+from ..fileio import atomic_write_text
+from ..heads import Projector
+from ..losses import build_loss
+from ..methods import fact
+from ..modelio import save_model_dir
+from ..optim import build_optimizer
 from ..outdir import check, claim, read_marker
 from ..preempt import Preempted, StopOnSignal, ignore_stop_signals, stopped_message
+from ..records import hardware
+from . import checkpoint as ckpt_lib
+from . import schedules
 from .recipes import Recipe
+from .schedules import apply_lr, cov_weight_at, momentum_at
 
 
 class TrainingStopped(RuntimeError):
@@ -96,8 +111,6 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __init__(self, indices: list[int], batch_size: int, seed: int, rank: int, world: int,
                  steps_per_epoch: int | None = None):
-        from ..data.transforms import derive_seed
-
         self._derive = derive_seed
         self.indices = list(indices)
         self.batch_size = batch_size  # per rank
@@ -154,8 +167,6 @@ def resolve_gather(recipe: Recipe, option: str, world: int) -> bool:
     """``--gather auto|yes|no`` -> whether the whitening statistics span all ``world`` processes.
     ``auto`` is the authors' setting for the recipe's method (``wssl_zoo.methods.fact(method,
     "gather_distributed")``: INTL gathers, W-MSE and CW-RGP whiten per process)."""
-    from ..methods import fact
-
     choices = {"auto": None, "yes": True, "no": False}
     if option not in choices:
         raise ValueError(f"--gather {option!r}: choose auto, yes or no")
@@ -165,12 +176,8 @@ def resolve_gather(recipe: Recipe, option: str, world: int) -> bool:
 
 def build_model(recipe: Recipe, gather: bool) -> nn.Module:
     """Backbone + the paper's projector + loss, wrapped in :class:`~wssl_zoo.encoders.SSLModel`."""
-    from ..encoders import SSLModel, create_backbone
-    from ..heads import Projector
-    from ..losses import build_loss
-
     try:
-        backbone = create_backbone(recipe.arch, recipe.stem, zero_init_last=recipe.zero_init_residual)
+        backbone = encoders.create_backbone(recipe.arch, recipe.stem, zero_init_last=recipe.zero_init_residual)
     except TypeError as exc:  # timm models outside the ResNet family have no zero_init_last
         if "zero_init_last" not in str(exc):
             raise
@@ -179,7 +186,7 @@ def build_model(recipe: Recipe, gather: bool) -> nn.Module:
                 f"recipe {recipe.name!r}: zero_init_residual=True (the authors' ResNet init) but timm "
                 f"architecture {recipe.arch!r} has no zero_init_last; add --set zero_init_residual=false"
             ) from None
-        backbone = create_backbone(recipe.arch, recipe.stem)
+        backbone = encoders.create_backbone(recipe.arch, recipe.stem)
     p = recipe.projector
     projector = Projector(
         backbone.num_features, p["hidden_dim"], p["out_dim"], p["num_layers"],
@@ -190,8 +197,6 @@ def build_model(recipe: Recipe, gather: bool) -> nn.Module:
 
 
 def _schedule(recipe: Recipe, steps_per_epoch: int):
-    from . import schedules
-
     total = recipe.epochs * steps_per_epoch
     lr = recipe.effective_lr
     warmup = recipe.warmup_steps or recipe.warmup_epochs * steps_per_epoch
@@ -210,8 +215,6 @@ def _schedule(recipe: Recipe, steps_per_epoch: int):
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from ..fileio import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -417,9 +420,6 @@ class _WorkerInit:
 
 def _setup_data(run: _Run) -> None:
     """The training set, its views, the epoch sampler and the loader."""
-    from ..data.datasets import balanced_subset, build_dataset
-    from ..data.transforms import SeededViews, build_view_transform
-
     recipe, opts, name = run.recipe, run.opts, run.dataset
     train_set = build_dataset(name, opts.data, catalogue.get(name).train_split)
     view_tf = build_view_transform(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views,
@@ -434,15 +434,12 @@ def _setup_data(run: _Run) -> None:
     sampler = EpochBatchSampler(indices, run.local_batch, opts.seed, run.rank, run.world, opts.steps_per_epoch)
     collate = None
     if opts.device_views:  # workers draw the parameters and ship the files; the device makes the pixels
-        from ..data.device_views import DeviceViews, HostViews, collate_views
 
         views_ds, collate = HostViews(train_set, view_tf, opts.seed), collate_views
         run.device_views = DeviceViews(views_ds.plan, run.device)
     else:
         views_ds = EpochIndexed(SeededViews(train_set, view_tf, opts.seed))
     if run.is_main:
-        from ..cliargs import workers_rule
-
         print(f"data: {opts.workers} loader workers per process (--workers; default {workers_rule()}), views made "
               f"{f'on {run.device} (--device-views)' if opts.device_views else 'by PIL in the workers'}", flush=True)
     run.loader = DataLoader(
@@ -457,9 +454,6 @@ def _setup_data(run: _Run) -> None:
 
 def _setup_model(run: _Run) -> None:
     """Model (initialised from the seed), optimiser, gradient scaler and lr schedule."""
-    from ..data.transforms import derive_seed
-    from ..optim import build_optimizer
-
     recipe, opts = run.recipe, run.opts
     torch.manual_seed(derive_seed(opts.seed, 2))
     model = build_model(recipe, run.gather).to(run.device)
@@ -476,8 +470,6 @@ def _setup_model(run: _Run) -> None:
 
 def _resume(run: _Run, resume_from: Path) -> None:
     """Load the checkpoint; refuse one of another recipe or other training data."""
-    from . import checkpoint as ckpt_lib
-
     state = ckpt_lib.load_checkpoint(resume_from)
     run.model.load_state_dict(state.model)
     run.optimizer.load_state_dict(state.optimizer)
@@ -525,8 +517,6 @@ def _wrap_distributed(run: _Run) -> None:
 
 def _setup_monitor(run: _Run) -> None:
     """The held-out kNN monitor's data (rank 0), when the run monitors."""
-    from ..data.datasets import balanced_subset
-
     recipe, opts = run.recipe, run.opts
     run.eval_every = opts.eval_every if opts.eval_every is not None else recipe.eval_every
     if run.is_main and run.eval_every > 0:
@@ -536,8 +526,6 @@ def _setup_monitor(run: _Run) -> None:
 def _setup_logging(run: _Run) -> None:
     """``train_config.json``, the run log (log.jsonl, TensorBoard, W&B) with its start record, and the
     progress bar."""
-    from ..records import hardware
-
     recipe, opts = run.recipe, run.opts
     options = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(opts).items()}
     run.config = dict(recipe=recipe.to_dict(), options=options, world_size=run.world, local_batch=run.local_batch,
@@ -574,8 +562,6 @@ def _close_logs(run: _Run, exit_code: int) -> None:
 
 def _save(run: _Run, epoch: int, step_in_epoch: int) -> None:
     """Checkpoint (rank 0): model, optimiser, scaler, and where in the run it is."""
-    from . import checkpoint as ckpt_lib
-
     run.saved_step = run.global_step  # on every rank: whether _stop must save again
     if not run.is_main:
         return
@@ -591,9 +577,6 @@ def _save(run: _Run, epoch: int, step_in_epoch: int) -> None:
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """The steps of one epoch (from the resumed step in the first); returns the epoch's log record."""
-    from ..data.transforms import derive_seed
-    from .schedules import apply_lr, cov_weight_at, momentum_at
-
     recipe, opts, device, core, bar = run.recipe, run.opts, run.device, run.core, run.bar
     run.sampler.set_epoch(epoch, run.start_step if epoch == run.start_epoch else 0)
     run.model.train()
@@ -780,21 +763,16 @@ def _finish(run: _Run, summary: dict[str, Any], run_start: float) -> dict[str, A
 def _plot_curves(log_path: Path) -> None:
     """Redraw OUT/training_curves.png from the log (only if matplotlib is importable; a plot never
     stops a run: a failure is a warning)."""
-    from ..plots import have_matplotlib, plot_training_curves
-
-    if not have_matplotlib():
+    if not plots.have_matplotlib():
         return
     try:
-        plot_training_curves(log_path)
+        plots.plot_training_curves(log_path)
     except Exception as exc:  # noqa: BLE001 - any plotting failure is only worth a warning
         warnings.warn(f"{log_path.parent / 'training_curves.png'} not drawn: {type(exc).__name__}: {exc}")
 
 
 def _monitor_sets(train_set, name, opts: RunOptions, recipe: Recipe, balanced_subset):
     """(bank, queries): labelled eval-transform datasets for the held-out kNN monitor."""
-    from ..data.datasets import TransformedDataset, build_dataset, heldout_split
-    from ..data.transforms import eval_transform
-
     tf = eval_transform(recipe.dataset, recipe.img_size, recipe.method)
     bank_base = build_dataset(name, opts.data, "train")
     heldout = heldout_split(name, opts.data)
@@ -813,8 +791,6 @@ def _export_model(out: Path, core: nn.Module, recipe: Recipe, mean, std, opts: R
                   projector: bool = True) -> None:
     """The model directory of the backbone (and the projector) trained for ``epochs`` (default: the
     recipe's) of a ``recipe.epochs``-epoch schedule."""
-    from ..modelio import save_model_dir
-
     small = recipe.img_size <= 96
     crop_pct, interpolation = (1.0, "bilinear") if small else (0.875, "bicubic")
     if recipe.dataset == "stl10" and recipe.img_size < catalogue.get("stl10").native_size:

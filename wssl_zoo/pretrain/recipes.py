@@ -16,13 +16,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import inspect
 import json
 from dataclasses import dataclass
 from typing import Any
 
-
 from .. import catalogue
-from ..methods import OPTIMIZERS
+from ..losses import LOSSES
+from ..methods import OPTIMIZERS, recipe_definitions
 from ..registry import METHODS, STEMS  # the one list of methods, of stems
 
 SCHEDULES = ("wmse", "warmup_cosine", "warmup_cosine_epoch")
@@ -157,9 +158,6 @@ class Recipe:
             value = self.projector.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where}: projector.{key}={value!r} must be a positive integer")
-        from ..losses import LOSSES  # the loss kwargs must be accepted by the loss class
-
-        import inspect
 
         accepted = set(inspect.signature(LOSSES[self.method]).parameters)
         unknown = set(self.loss) - accepted
@@ -177,8 +175,6 @@ class Recipe:
 def _build_recipes() -> dict[str, Recipe]:
     """Every recipe, from the provenance tables of :mod:`wssl_zoo.methods` (values and their sources,
     the documentation fields): this module holds none of the values."""
-    from ..methods import recipe_definitions
-
     recipes = {}
     for name, (table, docs) in recipe_definitions().items():
         values: dict[str, Any] = {"loss": {}, "projector": {}}
