@@ -54,9 +54,9 @@ def main() -> int:
                    "(default: zoo/results)")
     args = p.parse_args()
 
-    from wssl_zoo.cliargs import device as pick_device
     from eval.linear import main as linear
     from eval.records import default_record_path
+    from wssl_zoo.cliargs import device as pick_device
     from wssl_zoo.weights import spec_label
 
     label = spec_label(args.model)

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from wssl_zoo.fileio import atomic_write_bytes
 from wssl_zoo.losses import build_loss
 from wssl_zoo.losses.reference import cwrgp_loop, intl_loop, wmse_loop
-from wssl_zoo.fileio import atomic_write_bytes
 
 
 @dataclass(frozen=True)

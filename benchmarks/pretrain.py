@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from wssl_zoo.encoders import SSLModel, create_backbone
-from wssl_zoo.heads import Projector
 from wssl_zoo.fileio import atomic_write_bytes
+from wssl_zoo.heads import Projector
 from wssl_zoo.losses import build_loss
 from wssl_zoo.optim import build_optimizer
 from wssl_zoo.pretrain.recipes import get_recipe

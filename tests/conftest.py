@@ -213,3 +213,45 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid}: a detectron2 test skipped in CI (CI=true), which must run it: {reason}")
+
+
+# ---------------------------------------------------------------------------- the evaluation tests' inputs
+# (tests/builders.py imports torch: it is imported inside the fixtures, after OMP_NUM_THREADS is set above)
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory) -> Path:
+    """ROOT/train/<class>/ (8 images each) and ROOT/val/<class>/ (4 each), 32 px, colour-coded classes."""
+    from builders import colour_folder
+
+    return colour_folder(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def resnet18_dir(tmp_path_factory) -> Path:
+    """A resnet18 model directory (32 px, method intl) with a small projector (the spectrum reads it)."""
+    from builders import resnet18_model
+
+    return resnet18_model(tmp_path_factory.mktemp("model") / "m")
+
+
+@pytest.fixture(scope="module")
+def test_resnet_dir(tmp_path_factory) -> Path:
+    """timm's test_resnet as a model directory (32 px, method intl): the tests that train or run it often."""
+    from builders import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("model") / "m")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A feature cache of the test's own (WSSL_ZOO_CACHE); the evaluation test files use it for every test."""
+    monkeypatch.setenv("WSSL_ZOO_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def eval_args(model_dir, folder, out, *extra: str) -> list[str]:
+    """The flags every eval tool takes in these tests: the model, the data, the output, no progress bar,
+    no loader workers, then ``extra``."""
+    return ["--model", str(model_dir), "--data", str(folder), "--out", str(out), "--no-progress", "--workers", "0",
+            *extra]

@@ -48,18 +48,18 @@ FAULTS = (
           ("tests/test_resume.py", "-k", "cwrgp_adam or refuses")),
     Fault("the feature cache key ignores the weights", "eval/features.py",
           "key_src = json.dumps(dict(weights=weights.weights_sha256,", "key_src = json.dumps(dict(weights=None,",
-          ("tests/test_feature_cache.py",)),
+          ("tests/test_features.py", "-k", "hit or miss or damaged_entry")),
     Fault("the download hash check is skipped", "wssl_zoo/hub.py",
           "    if actual != expected:\n        _discard(local)", "    if False:\n        _discard(local)",
           ("tests/test_hub.py", "-k", "tampered or hash_mismatch or failed_publish")),
     Fault("--amp is parsed but the loop runs without autocast", "wssl_zoo/evaluation.py",
           '    if amp == "none":\n        return contextlib.nullcontext()',
           '    if True:\n        return contextlib.nullcontext()',
-          ("tests/test_readme_claims.py", "-k", "amp")),
+          ("tests/test_pretrain_options.py", "-k", "amp")),
     Fault("the linear probe reports its best epoch", "eval/linear.py",
           "    metrics = history[-1][\"metrics\"]\n",
           "    metrics = max(history, key=lambda h: h[\"metrics\"][\"top1\"])[\"metrics\"]\n",
-          ("tests/test_eval.py", "-k", "final_epoch and fast")),
+          ("tests/test_linear_probe.py", "-k", "final_epoch and fast")),
 )
 
 

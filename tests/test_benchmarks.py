@@ -84,9 +84,9 @@ def test_loss_flops_bound_the_matmul_flops_torch_counts(name):
     """torch's FLOP counter sees every matmul the implementation runs (forward + autograd backward;
     eigh / Cholesky are not counted): the count from the math holds the same products plus the
     factorisations, so it lies between the counted FLOPs and those plus the factorisations."""
+    import losses as bench
     from torch.utils.flop_counter import FlopCounterMode
 
-    import losses as bench
     from wssl_zoo.losses import build_loss
 
     cfg = next(c for c in bench.CONFIGS if c.name == name)

@@ -10,6 +10,8 @@ import torch
 
 from wssl_zoo import cliargs
 
+from builders import colour_folder, make_coco
+
 
 def _pretrain_parser() -> argparse.ArgumentParser:
     from wssl_zoo.pretrain.cli import add_arguments
@@ -84,11 +86,7 @@ def test_device_values_mean_the_same_everywhere(monkeypatch):
 def test_a_bad_device_is_one_line_naming_the_flag(tool, tmp_path, capsys):
     import importlib
 
-    from test_detection_train import make_coco
-
     if tool == "eval.knn":
-        from test_eval import colour_folder
-
         argv = ["--model", "random:resnet18", "--data", str(colour_folder(tmp_path / "d", 1, 1)), "--device", "gpu",
                 "--workers", "0", "--out", str(tmp_path / "o")]
     else:

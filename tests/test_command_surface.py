@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
-from pathlib import Path
 
 import pytest
 
+from eval import benchmark, knn, linear, report, semi, spectrum
 from wssl_zoo import cli
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO_ROOT
+
 TOOLS = [(group, name) for group, (package, _) in cli.FORWARDED.items()
          for name in importlib.import_module(package).COMMANDS]
 
@@ -27,40 +28,6 @@ def _help(run, capsys) -> str:
     assert status in (0, None)
     return capsys.readouterr().out
 
-
-@pytest.mark.parametrize("group,name", TOOLS)
-def test_wssl_zoo_eval_and_detect_are_the_module_commands(group, name, capsys):
-    package = cli.FORWARDED[group][0]
-    module = importlib.import_module(f"{package}.{name}")
-    assert _help(lambda: cli.main([group, name, "--help"]), capsys) == _help(lambda: module.main(["--help"]), capsys)
-
-
-def test_wssl_zoo_help_shows_the_whole_surface(capsys):
-    text = _help(lambda: cli.main(["--help"]), capsys)
-    for command in [c.name for c in cli.SUBCOMMANDS] + list(cli.FORWARDED):
-        assert re.search(rf"^\s+{re.escape(command)}\b", text, re.M), command
-    for group in cli.FORWARDED:
-        listed = _help(lambda: cli.main([group, "--help"]), capsys)
-        for g, name in TOOLS:
-            if g == group:
-                assert re.search(rf"^\s+{name}\b", listed, re.M), (group, name)
-
-
-def test_every_tool_with_a_main_is_on_the_surface():
-    """A new `python -m eval.x` / `detection.x` tool must be listed in its package's COMMANDS."""
-    for group, (package, _) in cli.FORWARDED.items():
-        tools = {p.stem for p in (REPO / package).glob("*.py")
-                 if not p.stem.startswith("_") and re.search(r"^def main\(", p.read_text(), re.M)}
-        assert tools == set(importlib.import_module(package).COMMANDS), package
-
-
-def test_a_forwarded_tool_keeps_its_exit_status_and_one_line_errors(tmp_path, capsys):
-    assert cli.main(["eval", "linear", "--model", "not_a_model", "--data", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("eval.linear: error:") and "not_a_model" in err and "Traceback" not in err
-
-
-# ---------------------------------------------------------------------------- one vocabulary
 
 # earlier spellings, still accepted (hidden aliases) but never shown: each flag is spelled once
 RETIRED = {"--models": "--model", "--data-root": "--data", "--coco-root": "--data ... --dataset coco",
@@ -89,6 +56,38 @@ def _visible(parser) -> dict[str, object]:
             for opt in action.option_strings}
 
 
+@pytest.mark.parametrize("group,name", TOOLS)
+def test_wssl_zoo_eval_and_detect_are_the_module_commands(group, name, capsys):
+    package = cli.FORWARDED[group][0]
+    module = importlib.import_module(f"{package}.{name}")
+    assert _help(lambda: cli.main([group, name, "--help"]), capsys) == _help(lambda: module.main(["--help"]), capsys)
+
+
+def test_wssl_zoo_help_shows_the_whole_surface(capsys):
+    text = _help(lambda: cli.main(["--help"]), capsys)
+    for command in [c.name for c in cli.SUBCOMMANDS] + list(cli.FORWARDED):
+        assert re.search(rf"^\s+{re.escape(command)}\b", text, re.M), command
+    for group in cli.FORWARDED:
+        listed = _help(lambda: cli.main([group, "--help"]), capsys)
+        for g, name in TOOLS:
+            if g == group:
+                assert re.search(rf"^\s+{name}\b", listed, re.M), (group, name)
+
+
+def test_every_tool_with_a_main_is_on_the_surface():
+    """A new `python -m eval.x` / `detection.x` tool must be listed in its package's COMMANDS."""
+    for group, (package, _) in cli.FORWARDED.items():
+        tools = {p.stem for p in (REPO_ROOT / package).glob("*.py")
+                 if not p.stem.startswith("_") and re.search(r"^def main\(", p.read_text(), re.M)}
+        assert tools == set(importlib.import_module(package).COMMANDS), package
+
+
+def test_a_forwarded_tool_keeps_its_exit_status_and_one_line_errors(tmp_path, capsys):
+    assert cli.main(["eval", "linear", "--model", "not_a_model", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eval.linear: error:") and "not_a_model" in err and "Traceback" not in err
+
+
 def test_each_flag_is_spelled_once_across_the_tools():
     for tool, parser in _parsers().items():
         shown = _visible(parser)
@@ -114,8 +113,8 @@ def test_the_shared_flags_mean_the_same_in_every_tool():
 
 def test_retired_spellings_still_work(tmp_path):
     """The hidden aliases keep the commands researchers already typed working."""
-    from eval import benchmark, knn, semi
     from detection import train as d_train
+    from eval import benchmark, knn, semi
 
     args = benchmark.build_parser().parse_args(["--models", "a,b", "--data-root", "D", "--linear-protocol", "small",
                                                 "--coco-config", "c"])
@@ -126,3 +125,14 @@ def test_retired_spellings_still_work(tmp_path):
     d = d_train.build_parser().parse_args(["--model", "m", "--config", "c", "--coco-root", "r", "--out", "o",
                                            "--num-workers", "3"])
     assert (d.config, d.coco_root, d.workers) == ("c", "r", 3)
+
+
+@pytest.mark.parametrize("module", [linear, knn, semi, spectrum, benchmark, report])
+def test_help_explains_every_flag(module, capsys):
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"]) if module is not report else report.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    options = [line.strip() for line in out.splitlines() if line.strip().startswith("--")]
+    assert options  # every option line is followed by (or carries) a help text
+    assert "default" in out

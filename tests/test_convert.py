@@ -6,46 +6,13 @@ import json
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import wssl_zoo
 from wssl_zoo.cli import main
 from wssl_zoo.convert import ConversionError, convert_checkpoint, read_checkpoint
 
-
-def authors_resnet(arch: str, stem: str, seed: int) -> nn.Module:
-    """The torchvision ResNet as the authors' code builds it, with random weights and BN statistics."""
-    torch.manual_seed(seed)
-    model = getattr(torchvision.models, arch)(weights=None)
-    if stem != "imagenet":
-        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    if stem == "cifar":
-        model.maxpool = nn.Identity()
-    model.fc = nn.Identity()
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.normal_(0, 0.1)
-            elif name.endswith("running_var"):
-                buf.uniform_(0.5, 1.5)
-        for name, p in model.named_parameters():
-            if "bn" in name or "downsample.1" in name:
-                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
-    return model.eval()
-
-
-def head(in_dim: int, hidden: int, out: int, hidden_bias: bool, seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    h = nn.Sequential(nn.Linear(in_dim, hidden, bias=hidden_bias), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                      nn.Linear(hidden, out))
-    with torch.no_grad():
-        h[1].running_mean.normal_(0, 0.1)
-    return h.eval()
-
-
-def prefixed(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    return {prefix + k: v.clone() for k, v in module.state_dict().items()}
+from builders import authors_resnet, dataparallel_state, head, intl_ckpt, prefixed
 
 
 def feats(model: nn.Module, size: int) -> torch.Tensor:
@@ -54,22 +21,9 @@ def feats(model: nn.Module, size: int) -> torch.Tensor:
         return model.eval()(x)
 
 
-# The key layouts of the official code (see wssl_zoo/convert.py's docstring for the files).
-def intl_ckpt(backbone, projection, momentum=None):
-    state = {**prefixed(backbone, "module.backbone."), **prefixed(projection, "module.projection.")}
-    if momentum is not None:
-        state.update(prefixed(momentum[0], "module.momentum_backbone."))
-        state.update(prefixed(momentum[1], "module.momentum_projection."))
-    return {"epoch": 100, "state_dict": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.3, "params": [0]}]}}
-
-
 def cwrgp_imagenet_ckpt(backbone, projection):
     return {"epoch": 200, "arch": "resnet18", "state_dict": {**prefixed(backbone, "module.model."),
                                                              **prefixed(projection, "module.head.")}}
-
-
-def dataparallel_state(backbone, projection):  # W-MSE train.py and CW-RGP base/train.py
-    return {**prefixed(backbone, "model.module."), **prefixed(projection, "head.")}
 
 
 def test_intl_ddp_layout_converts_with_projector_and_provenance(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from wssl_zoo.demo import main
 
-from test_pretrain import make_imagefolder
+from builders import make_imagefolder
 
 
 @pytest.mark.slow

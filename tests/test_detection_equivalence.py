@@ -54,9 +54,10 @@ def coco_tiny(shared_data_dir, tmp_path_factory):
 
 def _pair(case: str):
     """detectron2's model (random init, seed 0) and the torchvision backend's with its weights."""
-    import detection.d2_register  # noqa: F401  (Res5ROIHeadsExtraNorm)
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
+
+    import detection.d2_register  # noqa: F401  (Res5ROIHeadsExtraNorm)
 
     name, arch, extra = CASES[case]
     overrides = SMALL + extra

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import warm
-from test_detection_train import FPN_FAST, make_coco
+from builders import FPN_FAST, make_coco
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_ITER = 24

@@ -12,69 +12,10 @@ import pytest
 
 from detection import train
 
-# Small heads and images so CPU runs take seconds (the protocol configs are for GPUs).
-FAST = [
-    "INPUT.MIN_SIZE_TRAIN=(96,)", "INPUT.MIN_SIZE_TEST=96", "SOLVER.BASE_LR=0.02", "SOLVER.WARMUP_ITERS=2",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=32", "MODEL.RPN.POST_NMS_TOPK_TRAIN=100",
-    "MODEL.RPN.PRE_NMS_TOPK_TEST=200", "MODEL.RPN.POST_NMS_TOPK_TEST=50", "TEST.DETECTIONS_PER_IMAGE=20",
-    "TEST.PRECISE_BN.NUM_ITER=2",  # the protocols' precise BN runs, over 2 batches instead of 200
-]
-FPN_FAST = FAST + [
-    "MODEL.ANCHOR_GENERATOR.SIZES=[[16],[32],[64],[128],[256]]", "MODEL.FPN.OUT_CHANNELS=64",
-    "MODEL.ROI_BOX_HEAD.NUM_CONV=0", "MODEL.ROI_BOX_HEAD.NUM_FC=2", "MODEL.ROI_BOX_HEAD.FC_DIM=128",
-    "MODEL.ROI_MASK_HEAD.NUM_CONV=1", "MODEL.ROI_MASK_HEAD.CONV_DIM=32",
-]
-C4_FAST = FAST + [
-    "MODEL.ANCHOR_GENERATOR.SIZES=[[16,32,64,128]]", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=16",
-    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION=8", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION=8",
-    "MODEL.ROI_MASK_HEAD.CONV_DIM=32",
-]
+from builders import C4_FAST, FPN_FAST, make_coco
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
-
-
-def make_coco(root: Path, n: int = 4, size: int = 96, seed: int = 0, same_val: bool = False) -> Path:
-    """A COCO-layout folder: n images with one or two coloured rectangles (red = category 1, blue =
-    category 3, so the ids are not contiguous) and their polygons; val is new images or a copy."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    cats = [{"id": 1, "name": "red"}, {"id": 3, "name": "blue"}]
-    colours = {1: (220, 30, 30), 3: (30, 30, 220)}
-
-    def split_data(split):
-        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
-        images, anns = [], []
-        for i in range(n):
-            arr = (np.full((size, size, 3), 128) + rng.integers(0, 20, (size, size, 3))).astype(np.uint8)
-            placed = []
-            for j in range(1 + i % 2):
-                w, h = (int(v) for v in rng.integers(size // 4, size // 2, 2))
-                x = int(rng.integers(0, size // 2 - w // 2)) if j == 0 else size - w - 1
-                y = int(rng.integers(0, size - h))
-                cid = (1, 3)[(i + j) % 2]
-                arr[y:y + h, x:x + w] = colours[cid]
-                placed.append((x, y, w, h, cid))
-            name = f"{i:06d}.jpg"
-            Image.fromarray(arr).save(root / f"{split}2017" / name, quality=95)
-            images.append({"id": 100 + i, "file_name": name, "width": size, "height": size})
-            for x, y, w, h, cid in placed:
-                anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": cid, "bbox": [x, y, w, h],
-                             "area": w * h, "iscrowd": 0, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
-        return {"images": images, "annotations": anns, "categories": cats}
-
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    tr = split_data("train")
-    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(tr))
-    if same_val:
-        import shutil
-
-        shutil.copytree(root / "train2017", root / "val2017", dirs_exist_ok=True)
-        va = tr
-    else:
-        va = split_data("val")
-    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(va))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +173,10 @@ def test_detectron2_backend_without_detectron2(coco, tmp_path, capsys):
 
 
 def test_voc_xml_dataset(tmp_path):
+    from PIL import Image
+
     from detection.data import AnnotationError, VOCDetection
     from detection.evaluation import coco_evaluate, coco_ground_truth
-    from PIL import Image
 
     base = tmp_path / "VOC2007"
     for sub in ("Annotations", "ImageSets/Main", "JPEGImages"):

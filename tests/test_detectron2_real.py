@@ -17,6 +17,8 @@ import torch
 
 from detection import configs
 
+from builders import FPN_FAST, make_coco
+
 try:
     import detectron2 as d2
     from detectron2.config import get_cfg
@@ -87,8 +89,6 @@ def test_export_loads_into_build_model_exactly(tmp_path, arch, config, layout):
 
 @pytest.mark.slow
 def test_detectron2_backend_two_iterations(tmp_path):
-    from test_detection_train import FPN_FAST, make_coco
-
     from detection import train
 
     coco = make_coco(tmp_path / "coco", n=4, size=96)
@@ -137,10 +137,10 @@ def test_stock_default_trainer_runs_a_c4_protocol_after_the_register_import(shar
     ``import detection.d2_register``: the config's Res5ROIHeadsExtraNorm is built and trains."""
     import tarfile
 
-    import detection.d2_register  # noqa: F401  (the one line a train_net.py needs)
     from detectron2.data.datasets import register_coco_instances
     from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 
+    import detection.d2_register  # noqa: F401  (the one line a train_net.py needs)
     from detection.data import coco_paths
 
     archive = shared_data_dir / "coco-tiny.tar.gz"
@@ -184,8 +184,6 @@ def test_detectron2_backend_stops_on_sigterm_and_resumes(tmp_path):
     import time
 
     import warm
-    from test_detection_train import FPN_FAST, make_coco
-
     coco = make_coco(tmp_path / "coco", n=4, size=96)
     out = tmp_path / "run"
     argv = ["--model", "random:resnet18", "--protocol", "coco_R_50_FPN_1x", "--data", str(coco), "--out", str(out),

@@ -26,6 +26,7 @@ from wssl_zoo.data.datasets import BadImageWarning, ImageFolderDataset
 from wssl_zoo.data.transforms import SeededViews, build_view_transform, seeded
 from wssl_zoo.pretrain.recipes import list_recipes
 
+from builders import TINY, make_imagefolder
 from conftest import cifar10_subset
 
 # One entry per distinct view pipeline of `wssl-zoo pretrain --list-recipes`.
@@ -397,9 +398,6 @@ def test_other_files_are_decoded_on_the_host_counted_and_reported_once(photos, t
 
 def test_pretraining_reports_the_host_decoded_files_once(tmp_path, capsys):
     """A run over a folder with PNG files: one line at the end of the first epoch, none after."""
-    from test_pretrain import make_imagefolder
-    from test_readme_claims import TINY
-
     from wssl_zoo.pretrain.cli import main
 
     data = make_imagefolder(tmp_path / "data", size=32)

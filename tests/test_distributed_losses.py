@@ -10,10 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from warm import free_port
 from wssl_zoo.losses import build_loss
+from wssl_zoo.pretrain.recipes import RECIPES
+
+from warm import free_port
 
 WORLD = 2
+
+
 CASES = {
     "wmse": dict(w_size=128, w_iter=2),  # local N=64 < w_size: only the global batch works
     "cwrgp": dict(w_size=16, groups=2, cov_weight=0.01),
@@ -82,3 +86,23 @@ def test_gather_is_a_no_op_without_process_group():
     torch.manual_seed(0)
     b = build_loss("wmse", w_size=64)(list(x))
     assert a.item() == b.item()
+
+
+def test_cwrgp_covariance_term_does_not_depend_on_the_process_split():
+    from wssl_zoo.losses import CWRGPLoss
+    from wssl_zoo.losses.cwrgp import channel_covariance_loss
+
+    assert RECIPES["cwrgp_imagenet"].loss["cov_block"] == 128
+    assert RECIPES["cwrgp_imagenet_100ep"].loss["cov_block"] == 128
+    torch.manual_seed(0)
+    h = torch.randn(2, 512, 64, dtype=torch.float64)
+    one_process = channel_covariance_loss(h, 128)
+    four_processes = torch.stack([channel_covariance_loss(h[:, i * 128:(i + 1) * 128], 128) for i in range(4)]).mean()
+    two_processes = torch.stack([channel_covariance_loss(h[:, i * 256:(i + 1) * 256], 128) for i in range(2)]).mean()
+    assert torch.allclose(one_process, four_processes) and torch.allclose(one_process, two_processes)
+    # the old whole-batch term grows with the local batch (about 4x at 512 vs 128)
+    assert channel_covariance_loss(h) > 3 * one_process
+    loss = CWRGPLoss(w_size=128, groups=1, cov_weight=1.0, cov_block=128)
+    assert loss.cov_block == 128 and "cov_block=128" in repr(loss)
+    with pytest.raises(ValueError, match="cov_block"):
+        channel_covariance_loss(h[:, :200], 128)

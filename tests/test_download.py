@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from wssl_zoo import catalogue
+from wssl_zoo import download as dl
 from wssl_zoo.cli import main
 from wssl_zoo.data import build_dataset
-from wssl_zoo import download as dl
 
 DEBIAN = Path(catalogue.get("fashion_mnist").default_root)
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",

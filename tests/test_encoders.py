@@ -10,14 +10,7 @@ import torch
 from torch import nn
 
 from wssl_zoo.encoders import STEMS, SSLModel, create_backbone, momentum_at
-from wssl_zoo.heads import (
-    PROJECTORS,
-    Projector,
-    build_projector,
-    cwrgp_projector,
-    intl_projector,
-    wmse_projector,
-)
+from wssl_zoo.heads import PROJECTORS, Projector, build_projector, cwrgp_projector, intl_projector, wmse_projector
 
 # ----------------------------------------------------------------------------- backbones
 

@@ -15,13 +15,15 @@ import pytest
 import torch
 
 import wssl_zoo
-from hub_server import HubServer, lfs_pointer
 from wssl_zoo.cli import main
-from wssl_zoo.hub import HashMismatchError, HubError
 from wssl_zoo.fileio import sha256_file
+from wssl_zoo.hub import HashMismatchError, HubError
 from wssl_zoo.modelio import save_model_dir
 from wssl_zoo.publish import publish, update_registry_hub
 from wssl_zoo.registry import clear_cache, default_registry_dir, get_entry, tomllib
+
+from builders import FPN_FAST, authors_resnet, colour_folder, head, intl_ckpt, make_coco
+from hub_server import HubServer, lfs_pointer
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = "cwrgp_resnet18_cifar10"
@@ -197,8 +199,6 @@ def test_model_index_lists_measured_results_of_these_weights(tmp_path, registry)
 def test_a_detection_record_of_a_published_registry_model_reaches_its_card(tmp_path, hub, registry, capsys):
     """detection.train on the registry name of a published entry records the weights file's sha256
     (the one the entry pins), so the card of the entry lists the detection numbers."""
-    from test_detection_train import FPN_FAST, make_coco
-
     from detection import train
     from wssl_zoo.cards import render_card
 
@@ -518,8 +518,6 @@ def test_eval_model_takes_a_registry_name_and_hf_hub(published, hub, tmp_path):
     accuracy as the local model directory it was published from (each run with its own empty
     feature cache, so every one extracts features from the model it loaded)."""
     from eval import linear
-    from test_eval import colour_folder
-
     _, result = published
     data = colour_folder(tmp_path / "data")
     cache = tmp_path / "hf-cache"
@@ -641,8 +639,6 @@ def test_publish_takes_any_resolvable_source_an_hf_hub_repo_too(published, hub, 
 def test_the_readme_two_commands_turn_an_authors_checkpoint_into_a_pinned_entry(tmp_path, hub, registry):
     """`wssl-zoo convert` then `wssl-zoo publish`, on a checkpoint in INTL_M's layout (ResNet-50)."""
     import timm
-    from test_convert import authors_resnet, head, intl_ckpt
-
     online, ema = authors_resnet("resnet50", "imagenet", 0), authors_resnet("resnet50", "imagenet", 1)
     ckpt = tmp_path / "intl_800ep.pth.tar"
     torch.save(intl_ckpt(online, head(2048, 64, 32, False, 2), (ema, head(2048, 64, 32, False, 3))), ckpt)

@@ -25,8 +25,8 @@ import pytest
 import torch
 from torch import nn
 
-from wssl_zoo.losses import CWRGPLoss, INTLLoss, WMSELoss
 from wssl_zoo.evaluation import knn_accuracy
+from wssl_zoo.losses import CWRGPLoss, INTLLoss, WMSELoss
 
 MARGIN = 40.0  # kNN top-1 points over the same network at random init (see the module docstring)
 CLASSES, SIGNAL, NUISANCE = 8, 4, 28

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wssl_zoo.losses import CWRGPLoss, INTLLoss, LOSSES, WMSELoss, build_loss
+from wssl_zoo.losses import LOSSES, CWRGPLoss, INTLLoss, WMSELoss, build_loss
 from wssl_zoo.losses.reference import cwrgp_loop, intl_loop, wmse_loop
 from wssl_zoo.whitening import cholesky_whiten, group_channel_whiten, iternorm_whiten
 

@@ -13,6 +13,8 @@ from eval.records import read_records, write_record
 from wssl_zoo import plots
 from wssl_zoo.cli import main as cli_main
 
+from builders import make_imagefolder
+
 needs_mpl = pytest.mark.skipif(not plots.have_matplotlib(), reason="matplotlib is not installed")
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -76,8 +78,6 @@ def test_a_failing_plot_never_stops_pretraining(tmp_path, monkeypatch):
 
 @needs_mpl
 def test_pretraining_draws_the_curves_at_each_monitor_epoch(tmp_path):
-    from test_pretrain import make_imagefolder
-
     from wssl_zoo.pretrain.loop import RunOptions, pretrain
     from wssl_zoo.pretrain.recipes import resolve_recipe
 

@@ -19,6 +19,8 @@ from wssl_zoo.pretrain.loop import RunOptions, TrainingStopped, pretrain
 from wssl_zoo.pretrain.recipes import resolve_recipe
 from wssl_zoo.runlog import read_log
 
+from builders import make_imagefolder
+
 # timm's test_resnet (370k parameters, 96 features): a ResNet like resnet18, 30x fewer weights
 SMALL = {"arch": "test_resnet", "stem": "imagenet", "img_size": 32, "dataset": "imagefolder",
          "projector.hidden_dim": 64}
@@ -28,20 +30,6 @@ CASES = {
     "intl": ("intl_cifar10", {"batch_size": 16, "projector.out_dim": 64}),
     "intl_m": ("intl_m_imagenet", {"batch_size": 16, "projector.out_dim": 64, "img_size": 64}),
 }
-
-
-def make_imagefolder(root: Path, classes=3, per_class=20, val=6, size=40, seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", per_class), ("val", val)):
-        for c in range(classes):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                base = np.zeros((size, size, 3))
-                base[..., c % 3] = 120 + 100 * rng.random()
-                img = (base + rng.normal(0, 30, base.shape)).clip(0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{i}.jpg", quality=90)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +82,13 @@ def test_ddp_two_gloo_processes_agree_with_one_process_on_the_concatenated_batch
     size of the whole update. The backbone's BatchNorms are GroupNorms
     (tests/bn_free_pretrain.py: on the CPU each rank's BatchNorm would see only its own half of the
     batch) and the projector is one Linear layer (no BatchNorm); the rest is the real CLI and loop."""
+    import bn_free_pretrain
     from safetensors.torch import load_file
 
-    import bn_free_pretrain
-    import warm
     from wssl_zoo import encoders
     from wssl_zoo.pretrain.cli import main as pretrain_main
+
+    import warm
 
     data = ["--data", str(tiny_data)]
     with monkeypatch.context() as mp:

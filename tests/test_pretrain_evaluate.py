@@ -15,6 +15,8 @@ from wssl_zoo.fileio import sha256_file
 from wssl_zoo.modelio import save_model_dir
 from wssl_zoo.records import PRETRAIN_EVAL_TASK, read_records, validate_record
 
+from builders import colour_folder
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "zoo" / "results"
 
@@ -32,14 +34,12 @@ def _run_dir(folder: Path) -> Path:
 
 
 def test_the_check_writes_a_schema_record_that_readers_handle(tmp_path, capsys, monkeypatch):
-    from test_eval import colour_folder
-
     from eval import report
     from wssl_zoo import cards, cli, documents
     from wssl_zoo.pretrain.evaluate import main
 
     run = _run_dir(tmp_path / "run")
-    data = colour_folder(tmp_path / "data", train=4, val=2)
+    data = colour_folder(tmp_path / "data", train=4, test=2)
     results = tmp_path / "results"
     out = results / "pretrain_x.json"
     argv = ["--model", str(run), "--dataset", "imagefolder", "--data", str(data), "--bank", "12", "--queries", "6",

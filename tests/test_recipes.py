@@ -6,13 +6,7 @@ import json
 
 import pytest
 
-from wssl_zoo.pretrain.recipes import (
-    RECIPES,
-    get_recipe,
-    list_recipes,
-    recipe_from_dict,
-    resolve_recipe,
-)
+from wssl_zoo.pretrain.recipes import RECIPES, get_recipe, list_recipes, recipe_from_dict, resolve_recipe
 
 PAPER_DATASETS = {
     "wmse": {"cifar10", "cifar100", "stl10", "tiny_imagenet", "imagenet100"},

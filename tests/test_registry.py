@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import wssl_zoo
 from wssl_zoo.cli import readme_with_table, zoo_table
@@ -25,14 +27,21 @@ from wssl_zoo.registry import (
 
 SIX = {"wmse_resnet50", "cwrgp_resnet50", "intl_resnet50",
        "wmse_resnet18_cifar10", "cwrgp_resnet18_cifar10", "intl_resnet18_cifar10"}
+
+
 ALIASES = {"wmse_r50": "wmse_resnet50", "cwrgp_r50": "cwrgp_resnet50", "intl_r50": "intl_resnet50",
            "wmse_r18_c10": "wmse_resnet18_cifar10", "cwrgp_r18_c10": "cwrgp_resnet18_cifar10",
            "intl_r18_c10": "intl_resnet18_cifar10"}
 
+
 # Every [README] number of shared/PAPER_RESULTS.md that belongs to one of the six models:
 # (entry, task, dataset, epochs) -> value. W-MSE has none (its Table 1 is only in third-party copies).
 CWRGP = "https://github.com/winci-ai/CW-RGP @ 5bbf6ed4df355d151fe278e87ad51dd2bff89a14"
+
+
 INTL = "https://github.com/winci-ai/INTL @ 0aa69af20a263d1d714e45bc835925a84dc11956"
+
+
 PAPER = {
     ("cwrgp_resnet18_cifar10", "linear_top1", "cifar10", 1000): 92.47,
     ("cwrgp_resnet18_cifar10", "knn5_top1", "cifar10", 1000): 90.74,
@@ -52,6 +61,30 @@ PAPER = {
     ("intl_resnet50", "coco_det_ap", "coco", 200): 41.2,
     ("intl_resnet50", "coco_seg_ap", "coco", 200): 35.7,
 }
+
+
+@pytest.fixture
+def registry_copy(tmp_path) -> Path:
+    """A copy of the registry with every entry unpublished (the edits below start from that state)."""
+    from conftest import _set_hub_state
+
+    folder = tmp_path / "models"
+    shutil.copytree(default_registry_dir(), folder)
+    _set_hub_state(folder, published=False)
+    clear_cache()
+    return folder
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path.name}"
+    path.write_text(text.replace(old, new, 1))
+
+
+SHA = "ab" * 32
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def test_every_entry_parses_and_validates():
@@ -186,27 +219,6 @@ def test_entries_are_frozen():
         e.hub.files["model.safetensors"] = "0" * 64
 
 
-# ---------------------------------------------------------------- malformed registries
-
-
-@pytest.fixture
-def registry_copy(tmp_path) -> Path:
-    """A copy of the registry with every entry unpublished (the edits below start from that state)."""
-    from conftest import _set_hub_state
-
-    folder = tmp_path / "models"
-    shutil.copytree(default_registry_dir(), folder)
-    _set_hub_state(folder, published=False)
-    clear_cache()
-    return folder
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path.name}"
-    path.write_text(text.replace(old, new, 1))
-
-
 def test_duplicate_alias_across_files_names_both_files(registry_copy):
     _edit(registry_copy / "intl_resnet18_cifar10.toml", 'aliases = ["intl_r18_c10"]', 'aliases = ["intl_r18_c10", "cwrgp_r50"]')
     with pytest.raises(RegistryError) as info:
@@ -226,10 +238,6 @@ def test_alias_repeated_in_one_file(registry_copy):
     _edit(registry_copy / "wmse_resnet50.toml", 'aliases = ["wmse_r50"]', 'aliases = ["wmse_r50", "wmse_r50"]')
     with pytest.raises(RegistryError, match=r"wmse_resnet50.toml: name or alias 'wmse_r50' is listed twice"):
         load_registry(registry_copy)
-
-
-SHA = "ab" * 32
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.mark.parametrize(
@@ -310,9 +318,6 @@ def test_registry_is_cached_until_cleared(registry_copy):
     assert "for 801 epochs" in get_entry("intl_r50", directory=registry_copy).description
 
 
-# ---------------------------------------------------------------------------- generated documents
-
-
 def test_readme_zoo_table_is_up_to_date():
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert readme_with_table(text) == text, "run `wssl-zoo list --update-readme README.md`"
@@ -349,3 +354,36 @@ def test_one_command_checks_every_generated_document(tmp_path, monkeypatch, caps
     assert main(["docs", "--check"]) == 1 and f"out of date: {readme}" in capsys.readouterr().out
     assert main(["docs"]) == 0 and "| `intl_resnet50` |" in readme.read_text()
     assert main(["docs", "--check"]) == 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_registry_reader_gives_a_named_error_or_an_entry(tmp_path, data):
+    from wssl_zoo.registry import RegistryError, ZooEntry, _parse_entry
+
+    path = tmp_path / "some_model.toml"
+    path.write_bytes(data)
+    try:
+        entry = _parse_entry(path)
+    except RegistryError as exc:
+        assert "some_model.toml" in str(exc)
+    else:
+        assert isinstance(entry, ZooEntry)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=10_000), junk=st.binary(max_size=20))
+def test_a_damaged_real_registry_entry_gives_a_named_error_or_an_entry(tmp_path, cut, junk):
+    from wssl_zoo.registry import RegistryError, ZooEntry, _parse_entry, default_registry_dir
+
+    original = sorted(default_registry_dir().glob("*.toml"))[0]
+    text = original.read_bytes()
+    cut = cut % (len(text) + 1)
+    path = tmp_path / original.name
+    path.write_bytes(text[:cut] + junk + text[cut + len(junk):])
+    try:
+        entry = _parse_entry(path)
+    except RegistryError as exc:
+        assert original.name in str(exc)
+    else:
+        assert isinstance(entry, ZooEntry)

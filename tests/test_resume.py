@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import warm
-from test_pretrain import make_imagefolder
 from wssl_zoo.runlog import read_log
+
+import warm
+from builders import make_imagefolder
 
 STEPS = 9  # 60 images, batch 16 (drop last): 3 steps per epoch, 3 epochs
 CASES = {

@@ -16,7 +16,7 @@ import pytest
 from wssl_zoo import plots, runlog
 from wssl_zoo.runlog import read_log, run_state, trim
 
-from test_pretrain import make_imagefolder
+from builders import make_imagefolder
 
 needs_mpl = pytest.mark.skipif(not plots.have_matplotlib(), reason="matplotlib is not installed")
 

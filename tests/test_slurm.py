@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-import warm
-from conftest import REPO_ROOT
-from test_pretrain import make_imagefolder
 from wssl_zoo.runlog import read_log
+
+import warm
+from builders import make_imagefolder
+from conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.gloo,
               pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the job's processes in /proc")]

@@ -77,15 +77,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
 from .datasets import DECODE_ERRORS, BadImageWarning, ImageFolderDataset, load_rgb
-from .transforms import (
-    BICUBIC,
-    BILINEAR,
-    MultiViewTransform,
-    RandomGaussianBlur,
-    Solarize,
-    derive_seed,
-    seeded,
-)
+from .transforms import BICUBIC, BILINEAR, MultiViewTransform, RandomGaussianBlur, Solarize, derive_seed, seeded
 
 # The columns of one view's parameter row (float64): what the PIL pipeline drew for that view.
 PARAM_COLUMNS = ("top", "left", "height", "width",  # RandomResizedCrop.get_params (i, j, h, w)

@@ -14,14 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..whitening import group_channel_whiten, symmetric_gram
-from ._common import (
-    ViewLoss,
-    check_eps,
-    check_positive_int,
-    check_sub_batches,
-    pairwise_view_loss,
-    sync_from_rank0,
-)
+from ._common import ViewLoss, check_eps, check_positive_int, check_sub_batches, pairwise_view_loss, sync_from_rank0
 
 
 def channel_covariance_loss(h: torch.Tensor, block: int | None = None) -> torch.Tensor:

@@ -13,14 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..whitening import cholesky_whiten
-from ._common import (
-    ViewLoss,
-    check_eps,
-    check_positive_int,
-    check_sub_batches,
-    pairwise_view_loss,
-    sync_from_rank0,
-)
+from ._common import ViewLoss, check_eps, check_positive_int, check_sub_batches, pairwise_view_loss, sync_from_rank0
 
 
 class WMSELoss(ViewLoss):

@@ -1,20 +1,10 @@
-"""Every recipe's views and eval transform behave as the authors' pipelines.
-
-The authors' pipelines are rebuilt here with torchvision from the values in their code (each cited
-repo@commit file:line), never from wssl-zoo's tables. For every recipe (``wssl-zoo pretrain
---list-recipes``):
-
-- the parameters read off our built view transforms (crop size, scale, ratio, interpolation; jitter
-  ranges and p; grayscale p; blur p and sigma; solarisation p; flip p; normalisation) equal those of
-  the rebuilt authors' views, step by step in the authors' order;
-- with the same seeds, our views of a fixed image equal the authors' views bit for bit;
-- our eval transform of a fixed image equals the authors' evaluation pipeline's tensor.
-
-Sources: W-MSE htdt/self-supervised@d9662c8; CW-RGP winci-ai/CW-RGP@5bbf6ed; INTL winci-ai/INTL@0aa69af.
-"""
+"""The views and evaluation transforms equal the authors' pipelines: parameters, seeded views pixel for
+pixel, evaluation transforms, STL-10's 64-px views, dataset statistics, and INTL's CIFAR normalisation
+quirk with its correction."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -25,14 +15,18 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
+from wssl_zoo.data.datasets import dataset_stats
 from wssl_zoo.data.transforms import build_view_transform, eval_transform
-from wssl_zoo.pretrain.recipes import RECIPES
+from wssl_zoo.pretrain.recipes import RECIPES, resolve_recipe
+
+from builders import TINY_PROJ, make_imagefolder
 
 BICUBIC, BILINEAR = T.InterpolationMode.BICUBIC, T.InterpolationMode.BILINEAR
+
+
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-# ------------------------------------------------------------------ the authors' building blocks
 class AuthorsBlur:
     """W-MSE datasets/imagenet.py:9-15 RandomBlur, CW-RGP ImageNet/transform.py:6-15 and INTL
     src/transform.py:6-15 GaussianBlur: radius random.uniform(sigma), PIL GaussianBlur."""
@@ -56,6 +50,8 @@ class AuthorsEqualization:  # INTL src/transform.py:29-31, cifar/transform.py:28
 
 # W-MSE cfg.py:32-42 defaults (= CW-RGP base/cfg.py:45-55): cj0-3, cj_p, gs_p, crop_s0/1, crop_r0/1, hf_p
 WMSE_CFG = dict(cj=(0.4, 0.4, 0.4, 0.1), cj_p=0.8, gs_p=0.1, crop_s=(0.2, 1.0), crop_r=(0.75, 4 / 3), hf_p=0.5)
+
+
 # W-MSE README.md:72-73 ImageNet-100: --crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2
 WMSE_IN100_CFG = dict(WMSE_CFG, cj=(0.8, 0.8, 0.8, 0.2), gs_p=0.2, crop_s=(0.08, 1.0))
 
@@ -117,9 +113,6 @@ class Authors:
     eval_image: tuple[int, int]  # the (width, height) of the images their eval pipeline gets
 
 
-# Normalisations: W-MSE datasets/cifar10.py:9, cifar100.py:9, stl10.py:9, tiny_in.py:9, imagenet.py:20;
-# CW-RGP base/datasets/{cifar10,cifar100,stl10}.py:9, tiny_in.py:124 (the same values);
-# INTL cifar/transform.py:64-69 (views), src/transform.py:86-87 (ImageNet views).
 WMSE_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
@@ -128,8 +121,12 @@ WMSE_STATS = {
 }
 INTL_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
 # INTL cifar/eval/dataloader.py:63-67 (CIFAR10_clf) and :77-81 (CIFAR100_clf): both normalise with these.
 INTL_CIFAR_EVAL = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
+
+
 # INTL src/transform.py:110-118 Multi_Crop: (count, size, min scale, max scale), blur 0.5, solarisation 0.1
 INTL_MULTI_CROP = ((2, 224, 0.2, 1.0), (1, 192, 0.171, 0.857), (1, 160, 0.143, 0.714), (1, 128, 0.114, 0.571),
                    (1, 96, 0.086, 0.429))
@@ -137,11 +134,6 @@ INTL_MULTI_CROP = ((2, 224, 0.2, 1.0), (1, 192, 0.171, 0.857), (1, 160, 0.143, 0
 
 def _same(view):
     return lambda n: [view] * n  # W-MSE datasets/transforms.py:25-33 MultiSample: n draws of one transform
-
-
-def _small(stats_crop_eval):
-    stats, crop, ev, image = stats_crop_eval
-    return Authors(_same(wmse_aug(crop, stats)), crop, ev, image)
 
 
 def _intl_pair(n):  # INTL main.py:107-112 with cfg.py:80-96: crops 224/224, scale 0.08-1, blur 1.0/0.1, sol. 0.0/0.2
@@ -159,11 +151,18 @@ def _intl_cifar(ds):  # cifar/main.py:102 with cifar/cfg.py:74-82 (2 crops, sola
     return lambda n: [intl_view(32, INTL_STATS[ds], solarization_prob=p, square=True) for p in (0.0, 0.2)][:n]
 
 
+def _small(stats_crop_eval):
+    stats, crop, ev, image = stats_crop_eval
+    return Authors(_same(wmse_aug(crop, stats)), crop, ev, image)
+
+
 _STL_EVAL = resized_eval(WMSE_STATS["stl10"], 70, 64, BICUBIC)  # datasets/stl10.py:13-16 (base/datasets/stl10.py:13-16)
 # W-MSE README.md:27: ImageNet-100 clf/test images resized to 256 and centre-cropped to 224, then base_transform
 _IN100_EVAL = resized_eval(IMAGENET)
 _WMSE_IN100 = Authors(_same(wmse_aug(224, IMAGENET, WMSE_IN100_CFG, [T.RandomApply([AuthorsBlur((0.1, 2.0))], p=0.5)])),
                       224, _IN100_EVAL, (300, 240))  # datasets/imagenet.py:24-33
+
+
 SMALL = {  # (stats, crop: datasets/*.py ds_train, eval: ds_test, eval image size)
     "cifar10": (WMSE_STATS["cifar10"], 32, base(WMSE_STATS["cifar10"]), (32, 32)),  # cifar10.py:16,24-26
     "cifar100": (WMSE_STATS["cifar100"], 32, base(WMSE_STATS["cifar100"]), (32, 32)),  # cifar100.py:16,24-26
@@ -192,7 +191,6 @@ def authors_for(recipe) -> Authors:
     return AUTHORS[(recipe.method, recipe.dataset, recipe.multi_crop)]
 
 
-# ------------------------------------------------------------------ reading the built transforms
 def _probe() -> Image.Image:
     return Image.fromarray(np.random.default_rng(3).integers(0, 256, (24, 20, 3), dtype=np.uint8))
 
@@ -257,7 +255,11 @@ def _ours(recipe):
                                 multi_crop=recipe.multi_crop)
 
 
-# ------------------------------------------------------------------ the tests
+def _fixed_image(size=96) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_views_have_the_authors_parameters(name):
     recipe = RECIPES[name]
@@ -322,10 +324,10 @@ def test_eval_clis_take_normalisation_and_record_the_corrected_one_as_an_overrid
     """``--normalisation train`` reaches the feature transform of a saved INTL CIFAR model and marks the record."""
     from eval import knn
     from eval.features import mark_normalisation
-    from wssl_zoo.weights import resolve
     from wssl_zoo.data.datasets import dataset_stats
     from wssl_zoo.encoders import create_backbone
     from wssl_zoo.modelio import save_model_dir
+    from wssl_zoo.weights import resolve
 
     mean, std = dataset_stats("cifar100", "intl")
     save_model_dir(tmp_path / "m", create_backbone("resnet18", "cifar_pad2"), arch="resnet18", stem="cifar_pad2",
@@ -342,3 +344,43 @@ def test_eval_clis_take_normalisation_and_record_the_corrected_one_as_an_overrid
     record = mark_normalisation({"name": "knn5", "version": 1}, "train")
     assert record["name"] == "knn5+normalisation=train" and record["overrides"] == {"normalisation": "train"}
     assert mark_normalisation({"name": "knn5"}, "authors") == {"name": "knn5"}
+
+
+@pytest.mark.parametrize("name", ["wmse_stl10", "wmse_stl10_2views", "cwrgp_stl10", "cwrgp_stl10_2views"])
+def test_stl10_views_are_64px_and_eval_is_resize70_centercrop64(name):
+    recipe = RECIPES[name]
+    assert recipe.img_size == 64  # W-MSE datasets/stl10.py:22 aug_transform(64); CW-RGP base/datasets/stl10.py:22
+    views = build_view_transform(recipe.method, recipe.dataset, recipe.img_size, recipe.num_views)
+    assert all(v.shape == (3, 64, 64) for v in views(_fixed_image()))
+    # the authors' test_transform (datasets/stl10.py:13-16), rebuilt with torchvision
+    authors = T.Compose([T.Resize(70, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(64), T.ToTensor(),
+                         T.Normalize((0.43, 0.42, 0.39), (0.27, 0.26, 0.27))])
+    ours = eval_transform(recipe.dataset, recipe.img_size, recipe.method)
+    img = _fixed_image()
+    assert torch.equal(ours(img), authors(img))
+
+
+def test_tiny_imagenet_statistics_reach_config_json(tmp_path):
+    from wssl_zoo.pretrain.loop import RunOptions, pretrain
+
+    data = make_imagefolder(tmp_path / "data", classes=2, per_class=8, val=2, size=36)
+    recipe = resolve_recipe("wmse_tiny_imagenet_2views", {
+        **TINY_PROJ, "stem": "imagenet", "img_size": 32, "batch_size": 8, "loss.w_size": 8, "loss.w_iter": 1,
+        "projector.out_dim": 4, "epochs": 1})
+    out = tmp_path / "run"
+    pretrain(recipe, RunOptions(out=out, data=str(data), workers=0, eval_every=0, steps_per_epoch=1, progress=False))
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    mean, std = dataset_stats("tiny_imagenet", "wmse")  # W-MSE datasets/tiny_in.py:9
+    assert tuple(cfg["mean"]) == mean and tuple(cfg["std"]) == std
+    assert mean != dataset_stats("imagenet")[0]
+
+
+@pytest.mark.parametrize("entry, method", [("wmse_resnet18_cifar10", "wmse"), ("cwrgp_resnet18_cifar10", "cwrgp"),
+                                           ("intl_resnet18_cifar10", "intl")])
+def test_registry_cifar_normalisation_is_the_authors(entry, method):
+    from wssl_zoo.registry import get_entry
+
+    e = get_entry(entry)
+    assert (tuple(e.mean), tuple(e.std)) == dataset_stats("cifar10", method)
+    if method != "intl":
+        assert tuple(e.std) == (0.2023, 0.1994, 0.2010)  # W-MSE datasets/cifar10.py:9

@@ -1,45 +1,23 @@
-"""Every CLI on every bad input it can meet: exit status 2, a one-line message that names the
-culprit, and no existing file changed (the tree is hashed before and after). Plus property-based
-tests of the record and registry readers: any bytes give a named error or a valid object.
-
-Each case builds its inputs in a fresh folder from a few tiny shared fixtures and fails before
-any training starts, so the module stays fast."""
+"""A wrong command or a bad input exits 2 with one line naming the file, key or flag, and changes
+nothing; unreadable images are converted or skipped by name; recipe conflicts name the flag that fixes each."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 import wssl_zoo
 from wssl_zoo.modelio import save_model_dir
 
+from builders import authors_resnet, dataparallel_state, head, image_folder, make_coco, tree_hash
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
-
-
-def tree_hash(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def image_folder(root: Path, classes: int = 2, per_class: int = 8, val: int = 2, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("val", val)):
-        for c in range(classes):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
 
 
 def model_dir(path: Path, arch: str = "test_resnet") -> Path:
@@ -53,17 +31,11 @@ def model_dir(path: Path, arch: str = "test_resnet") -> Path:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> Path:
     """Read-only originals that the cases copy: an image folder, a model dir, a COCO folder."""
-    from test_detection_train import make_coco
-
     root = tmp_path_factory.mktemp("assets")
     image_folder(root / "images")
     model_dir(root / "model")
     make_coco(root / "coco", n=2, size=64)
     return root
-
-
-# ---------------------------------------------------------------------------- case builders
-# Each takes (work folder, assets) and returns (main, argv, text the message must hold).
 
 
 def _pretrain(argv):
@@ -185,8 +157,6 @@ def convert_truncated(w, a):
 
 
 def convert_mismatched(w, a):
-    from test_convert import authors_resnet, dataparallel_state, head
-
     state = dataparallel_state(authors_resnet("resnet18", "cifar", 0), head(512, 64, 32, True, 1))
     torch.save(state, w / "wmse.pth")
     return _zoo, ["convert", "--from", "official-intl", str(w / "wmse.pth"), "--out", str(w / "o")], \
@@ -194,8 +164,6 @@ def convert_mismatched(w, a):
 
 
 def convert_into_model_dir(w, a):
-    from test_convert import authors_resnet
-
     torch.save(authors_resnet("resnet18", "imagenet", 3).state_dict(), w / "bare.pth")
     out = shutil.copytree(a / "model", w / "model")
     (out / "projector.safetensors").write_bytes(b"stale")
@@ -376,81 +344,23 @@ def test_unreadable_cmyk_palette_and_truncated_images_are_converted_or_skipped_b
     assert not any("cmyk.jpg" in t or "palette.png" in t for t in texts)
 
 
-# ---------------------------------------------------------------------------- readers under any bytes
+def test_recipe_relations_are_reported_together_with_the_flag_that_fixes_each():
+    from wssl_zoo.pretrain.recipes import resolve_recipe
+
+    with pytest.raises(ValueError) as exc:
+        resolve_recipe("wmse_cifar10_2views", {"batch_size": 100, "loss.w_size": 32, "projector.out_dim": 64})
+    msg = str(exc.value)
+    assert "batch_size=100 is not a multiple of loss.w_size=32 (change --batch-size or --set loss.w_size=...)" in msg
+    assert "loss.w_size=32 must be larger than the embedding dim projector.out_dim=64" in msg
+    with pytest.raises(ValueError, match=r"projector.out_dim/loss.groups=16 channels, fewer than loss.w_size=64"):
+        resolve_recipe("cwrgp_cifar10", {"loss.groups": 8, "projector.out_dim": 128})
+    with pytest.raises(ValueError, match=r"projector.out_dim=130 is not divisible by loss.groups=4"):
+        resolve_recipe("cwrgp_cifar10", {"projector.out_dim": 130})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=200).map(str.encode),
-                      st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                               lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=5),
-                               max_leaves=12).map(lambda v: json.dumps(v).encode())))
-def test_record_reader_gives_a_named_error_or_records(tmp_path, data):
-    from eval.records import read_records
+def test_an_imagefolder_under_a_cifar_recipe_names_the_flags(tmp_path):
+    from wssl_zoo.data.datasets import build_dataset
 
-    folder = tmp_path / "r"
-    folder.mkdir(exist_ok=True)
-    (folder / "x.json").write_bytes(data)
-    try:
-        records = read_records(folder)
-    except ValueError as exc:
-        assert "x.json" in str(exc)
-    else:
-        assert all(isinstance(r, dict) and r["file"] == "x.json" for r in records)
-
-
-def _valid_record_json() -> dict:
-    from eval.records import make_record
-
-    return make_record(task="linear", model="m", weights_sha256="a" * 64, protocol={"name": "p", "version": 1},
-                       dataset={"name": "d", "fingerprint": "f"}, seed=0, metrics={"top1": 1.0}, wall_seconds=1.0,
-                       command="c")
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=st.sampled_from(sorted(_valid_record_json())), value=st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10), st.lists(st.integers(), max_size=3),
-    st.dictionaries(st.text(max_size=5), st.floats(), max_size=3)))
-def test_a_record_with_any_one_field_changed_is_valid_or_named(tmp_path, key, value):
-    from eval.records import read_records
-
-    rec = dict(_valid_record_json(), **{key: value})
-    folder = tmp_path / "r"
-    folder.mkdir(exist_ok=True)
-    (folder / "x.json").write_text(json.dumps(rec))
-    try:
-        read_records(folder)
-    except ValueError as exc:
-        assert str(exc).startswith(str(folder / "x.json"))
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
-def test_registry_reader_gives_a_named_error_or_an_entry(tmp_path, data):
-    from wssl_zoo.registry import RegistryError, ZooEntry, _parse_entry
-
-    path = tmp_path / "some_model.toml"
-    path.write_bytes(data)
-    try:
-        entry = _parse_entry(path)
-    except RegistryError as exc:
-        assert "some_model.toml" in str(exc)
-    else:
-        assert isinstance(entry, ZooEntry)
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cut=st.integers(min_value=0, max_value=10_000), junk=st.binary(max_size=20))
-def test_a_damaged_real_registry_entry_gives_a_named_error_or_an_entry(tmp_path, cut, junk):
-    from wssl_zoo.registry import RegistryError, ZooEntry, _parse_entry, default_registry_dir
-
-    original = sorted(default_registry_dir().glob("*.toml"))[0]
-    text = original.read_bytes()
-    cut = cut % (len(text) + 1)
-    path = tmp_path / original.name
-    path.write_bytes(text[:cut] + junk + text[cut + len(junk):])
-    try:
-        entry = _parse_entry(path)
-    except RegistryError as exc:
-        assert original.name in str(exc)
-    else:
-        assert isinstance(entry, ZooEntry)
+    (tmp_path / "train" / "c0").mkdir(parents=True)  # train/ is read as an ImageFolder; the held-out split is not
+    with pytest.raises(FileNotFoundError, match="ImageFolder root .* pass --dataset imagefolder and --eval-every 0"):
+        build_dataset("cifar10", tmp_path, "test")

@@ -1,5 +1,6 @@
-"""README claims that are commands, run through the CLI: ``wssl-zoo card --all``, ``wssl-zoo list
---update-readme``, ``wssl-zoo pretrain --show`` and ``--config``."""
+"""The pretraining options do what they say: --show prints the resolved recipe, --amp bf16 runs the
+backbone under autocast, --channels-last reaches the convolutions, --device-views makes the views the
+backbone trains on, --tensorboard logs every epoch record (and warns without the package)."""
 
 from __future__ import annotations
 
@@ -8,64 +9,11 @@ import json
 import pytest
 
 import wssl_zoo
-from wssl_zoo import cards
-from wssl_zoo.cli import main, readme_with_table
 from wssl_zoo.pretrain.cli import main as pretrain_main
-from wssl_zoo.registry import get_entry
 from wssl_zoo.runlog import read_log
 
-from conftest import REPO_ROOT
+from builders import TINY, make_imagefolder
 
-
-def test_card_all_writes_one_current_card_per_entry(tmp_path, monkeypatch, capsys):
-    folder = tmp_path / "MODEL_CARDS"
-    folder.mkdir()
-    (folder / "intl_resnet50.md").write_text("stale\n")
-    monkeypatch.setattr(cards.write_cards, "__defaults__", (folder,))  # not the repository's MODEL_CARDS/
-    assert main(["card", "--all"]) == 0
-    assert capsys.readouterr().out.count("wrote ") == len(wssl_zoo.list_models())
-    assert sorted(p.stem for p in folder.iterdir()) == sorted(wssl_zoo.list_models())
-    for name in wssl_zoo.list_models():
-        assert (folder / f"{name}.md").read_text() == cards.render_card(get_entry(name)), name
-
-
-def test_list_update_readme_regenerates_the_table(tmp_path, capsys):
-    original = (REPO_ROOT / "README.md").read_text()
-    readme = tmp_path / "README.md"
-    expected = readme_with_table(original)
-    row = next(line for line in expected.splitlines() if line.startswith("| `intl_resnet50`"))
-    readme.write_text(expected.replace(row, "| `intl_resnet50` | stale row |"))
-    assert main(["list", "--update-readme", str(readme)]) == 0
-    assert f"updated the generated tables in {readme}" in capsys.readouterr().out
-    assert readme.read_text() == expected
-
-
-def test_pretrain_show_prints_the_resolved_recipe_with_overrides_and_config(tmp_path, capsys):
-    assert pretrain_main(["--recipe", "intl_cifar10", "--show", "--set", "epochs=3"]) == 0
-    shown = json.loads(capsys.readouterr().out)
-    assert shown["name"] == "intl_cifar10" and shown["epochs"] == 3 and shown["method"] == "intl"
-    config = tmp_path / "over.toml"
-    config.write_text('epochs = 7\nbatch_size = 64\n[projector]\nout_dim = 128\n')
-    assert pretrain_main(["--recipe", "intl_cifar10", "--show", "--config", str(config), "--set", "epochs=9"]) == 0
-    shown = json.loads(capsys.readouterr().out)
-    assert (shown["epochs"], shown["batch_size"], shown["projector"]["out_dim"]) == (9, 64, 128)  # --set wins
-    (tmp_path / "bad.json").write_text("[1, 2]")
-    assert pretrain_main(["--recipe", "intl_cifar10", "--show", "--config", str(tmp_path / "bad.json")]) == 2
-    assert "expected a table of overrides" in capsys.readouterr().err
-    assert pretrain_main(["--recipe", "intl_cifar10", "--show", "--config", str(tmp_path / "none.toml")]) == 2
-    assert "none.toml: no such file" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------- pretraining run options
-# Each README run option is shown to take effect inside the loop, not only to be parsed: the real
-# CLI (``main(argv)``) runs a tiny recipe while hooks on the model it builds record what the
-# backbone receives. One run without any option (``control``, shared by the tests) is the control,
-# so each test can fail.
-
-TINY = ["--recipe", "cwrgp_cifar10", "--dataset", "imagefolder", "--arch", "test_resnet", "--stem", "imagenet",
-        "--img-size", "32", "--batch-size", "16", "--epochs", "1", "--steps-per-epoch", "2",
-        "--set", "loss.w_size=8", "--set", "loss.groups=2", "--set", "projector.out_dim=16",
-        "--set", "projector.hidden_dim=32", "--workers", "0", "--eval-every", "0", "--no-progress", "--device", "cpu"]
 TINY_STEPS, TINY_VIEWS = 2, 4  # --steps-per-epoch 2; cwrgp_cifar10 makes 4 views
 
 
@@ -144,8 +92,6 @@ def _pretrain_tiny(data, out, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_images(tmp_path_factory):
-    from test_pretrain import make_imagefolder
-
     return make_imagefolder(tmp_path_factory.mktemp("claims-data"), size=32)
 
 
@@ -164,6 +110,22 @@ def observed(monkeypatch):
     return _observe(monkeypatch)
 
 
+def test_pretrain_show_prints_the_resolved_recipe_with_overrides_and_config(tmp_path, capsys):
+    assert pretrain_main(["--recipe", "intl_cifar10", "--show", "--set", "epochs=3"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["name"] == "intl_cifar10" and shown["epochs"] == 3 and shown["method"] == "intl"
+    config = tmp_path / "over.toml"
+    config.write_text('epochs = 7\nbatch_size = 64\n[projector]\nout_dim = 128\n')
+    assert pretrain_main(["--recipe", "intl_cifar10", "--show", "--config", str(config), "--set", "epochs=9"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["epochs"], shown["batch_size"], shown["projector"]["out_dim"]) == (9, 64, 128)  # --set wins
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert pretrain_main(["--recipe", "intl_cifar10", "--show", "--config", str(tmp_path / "bad.json")]) == 2
+    assert "expected a table of overrides" in capsys.readouterr().err
+    assert pretrain_main(["--recipe", "intl_cifar10", "--show", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml: no such file" in capsys.readouterr().err
+
+
 def test_amp_bf16_runs_the_backbone_under_autocast(tiny_images, tmp_path, control, observed):
     import torch
 
@@ -176,7 +138,6 @@ def test_amp_bf16_runs_the_backbone_under_autocast(tiny_images, tmp_path, contro
     log = read_log(tmp_path / "bf16" / "log.jsonl", kind="epoch")
     assert len(log) == 1 and torch.isfinite(torch.tensor(log[0]["loss"]))
     # the weights stay float32 (autocast, not a half-precision model)
-    import wssl_zoo
 
     assert {p.dtype for p in wssl_zoo.load(tmp_path / "bf16").parameters()} == {torch.float32}
 
