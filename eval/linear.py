@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from wssl_zoo import cliargs
-from wssl_zoo.data import SeededViews, balanced_subset
+from wssl_zoo.data import EpochKeyed, SeededViews, balanced_subset
 from wssl_zoo.distributed import is_main, rank_world
 from wssl_zoo.evaluation import autocast, rank_rows
 from wssl_zoo.optim import LARS
@@ -49,7 +49,6 @@ from .protocols import LinearProtocol, get_protocol, paper_linear_protocol, prot
 from .records import aggregate, dataset_fingerprint, make_record, write_record
 from .training import (
     Checkpoint,
-    EpochKeyed,
     GlobalBatchSampler,
     all_ranks_sum,
     batch_loss,

@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from wssl_zoo import cliargs
-from wssl_zoo.data import SeededViews
+from wssl_zoo.data import EpochKeyed, SeededViews
 from wssl_zoo.data.datasets import TransformedDataset
 from wssl_zoo.distributed import barrier, is_main, rank_world
 from wssl_zoo.evaluation import autocast, rank_rows
@@ -51,7 +51,6 @@ from .features import build_split, mark_overrides
 from .protocols import get_protocol, protocol_for_model, with_overrides
 from .records import dataset_fingerprint, make_record, write_record
 from .training import (
-    EpochKeyed,
     GlobalBatchSampler,
     all_ranks_sum,
     batch_loss,

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import Sampler, default_collate
 from tqdm.auto import tqdm
 
 from wssl_zoo.data import derive_seed
@@ -57,7 +57,7 @@ class GlobalBatchSampler(Sampler[list]):
 
     ``n`` samples, ``batch_size`` the global batch; the order of epoch e is
     ``randperm(n)`` seeded by ``derive_seed(seed, e)``. Yields lists of dataset keys: ``(epoch, index)``
-    pairs with ``epoch_keys`` (for :class:`EpochKeyed`), else indices. The last, partial global batch is
+    pairs with ``epoch_keys`` (for :class:`wssl_zoo.data.EpochKeyed`), else indices. The last, partial global batch is
     kept (the authors' loaders keep it), except that with ``min_per_rank`` it is dropped when a rank's
     part of it would be smaller (train-mode BatchNorm cannot normalise one sample); a rank's part of it
     may be empty (``[]``, see :func:`collate`). :meth:`set_epoch` picks the epoch and the step to start
@@ -104,22 +104,6 @@ class GlobalBatchSampler(Sampler[list]):
             rows = rank_rows(len(batch), self.rank, self.world)
             mine = batch[rows.start:rows.stop].tolist()
             yield [(self.epoch, i) for i in mine] if self.epoch_keys else mine
-
-
-class EpochKeyed(Dataset):
-    """``dataset[(epoch, i)]``: sample i of a :class:`wssl_zoo.data.SeededViews` with epoch e's
-    augmentation, so DataLoader workers need no state sent to them at each epoch."""
-
-    def __init__(self, seeded_views):
-        self.seeded = seeded_views
-
-    def __len__(self) -> int:
-        return len(self.seeded)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        self.seeded.set_epoch(epoch)
-        return self.seeded[index]
 
 
 def collate(batch: list):

@@ -14,6 +14,7 @@ from .datasets import (
 )
 from .device_views import DeviceViews, HostViews, ViewPlan, collate_views
 from .transforms import (
+    EpochKeyed,
     MultiViewTransform,
     SeededViews,
     build_view_transform,
@@ -28,5 +29,5 @@ from .transforms import (
 __all__ = [
     "ImageFolderDataset", "build_dataset", "balanced_subset", "dataset_stats", "eval_stats", "load_rgb", "read_idx", "scan_images",
     "MultiViewTransform", "build_view_transform", "wmse_views", "cwrgp_views", "intl_views", "eval_transform",
-    "SeededViews", "seeded", "derive_seed", "ViewPlan", "HostViews", "DeviceViews", "collate_views",
+    "SeededViews", "EpochKeyed", "seeded", "derive_seed", "ViewPlan", "HostViews", "DeviceViews", "collate_views",
 ]

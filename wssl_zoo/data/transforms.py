@@ -387,3 +387,20 @@ class SeededViews(Dataset):
         with seeded(derive_seed(self.seed, self.epoch, index)):
             views = self.transform(image)
         return list(views) if isinstance(views, tuple) else views, target
+
+
+class EpochKeyed(Dataset):
+    """``dataset[(epoch, i)]``: sample i of a :class:`SeededViews` with epoch e's augmentation, so
+    DataLoader workers need no state sent to them at each epoch (the batch sampler yields the keys:
+    the pretraining loop, :class:`eval.training.GlobalBatchSampler` with ``epoch_keys``)."""
+
+    def __init__(self, seeded_views: SeededViews):
+        self.seeded = seeded_views
+
+    def __len__(self) -> int:
+        return len(self.seeded)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        self.seeded.set_epoch(epoch)
+        return self.seeded[index]

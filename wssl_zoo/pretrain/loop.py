@@ -39,14 +39,14 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm.auto import tqdm
 
 from .. import catalogue, distributed, encoders, plots, runlog
 from ..cliargs import workers_rule
 from ..data.datasets import TransformedDataset, balanced_subset, build_dataset, heldout_split
 from ..data.device_views import DeviceViews, HostViews, collate_views
-from ..data.transforms import SeededViews, build_view_transform, derive_seed, eval_transform
+from ..data.transforms import EpochKeyed, SeededViews, build_view_transform, derive_seed, eval_transform
 from ..encoders import SSLModel
 from ..evaluation import autocast, extract_features, feature_effective_rank, knn_accuracy
 from ..fileio import atomic_write_text
@@ -137,21 +137,6 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         for step in range(self.start_step, self.steps):
             chunk = order[step * glob + self.rank * self.batch_size : step * glob + (self.rank + 1) * self.batch_size]
             yield [(self.epoch, self.indices[i]) for i in chunk]
-
-
-class EpochIndexed(Dataset):
-    """``dataset[(epoch, i)]`` -> views of sample i with epoch e's augmentation."""
-
-    def __init__(self, seeded_views):
-        self.seeded = seeded_views
-
-    def __len__(self) -> int:
-        return len(self.seeded)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        self.seeded.set_epoch(epoch)
-        return self.seeded[index]
 
 
 def _dataset_name(recipe: Recipe) -> str:
@@ -438,7 +423,7 @@ def _setup_data(run: _Run) -> None:
         views_ds, collate = HostViews(train_set, view_tf, opts.seed), collate_views
         run.device_views = DeviceViews(views_ds.plan, run.device)
     else:
-        views_ds = EpochIndexed(SeededViews(train_set, view_tf, opts.seed))
+        views_ds = EpochKeyed(SeededViews(train_set, view_tf, opts.seed))
     if run.is_main:
         print(f"data: {opts.workers} loader workers per process (--workers; default {workers_rule()}), views made "
               f"{f'on {run.device} (--device-views)' if opts.device_views else 'by PIL in the workers'}", flush=True)
