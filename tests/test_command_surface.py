@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -136,3 +138,14 @@ def test_help_explains_every_flag(module, capsys):
     options = [line.strip() for line in out.splitlines() if line.strip().startswith("--")]
     assert options  # every option line is followed by (or carries) a help text
     assert "default" in out
+
+
+def test_the_face_loads_no_model_library():
+    """`wssl-zoo list`, `info`, `docs` and `--help` start without timm (and so without building any
+    network): the face and the documents import the model-directory code only inside the commands that
+    read a model."""
+    code = "import sys, wssl_zoo.cli; print(sorted(m for m in ('timm', 'wssl_zoo.modelio', 'wssl_zoo.encoders') " \
+           "if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

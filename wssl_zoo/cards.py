@@ -19,7 +19,6 @@ from typing import Any
 from . import catalogue
 from .catalogue import display_name
 from .fileio import atomic_write_bytes
-from .modelio import config_arch, read_config
 from .paths import cards_dir, zoo_results_dir
 from .records import PRETRAIN_EVAL_TASK, is_own_protocol, read_records
 from .registry import ZooEntry, get_entry, list_models
@@ -159,6 +158,8 @@ def uploaded(folder: Path) -> dict[str, Any]:
             return json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+    from .modelio import read_config  # modelio imports torch and timm: list, info and docs run without them
 
     section = read_config(folder).get("wssl_zoo", {})
     train_cfg, conv = _json("train_config.json"), _json("convert.json")
@@ -308,6 +309,8 @@ def render_card(entry: ZooEntry, for_hub: bool = False, results_dir: Path | None
 
 def render_generic_card(folder: Path, repo_id: str) -> str:
     """A card for a model directory that belongs to no registry entry, from its own files."""
+    from .modelio import config_arch, read_config  # torch and timm only for the command that needs them
+
     config = read_config(folder)
     up = uploaded(folder)
     stem = up["section"].get("stem", "imagenet")
