@@ -5,6 +5,8 @@ level or inside a function), and each shared concept defined in one place."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,14 @@ def test_evaluation_and_detection_pass_the_resolved_weights_around_and_never_imp
     for module, deps in graph.items():
         if module.split(".")[0] in ("eval", "detection"):
             assert not {d for d in deps if d.startswith("wssl_zoo.pretrain")}, module
+
+
+def test_the_torch_free_layers_import_without_torch():
+    """docs/ARCHITECTURE.md's layer 1 (and fileio, runlog, download) import no torch: the commands that only
+    name models and datasets start without it, and the library's lowest layer stays light."""
+    modules = ["wssl_zoo.registry", "wssl_zoo.catalogue", "wssl_zoo._version", "wssl_zoo.paths", "wssl_zoo.cliargs",
+               "wssl_zoo.methods", "wssl_zoo.fileio", "wssl_zoo.runlog", "wssl_zoo.download"]
+    code = f"import sys; [__import__(m) for m in {modules!r}]; print('torch' in sys.modules, 'timm' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False False"
