@@ -5,6 +5,8 @@ folder tree (what a refused command must leave unchanged)."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +244,17 @@ sys.exit(module.main(sys.argv[2:]))
 
 
 TINY_PROJ = {"projector.hidden_dim": 16, "projector.out_dim": 16}
+
+
+def sigterm_when(proc, ready, timeout: float = 600) -> tuple[str, str]:
+    """Waits until ``ready()`` (the process must still run), sends SIGTERM, and returns ``(stderr, its last
+    line)`` after checking that the process exited 75 (stopped with its checkpoint)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 75, err[-3000:]
+    return err, err.strip().splitlines()[-1]
+

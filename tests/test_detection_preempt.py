@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import warm
-from builders import FPN_FAST, make_coco
+from builders import FPN_FAST, make_coco, sigterm_when
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_ITER = 24
@@ -42,14 +42,8 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_ends_where_an_uninterru
     proc = warm.popen([sys.executable, "-m", "detection.train", *_argv(coco, stopped)], env=env, cwd=REPO,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = stopped / "metrics.jsonl"
-    deadline = time.monotonic() + 600
-    while not (log.is_file() and log.read_text().strip()):  # the first iteration is done: training runs
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 75, err[-3000:]
-    last = err.strip().splitlines()[-1]
+    # once the first iteration is done: training runs
+    err, last = sigterm_when(proc, lambda: log.is_file() and bool(log.read_text().strip()))
     found = re.fullmatch(r"detection\.train: stopped by SIGTERM after iteration (\d+) of 24; checkpoint written to "
                          r"(\S+)\. Resume with: (.+)  \(exit status 75\)", last)
     assert found, last

@@ -17,7 +17,7 @@ import torch
 
 from detection import configs
 
-from builders import FPN_FAST, make_coco
+from builders import FPN_FAST, make_coco, sigterm_when
 
 try:
     import detectron2 as d2
@@ -178,10 +178,8 @@ def test_detectron2_backend_stops_on_sigterm_and_resumes(tmp_path):
     continues from there to the end."""
     import os
     import shlex
-    import signal
     import subprocess
     import sys
-    import time
 
     import warm
     coco = make_coco(tmp_path / "coco", n=4, size=96)
@@ -196,14 +194,7 @@ def test_detectron2_backend_stops_on_sigterm_and_resumes(tmp_path):
     proc = warm.popen([sys.executable, "-m", "detection.train", *argv], env=env, cwd=repo, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, text=True)
     log = out / "log.txt"
-    deadline = time.monotonic() + 600
-    while not (log.is_file() and "Starting training from iteration 0" in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 75, err[-3000:]
-    last = err.strip().splitlines()[-1]
+    _, last = sigterm_when(proc, lambda: log.is_file() and "Starting training from iteration 0" in log.read_text())
     found = re.fullmatch(r"detection\.train: stopped by SIGTERM after iteration (\d+) of 40; checkpoint written to "
                          r"(\S+model_(\d{7})\.pth)\. Resume with: (.+)  \(exit status 75\)", last)
     assert found, last

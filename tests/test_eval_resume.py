@@ -149,6 +149,17 @@ def test_sigkill_mid_run_and_resume_end_where_an_uninterrupted_run_ends(test_res
     _same(final_checkpoint(full_out), final_checkpoint(killed_out))
 
 
+def _resumed_ends_as_uninterrupted(module, argv, out: Path, model_dir, data, full: Path) -> None:
+    """``argv`` resumed with --resume and an uninterrupted run writing ``full`` (side by side) both exit 0,
+    with equal records and equal final checkpoints."""
+    full.parent.mkdir()
+    for proc in (_cli(module, [*argv, "--resume"]), _cli(module, _argv("linear-augmented", model_dir, data, full)[1])):
+        output = proc.stdout.read()
+        assert proc.wait(timeout=600) == 0, output
+    _records_match(full, out)
+    _same(final_checkpoint(full), final_checkpoint(out))
+
+
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_at_the_next_step_exits_75_and_resumes(test_resnet_dir, colour_data, tmp_path):
     out = tmp_path / "r.json"
@@ -162,13 +173,7 @@ def test_sigterm_writes_a_checkpoint_at_the_next_step_exits_75_and_resumes(test_
     assert len(line) == 1 and f"checkpoint written to {out.with_name('r.ckpt')}" in line[0], output
     assert "Resume with: python -m eval.linear " in line[0] and line[0].rstrip().endswith("--resume  (exit status 75)")
     assert _epoch_of(out.with_name("r.ckpt")) is not None and not out.exists()
-    full = tmp_path / "full" / "r.json"
-    full.parent.mkdir()
-    for proc in (_cli(module, [*argv, "--resume"]), _cli(module, _argv("linear-augmented", test_resnet_dir, colour_data, full)[1])):
-        output = proc.stdout.read()
-        assert proc.wait(timeout=600) == 0, output
-    _records_match(full, out)
-    _same(final_checkpoint(full), final_checkpoint(out))
+    _resumed_ends_as_uninterrupted(module, argv, out, test_resnet_dir, colour_data, tmp_path / "full" / "r.json")
 
 
 @pytest.mark.slow
@@ -189,10 +194,4 @@ def test_sigterm_to_every_process_of_the_job_as_slurm_sends_it_still_checkpoints
     output = proc.stdout.read()
     assert proc.wait(timeout=120) == 75, output
     assert "eval.linear: stopped by SIGTERM" in output and "Traceback" not in output, output
-    full = tmp_path / "full" / "r.json"
-    full.parent.mkdir()
-    for run in (_cli(module, [*argv, "--resume"]), _cli(module, _argv("linear-augmented", test_resnet_dir, colour_data, full)[1])):
-        text = run.stdout.read()
-        assert run.wait(timeout=600) == 0, text
-    _records_match(full, out)
-    _same(final_checkpoint(full), final_checkpoint(out))
+    _resumed_ends_as_uninterrupted(module, argv, out, test_resnet_dir, colour_data, tmp_path / "full" / "r.json")
